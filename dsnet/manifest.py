@@ -1,0 +1,186 @@
+"""The zoo manifest (``checkpoints/manifest.json``) as typed dataclasses.
+
+One entry per checkpoint: builder + kwargs, label set, preprocessing, file name, full SHA-256,
+sources, measured metrics with their dataset, and provenance. Data, not code: the weights' card.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+MANIFEST_PATH = Path(os.environ.get("DSNET_MANIFEST", CHECKPOINTS_DIR / "manifest.json"))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    wnids: list[str]
+    names: list[str]
+
+    def index(self, query: str | int) -> int:
+        """Class index from an index, a wnid or a (case-insensitive, unique-prefix) class name."""
+        if isinstance(query, int) or (isinstance(query, str) and query.strip().isdigit()):
+            i = int(query)
+            if not 0 <= i < len(self.names):
+                raise ValueError(f"class index {i} is out of range 0..{len(self.names) - 1}")
+            return i
+        q = str(query).strip().lower()
+        if q in (w.lower() for w in self.wnids):
+            return [w.lower() for w in self.wnids].index(q)
+        exact = [i for i, n in enumerate(self.names) if n.lower() == q]
+        if exact:
+            return exact[0]
+        partial = [i for i, n in enumerate(self.names) if n.lower().startswith(q)]
+        if len(partial) == 1:
+            return partial[0]
+        hint = f"; did you mean one of: {', '.join(self.names[i] for i in partial[:8])}" if partial else ""
+        raise ValueError(f"unknown class {query!r} for this label set of {len(self.names)} classes{hint}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval transform: resize shorter side, centre crop, normalise (RGB, float in [0, 1] first)."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class HubSource:
+    repo_id: str
+    filename: str
+    revision: str  # a commit hash: a moving branch cannot be verified reproducibly
+
+
+@dataclass(frozen=True)
+class Sources:
+    local: str | None = None  # relative to the checkpoints folder
+    hub: HubSource | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    dataset: str
+    images: int
+    top1: float
+    top5: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    builder: str
+    kwargs: dict[str, Any]
+    labels: str
+    preprocessing: Preprocessing
+    file: str | None
+    sha256: str | None
+    sources: Sources
+    format: str = "safetensors"  # or "torch" (a torchvision .pth, loaded with weights_only=True)
+    metrics: list[Metrics] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    unavailable: str | None = None  # why there are no weights (never replaced by random ones)
+
+    @staticmethod
+    def from_json(name: str, d: dict[str, Any]) -> "Entry":
+        src = d.get("sources", {})
+        return Entry(
+            name=name, builder=d["builder"], kwargs=d.get("kwargs", {}), labels=d["labels"],
+            preprocessing=Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in d.get("preprocessing", {}).items()}),
+            file=d.get("file"), sha256=d.get("sha256"),
+            sources=Sources(local=src.get("local"), url=src.get("url"),
+                            hub=HubSource(**src["hub"]) if src.get("hub") else None),
+            format=d.get("format", "safetensors"),
+            metrics=[Metrics(**m) for m in d.get("metrics", [])],
+            provenance=d.get("provenance", {}), unavailable=d.get("unavailable"))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+
+@dataclass(frozen=True)
+class Zoo:
+    name: str
+    description: str
+    entries: dict[str, Entry]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    label_sets: dict[str, LabelSet]
+    zoos: dict[str, Zoo]
+    path: Path = MANIFEST_PATH
+
+    def zoo(self, name: str) -> Zoo:
+        if name not in self.zoos:
+            raise ValueError(f"unknown zoo {name!r}; zoos: {', '.join(self.zoos)}")
+        return self.zoos[name]
+
+    def entry(self, zoo: str, model: str) -> Entry:
+        entries = self.zoo(zoo).entries
+        if model not in entries:
+            raise ValueError(f"zoo {zoo!r} has no model {model!r}; its models: {', '.join(entries)}")
+        return entries[model]
+
+    def labels(self, entry: Entry) -> LabelSet:
+        return self.label_sets[entry.labels]
+
+
+def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> Manifest:
+    path = Path(path)
+    raw = json.loads(path.read_text())
+    return Manifest(
+        label_sets={k: LabelSet(**v) for k, v in raw["label_sets"].items()},
+        zoos={z: Zoo(z, v.get("description", ""), {m: Entry.from_json(m, e) for m, e in v["models"].items()})
+              for z, v in raw["zoos"].items()},
+        path=path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_entry(zoo: str, entry: Entry, path: str | os.PathLike = MANIFEST_PATH) -> None:
+    """Add or replace one entry, atomically and under a lock (parallel trainings export at once)."""
+    path = Path(path)
+    with _locked(path):
+        raw = json.loads(path.read_text())
+        raw["zoos"].setdefault(zoo, {"description": "", "models": {}})["models"][entry.name] = entry.to_json()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(raw, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def label_set_for(wnids: list[str], path: str | os.PathLike = MANIFEST_PATH, zoo: str = "custom") -> str:
+    """Name of the manifest's label set with exactly these wnids, adding one if there is none."""
+    path = Path(path)
+    with _locked(path):
+        raw = json.loads(path.read_text())
+        for name, ls in raw["label_sets"].items():
+            if ls["wnids"] == list(wnids):
+                return name
+        known = {}
+        for ls in raw["label_sets"].values():
+            known.update(zip(ls["wnids"], ls["names"]))
+        name = f"{zoo}{len(wnids)}"
+        raw["label_sets"][name] = {"wnids": list(wnids), "names": [known.get(w, w) for w in wnids]}
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(raw, indent=1) + "\n")
+        os.replace(tmp, path)
+        return name

@@ -1,0 +1,348 @@
+"""ResNet, DSNet and DS2Net as one parameterised network (paper §3.3, §4.5; DESIGN.md §1).
+
+Module names are torchvision's (``conv1``, ``bn1``, ``layer1..4``, ``fc``; inside a block
+``conv1/bn1/conv2/bn2/conv3/bn3/downsample``), so a torchvision ResNet50 state dict loads into
+``resnet50`` unchanged and into ``dsnet50``/``ds2net50`` with only the new shortcut tensors missing.
+
+Dense weighted normalised shortcut, variant (b) (Eq. 12), inside each stage::
+
+    Y_0 = ReLU(X_0 + P(Y_prev))                        projection/identity shortcut kept
+    Y_l = ReLU(X_l + sum_{i<l} W_l^i * N(Y_i)),  l>=1  no identity shortcut anywhere else
+
+Choices the paper leaves open (documented here, tested in tests/test_models.py):
+
+* ``W`` starts at 1 for every term, so an untrained weighted model equals the "no weight" ablation.
+* ``N`` is computed once per ``Y_i`` and shared by all later blocks of the stage (§4.5); the last
+  block of a stage is never normalised because nothing in the stage reads it.
+* GroupNorm uses ``gcd(32, C)`` groups, so narrow widths (C < 32 at 0.25x) still work.
+* DS2's inner shortcut is ``b = ReLU(bn2(conv2(a)) + w * N(a))``: the ReLU sits after the sum,
+  like the outer shortcut. Where ``conv2`` has stride 2, ``ds2_strided`` picks "pool" (2x2 average
+  pool of ``N(a)``, the default) or "skip" (no inner shortcut in that block).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .registry import register_model
+
+Shortcut = Literal["identity", "dense", "dense_a", "dense_identity"]
+NormKind = Literal["group", "layer", "instance", "batch", "none"]
+WeightKind = Literal["channel", "scalar", "none"]
+
+BLOCKS_BY_DEPTH = {26: (2, 2, 2, 2), 38: (3, 3, 3, 3), 50: (3, 4, 6, 3), 77: (3, 4, 15, 3), 101: (3, 4, 23, 3)}
+
+
+@dataclass(frozen=True)
+class ShortcutSpec:
+    """How the shortcuts of a network are built (the ablation axes of Table 1)."""
+
+    kind: Shortcut = "identity"
+    norm: NormKind = "group"
+    weight: WeightKind = "channel"
+    inner: bool = False  # DS2: weighted normalised shortcut around every 3x3 conv
+    ds2_strided: Literal["pool", "skip"] = "pool"
+
+
+def shortcut_norm(kind: NormKind, channels: int) -> nn.Module:
+    """A parameter-free normalisation N (no affine transform, paper §3.3)."""
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, channels), channels, affine=False)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels, affine=False)
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels, affine=False)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, affine=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose group, layer, instance, batch or none")
+
+
+def shortcut_weight(kind: WeightKind, terms: int, channels: int) -> nn.Parameter | None:
+    """Learnable weights for ``terms`` incoming shortcuts, shape (terms, C, 1, 1); init 1."""
+    if kind == "none":
+        return None
+    size = channels if kind == "channel" else 1
+    if kind not in ("channel", "scalar"):
+        raise ValueError(f"unknown weight {kind!r}; choose channel, scalar or none")
+    return nn.Parameter(torch.ones(terms, size, 1, 1))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's v1.5 bottleneck; ``residual`` gives X (bn3 output, before any shortcut)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
+                 groups: int, base_width: int, spec: ShortcutSpec, dense_terms: int) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.inner_norm: nn.Module | None = None
+        self.inner_pool: nn.Module | None = None
+        if spec.inner and not (stride > 1 and spec.ds2_strided == "skip"):
+            self.inner_norm = shortcut_norm(spec.norm, width)
+            self.inner_weight = shortcut_weight(spec.weight, 1, width)
+            if stride > 1:
+                self.inner_pool = nn.AvgPool2d(stride, stride, ceil_mode=True)
+        # Dense shortcuts into this block: W_l^i for i < l, stored with the block that reads them.
+        self.dense_weight = shortcut_weight(spec.weight, dense_terms, out_channels) if dense_terms else None
+
+    def residual(self, x: Tensor) -> Tensor:
+        a = self.relu(self.bn1(self.conv1(x)))
+        b = self.bn2(self.conv2(a))
+        if self.inner_norm is not None:
+            n = self.inner_norm(a)
+            if self.inner_pool is not None:
+                n = self.inner_pool(n)
+            b = b + n if self.inner_weight is None else torch.addcmul(b, self.inner_weight[0], n)
+        return self.bn3(self.conv3(self.relu(b)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Block with its own identity/projection shortcut (ResNet, and block 0 of every stage)."""
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + identity)
+
+
+class Stage(nn.Module):
+    """One stage (``layerK``): block 0 keeps its shortcut, later blocks take the dense ones.
+
+    Blocks are children "0", "1", ... as in torchvision's ``nn.Sequential`` stages.
+    """
+
+    def __init__(self, blocks: Sequence[Bottleneck], spec: ShortcutSpec) -> None:
+        super().__init__()
+        for i, block in enumerate(blocks):
+            self.add_module(str(i), block)
+        self.blocks = list(blocks)  # plain list: not registered twice
+        self.kind = spec.kind
+        if spec.kind in ("dense", "dense_a"):
+            channels = blocks[0].bn3.num_features
+            # N of every block output that a later block reads (all but the last).
+            self.norms = nn.ModuleList(shortcut_norm(spec.norm, channels) for _ in blocks[:-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "identity":
+            for block in self.blocks:
+                x = block(x)
+            return x
+        first = self.blocks[0]
+        if self.kind == "dense_a":
+            x_0 = first.residual(x)
+            y = torch.relu(x_0 + (x if first.downsample is None else first.downsample(x)))
+            history = [self.norms[0](x_0)]
+        else:
+            y = first(x)
+            history = [y if self.kind == "dense_identity" else self.norms[0](y)]
+        last = len(self.blocks) - 1
+        for l in range(1, last + 1):
+            block = self.blocks[l]
+            out = block.residual(y)
+            if self.kind == "dense_a":
+                # N(X_l) keeps ``out`` for its backward, so the sum below must not be in place.
+                if l < last:
+                    x_l = self.norms[l](out)
+                out = out + sum(_weighted(block.dense_weight, i, n) for i, n in enumerate(history))
+                if l < last:
+                    history.append(x_l)
+                y = torch.relu(out)
+                continue
+            for i, n in enumerate(history):  # in place: no temporaries on the hot path (§4.5)
+                out = out.add_(n) if block.dense_weight is None else out.addcmul_(block.dense_weight[i], n)
+            y = torch.relu_(out)
+            if l < last:
+                history.append(y if self.kind == "dense_identity" else self.norms[l](y))
+        return y
+
+    def __getitem__(self, index: int) -> Bottleneck:
+        return self.blocks[index]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+def _weighted(weight: nn.Parameter | None, i: int, n: Tensor) -> Tensor:
+    return n if weight is None else weight[i] * n
+
+
+class DSNet(nn.Module):
+    """ResNet / DSNet / DS2Net with torchvision's module names (one class for the whole family)."""
+
+    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), num_classes: int = 1000,
+                 shortcut: ShortcutSpec = ShortcutSpec(), width: float = 1.0, groups: int = 1,
+                 width_per_group: int = 64, stem: Literal["imagenet", "cifar"] = "imagenet",
+                 zero_init_residual: bool = False) -> None:
+        super().__init__()
+        self.shortcut = shortcut
+        self.groups, self.base_width = groups, width_per_group
+        self.inplanes = _scaled(64, width)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        elif stem == "cifar":
+            self.conv1 = nn.Conv2d(3, self.inplanes, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            raise ValueError(f"unknown stem {stem!r}; choose imagenet or cifar")
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_stage(_scaled(64, width), layers[0], 1)
+        self.layer2 = self._make_stage(_scaled(128, width), layers[1], 2)
+        self.layer3 = self._make_stage(_scaled(256, width), layers[2], 2)
+        self.layer4 = self._make_stage(_scaled(512, width), layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(self.inplanes, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d) and m.affine:
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
+
+    def _make_stage(self, planes: int, blocks: int, stride: int) -> Stage:
+        out_channels = planes * Bottleneck.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out_channels:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out_channels, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(out_channels))
+        dense = self.shortcut.kind in ("dense", "dense_a")
+        stage_blocks = []
+        for l in range(blocks):
+            stage_blocks.append(Bottleneck(self.inplanes if l == 0 else out_channels, planes,
+                                           stride if l == 0 else 1, downsample if l == 0 else None,
+                                           self.groups, self.base_width, self.shortcut,
+                                           dense_terms=l if dense else 0))
+        self.inplanes = out_channels
+        return Stage(stage_blocks, self.shortcut)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Output of ``layer4`` (the Grad-CAM target layer's activations)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Logits from ``layer4`` activations: only pooling and fc follow the target layer."""
+        return self.fc(torch.flatten(self.avgpool(features), 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+# --- builders -----------------------------------------------------------------------------------
+# Each registered builder is a thin wrapper; ``**kwargs`` reach DSNet (num_classes, width, ...).
+
+RESNET = ShortcutSpec("identity")
+DSNET = ShortcutSpec("dense")
+DS2NET = ShortcutSpec("dense", inner=True)
+
+
+def _build(spec: ShortcutSpec, depth: int = 50, **kwargs) -> DSNet:
+    norm = kwargs.pop("norm", None)
+    weight = kwargs.pop("weight", None)
+    ds2_strided = kwargs.pop("ds2_strided", None)
+    if norm is not None or weight is not None or ds2_strided is not None:
+        spec = ShortcutSpec(spec.kind, norm or spec.norm, weight or spec.weight, spec.inner,
+                            ds2_strided or spec.ds2_strided)
+    return DSNet(BLOCKS_BY_DEPTH[depth], shortcut=spec, **kwargs)
+
+
+@register_model()
+def resnet50(**kwargs) -> DSNet:
+    return _build(RESNET, 50, **kwargs)
+
+
+@register_model()
+def resnet50_dense(**kwargs) -> DSNet:
+    """Dense identity shortcut, no N and no W (Eq. 13; the failed naive baseline of Table 1)."""
+    return _build(ShortcutSpec("dense_identity"), 50, **kwargs)
+
+
+@register_model()
+def dsnet50(**kwargs) -> DSNet:
+    return _build(DSNET, 50, **kwargs)
+
+
+@register_model()
+def dsnet50_a(**kwargs) -> DSNet:
+    """Variant (a), Eq. 11: dense terms from N(X_i) instead of N(Y_i)."""
+    return _build(ShortcutSpec("dense_a"), 50, **kwargs)
+
+
+@register_model()
+def ds2net50(**kwargs) -> DSNet:
+    return _build(DS2NET, 50, **kwargs)
+
+
+@register_model()
+def dsnext50_32x4d(**kwargs) -> DSNet:
+    return _build(DSNET, 50, groups=32, width_per_group=4, **kwargs)
+
+
+@register_model()
+def ds2next50_32x4d(**kwargs) -> DSNet:
+    return _build(DS2NET, 50, groups=32, width_per_group=4, **kwargs)
+
+
+@register_model()
+def dswrn50_2(**kwargs) -> DSNet:
+    return _build(DSNET, 50, width_per_group=128, **kwargs)
+
+
+def _register_depth(prefix: str, spec: ShortcutSpec, depth: int) -> None:
+    def builder(**kwargs) -> DSNet:
+        return _build(spec, depth, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = f"{prefix}{depth}"
+    builder.__doc__ = f"{prefix} with the depth-{depth} block design {BLOCKS_BY_DEPTH[depth]} (Table 3)."
+    register_model()(builder)
+
+
+for _depth in (26, 38, 77, 101):
+    for _prefix, _spec in (("resnet", RESNET), ("dsnet", DSNET), ("ds2net", DS2NET)):
+        _register_depth(_prefix, _spec, _depth)
+
+
+@dataclass(frozen=True)
+class WarmStartReport:
+    loaded: list[str]
+    new: list[str]  # in the model, not in the ResNet state dict (the dense shortcut tensors)
+    skipped: list[str]  # in both, with different shapes (e.g. fc for another class count)
+    unused: list[str]  # in the ResNet state dict, not in the model
+
+    def summary(self) -> str:
+        return (f"warm start: loaded {len(self.loaded)} tensors; new {len(self.new)} "
+                f"({', '.join(self.new[:4])}{'...' if len(self.new) > 4 else ''}); "
+                f"skipped (shape) {self.skipped}; unused {self.unused}")
+
+
+def warm_start_from_resnet(model: nn.Module, state_dict: dict[str, Tensor]) -> WarmStartReport:
+    """Copy every matching tensor of a torchvision-format ResNet state dict into ``model``."""
+    own = model.state_dict()
+    loaded = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
+    skipped = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    model.load_state_dict({k: state_dict[k] for k in loaded}, strict=False)
+    return WarmStartReport(loaded, [k for k in own if k not in state_dict], skipped,
+                           [k for k in state_dict if k not in own])

@@ -1,0 +1,50 @@
+"""Reading and writing weight files: full SHA-256 first, then safetensors or a weights-only torch load."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class ChecksumError(RuntimeError):
+    """A weight file whose SHA-256 differs from the manifest: refused, never deserialised."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: str | os.PathLike, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ChecksumError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}. The file is corrupt "
+                            f"or has been tampered with; it was not loaded. Delete it and fetch it again.")
+
+
+def read_state_dict(path: str | os.PathLike, fmt: str) -> dict[str, Tensor]:
+    """Deserialise a file that was already verified. No pickle code execution in either format."""
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    if fmt == "torch":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("model", state) if isinstance(state, dict) and "model" in state else state
+    raise ValueError(f"unknown weight format {fmt!r}; expected safetensors or torch")
+
+
+def save_safetensors(model: nn.Module, path: str | os.PathLike) -> str:
+    """Write the state dict as safetensors (atomically) and return its SHA-256."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return sha256_file(path)
