@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-MANIFEST_PATH = Path(os.environ.get("DSNET_MANIFEST", CHECKPOINTS_DIR / "manifest.json"))
+MANIFEST_PATH = CHECKPOINTS_DIR / "manifest.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -122,7 +122,7 @@ class Zoo:
 class Manifest:
     label_sets: dict[str, LabelSet]
     zoos: dict[str, Zoo]
-    path: Path = MANIFEST_PATH
+    path: Path
 
     def zoo(self, name: str) -> Zoo:
         if name not in self.zoos:
@@ -139,8 +139,13 @@ class Manifest:
         return self.label_sets[entry.labels]
 
 
-def load_manifest(path: str | os.PathLike = MANIFEST_PATH) -> Manifest:
-    path = Path(path)
+def manifest_path() -> Path:
+    """``$DSNET_MANIFEST`` if set (another zoo, tests), else the shipped checkpoints/manifest.json."""
+    return Path(os.environ.get("DSNET_MANIFEST") or MANIFEST_PATH)
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
+    path = Path(path) if path else manifest_path()
     raw = json.loads(path.read_text())
     return Manifest(
         label_sets={k: LabelSet(**v) for k, v in raw["label_sets"].items()},
@@ -156,7 +161,7 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def write_entry(zoo: str, entry: Entry, path: str | os.PathLike = MANIFEST_PATH) -> None:
+def write_entry(zoo: str, entry: Entry, path: str | os.PathLike) -> None:
     """Add or replace one entry, atomically and under a lock (parallel trainings export at once)."""
     path = Path(path)
     with _locked(path):
@@ -167,7 +172,7 @@ def write_entry(zoo: str, entry: Entry, path: str | os.PathLike = MANIFEST_PATH)
         os.replace(tmp, path)
 
 
-def label_set_for(wnids: list[str], path: str | os.PathLike = MANIFEST_PATH, zoo: str = "custom") -> str:
+def label_set_for(wnids: list[str], path: str | os.PathLike, zoo: str = "custom") -> str:
     """Name of the manifest's label set with exactly these wnids, adding one if there is none."""
     path = Path(path)
     with _locked(path):

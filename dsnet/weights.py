@@ -35,7 +35,7 @@ def read_state_dict(path: str | os.PathLike, fmt: str) -> dict[str, Tensor]:
         return load_file(str(path))
     if fmt == "torch":
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return state.get("model", state) if isinstance(state, dict) and "model" in state else state
+        return state["model"] if "model" in state else state  # a dsnet.train checkpoint, or a bare state dict
     raise ValueError(f"unknown weight format {fmt!r}; expected safetensors or torch")
 
 

@@ -1,0 +1,4 @@
+"""The DSNet Explain web app (Gradio)."""
+from .ui import build_app, launch
+
+__all__ = ["build_app", "launch"]

@@ -1,0 +1,252 @@
+"""The Grad-CAM service: per model, top-5 and a class activation map from one forward pass.
+
+The target layer is ``layer4`` (the last aggregation output); only global pooling and ``fc``
+follow it (DESIGN.md §3). So the body runs once, without autograd, and pytorch-grad-cam's methods
+run on a per-call *head* module (pool + fc with detached weights) whose input is the layer4
+activation: gradients, ablations and the top-5 all come from that single body pass, and no hook,
+gradient or layer swap ever touches the shared model. ScoreCAM masks the *input image*, so it is
+the one method that needs the whole network; it holds a per-model lock while its hooks are on.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+import pytorch_grad_cam as pgc
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from torch import nn
+
+from .images import LoadedImage, model_view, open_image, overlay, to_tensor
+from .zoo import ZooModel
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    cam_class: type
+    whole_network: bool  # True: needs forwards of the full model (cannot use the head shortcut)
+    cost: str
+
+    def relative_cost(self, channels: int) -> str:
+        return self.cost.format(channels=channels, batches=-(-channels // 32))
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("gradcam", pgc.GradCAM, False, "one forward + a backward through the head"),
+    Method("gradcam++", pgc.GradCAMPlusPlus, False, "one forward + a backward through the head"),
+    Method("xgradcam", pgc.XGradCAM, False, "one forward + a backward through the head"),
+    Method("hirescam", pgc.HiResCAM, False, "one forward + a backward through the head"),
+    Method("layercam", pgc.LayerCAM, False, "one forward + a backward through the head"),
+    Method("eigencam", pgc.EigenCAM, False, "one forward + an SVD of the layer4 activation"),
+    Method("eigengradcam", pgc.EigenGradCAM, False, "one forward + a backward + an SVD"),
+    Method("ablationcam", pgc.AblationCAM, False,
+           "one forward + {batches} batches of 32 head-only passes ({channels} channels ablated): cheap here"),
+    Method("scorecam", pgc.ScoreCAM, True,
+           "{channels} forwards of the WHOLE network (one per layer4 channel): slow, minutes on a CPU at full width"),
+]}
+
+
+class CamTimeout(RuntimeError):
+    """An expensive method ran past its time limit and was stopped."""
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """Which class to explain: each model's own top-1, one named class, or the true label."""
+
+    kind: Literal["top1", "class", "label"] = "top1"
+    value: str | int | None = None  # class index/name for "class", wnid for "label"
+
+    @staticmethod
+    def parse(text: str | None, label_wnid: str | None = None) -> "TargetPolicy":
+        """"top1" (default), "label", or a class name / index / wnid such as "golf ball" or "574"."""
+        text = (text or "top1").strip()
+        if text.lower() in ("top1", "top-1", "predicted", ""):
+            return TargetPolicy()
+        if text.lower() in ("label", "true", "ground truth"):
+            if not label_wnid:
+                raise ValueError("this image has no known label; pick a class or use the top-1 prediction")
+            return TargetPolicy("label", label_wnid)
+        return TargetPolicy("class", text)
+
+    def resolve(self, zm: ZooModel, logits: torch.Tensor) -> int:
+        if self.kind == "top1":
+            return int(logits.argmax())
+        if self.kind == "label":
+            if self.value not in zm.labels.wnids:
+                raise ValueError(f"the true class {self.value} is not among the {len(zm.labels.wnids)} classes "
+                                 f"of {zm.zoo}/{zm.name}")
+            return zm.labels.wnids.index(self.value)
+        return zm.labels.index(self.value)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Numbers for one map (README, "What the numbers mean")."""
+
+    top10_mass: float  # share of CAM mass in the top 10 % of pixels: 0.1 = flat, 1 = one spot
+    entropy: float  # entropy of the map as a distribution, / log(pixels): 1 = flat, 0 = one pixel
+    confidence_change: float | None = None  # p(class | image x CAM) - p(class | image)
+    road: float | None = None  # ROAD combined (LeRF - MoRF)/2 over 20..80 %: higher = more faithful
+
+
+@dataclass(frozen=True)
+class CamResult:
+    zoo: str
+    model: str
+    method: str
+    view: np.ndarray  # float32 H x W x 3 in [0, 1]: the image as the model saw it
+    cam: np.ndarray  # float32 H x W in [0, 1], same H x W as the view
+    overlay: np.ndarray  # uint8 H x W x 3 RGB
+    top5: list[Prediction]
+    explained: Prediction
+    seconds: float
+    faithfulness: Faithfulness | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class _Head(nn.Module):
+    """Global pooling + fc of ``model`` with detached weights; input: the layer4 activation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.target = nn.Identity()  # the CAM target layer: hooks live here, never on ``model``
+        self.weight = model.fc.weight.detach()
+        self.bias = model.fc.bias.detach()
+        self.device_anchor = nn.Parameter(torch.empty(0, device=self.weight.device), requires_grad=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = torch.flatten(F.adaptive_avg_pool2d(self.target(features), 1), 1)
+        return F.linear(pooled, self.weight, self.bias)
+
+
+class _AtViewSize:
+    """BaseCAM override: scale maps to the view, not to the (layer4-sized) head input."""
+
+    view_size: tuple[int, int]
+
+    def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
+        return self.view_size
+
+
+_HEAD_CLASSES: dict[type, type] = {}
+
+
+def _head_cam_class(cam_class: type) -> type:
+    if cam_class not in _HEAD_CLASSES:
+        _HEAD_CLASSES[cam_class] = type(f"Head{cam_class.__name__}", (_AtViewSize, cam_class), {})
+    return _HEAD_CLASSES[cam_class]
+
+
+class _Deadline:
+    """A target callable that stops an expensive method once its time is up."""
+
+    def __init__(self, target: Callable, deadline: float | None) -> None:
+        self.target, self.deadline = target, deadline
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise CamTimeout("the method ran past its time limit and was stopped; try GradCAM, or a smaller image set")
+        return self.target(output)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+def top10_mass(cam: np.ndarray) -> float:
+    flat = np.sort(cam.ravel())[::-1]
+    total = flat.sum()
+    return float(flat[: max(1, len(flat) // 10)].sum() / total) if total > 0 else 0.1
+
+
+def normalised_entropy(cam: np.ndarray) -> float:
+    p = cam.ravel().astype(np.float64)
+    total = p.sum()
+    if total <= 0:
+        return 1.0
+    p = p[p > 0] / total
+    return float(-(p * np.log(p)).sum() / np.log(cam.size))
+
+
+def faithfulness(zm: ZooModel, x: torch.Tensor, cam: np.ndarray, cls: int) -> Faithfulness:
+    """Focus numbers, plus pytorch-grad-cam's confidence change and ROAD on the whole model."""
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    targets = [ClassifierOutputSoftmaxTarget(cls)]
+    cams = cam[None]
+    with torch.no_grad():
+        change = float(CamMultImageConfidenceChange()(x, cams, targets, zm.model)[0])
+        road = float(ROADCombined(percentiles=[20, 40, 60, 80])(x, cams, targets, zm.model)[0])
+    return Faithfulness(top10_mass(cam), normalised_entropy(cam), change, road)
+
+
+def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", target: TargetPolicy = TargetPolicy(),
+                  opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None) -> CamResult:
+    """One model's top-5 and CAM for an already validated image."""
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = METHODS[method]
+    started = time.perf_counter()
+    deadline = time.monotonic() + time_limit if time_limit else None
+    pre = zm.entry.preprocessing
+    view = model_view(image.image, pre)
+    x = to_tensor(view, pre).to(zm.device)
+    model = zm.model
+    with torch.no_grad():
+        features = model.forward_features(x)
+    head = _Head(model)
+    with torch.no_grad():
+        logits = head(features)[0].float()
+    probs = logits.softmax(0)
+    cls = target.resolve(zm, logits)
+    names = zm.labels.names
+    top = probs.topk(min(5, len(probs)))
+    top5 = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+    cam_target = [_Deadline(ClassifierOutputTarget(cls), deadline)]
+    size = (view.shape[1], view.shape[0])
+    if spec.whole_network:
+        with model_lock(model), spec.cam_class(model=model, target_layers=[model.layer4]) as cam:
+            was_training = model.training
+            cam.batch_size = 32
+            try:
+                grayscale = cam(input_tensor=x, targets=cam_target)[0]
+            finally:
+                model.train(was_training)
+    else:
+        with _head_cam_class(spec.cam_class)(model=head, target_layers=[head.target]) as cam:
+            cam.view_size = size
+            grayscale = cam(input_tensor=features.detach().requires_grad_(),
+                            targets=cam_target)[0]
+    grayscale = np.clip(grayscale.astype(np.float32), 0.0, 1.0)
+    metrics = faithfulness(zm, x, grayscale, cls) if with_metrics else None
+    return CamResult(zoo=zm.zoo, model=zm.name, method=method, view=view, cam=grayscale,
+                     overlay=overlay(view, grayscale, opacity), top5=top5,
+                     explained=Prediction(cls, names[cls], float(probs[cls])),
+                     seconds=time.perf_counter() - started, faithfulness=metrics, notes=image.notes)
+
+
+def explain(image, models: list[ZooModel], method: str = "gradcam", target: TargetPolicy | str = TargetPolicy(),
+            opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None) -> list[CamResult]:
+    """Every model's result for one image (a path, bytes, PIL image, array or LoadedImage)."""
+    loaded = image if isinstance(image, LoadedImage) else open_image(image)
+    policy = TargetPolicy.parse(target) if isinstance(target, str) else target
+    return [explain_model(loaded, zm, method, policy, opacity, with_metrics, time_limit) for zm in models]

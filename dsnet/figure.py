@@ -1,0 +1,167 @@
+"""The paper's Figure 5 for any images, and §4.4's "DSNet focuses better" as a measurement.
+
+``python -m dsnet.figure --images DIR_OR_FILES --out fig5.png [--stats out.csv]``: columns are
+images (titled with their class), rows are the input and one row per model. With ``--stats`` every
+image of the folder is explained and per-image focus/faithfulness numbers go to a CSV, plus a
+per-model summary (mean with a 95 % interval; how often each model's map is the most focused).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .cam import METHODS, CamResult, TargetPolicy, explain
+from .data import IMAGE_SUFFIXES, WNID, scan_labelled
+from .images import ImageError, open_image
+from .manifest import load_manifest
+from .render import grid
+from .zoo import DEFAULT_MODELS, load_available
+
+STAT_FIELDS = ("top10_mass", "entropy", "confidence_change", "road")
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    model: str
+    images: int
+    top1_accuracy: float | None  # over images whose label the model knows
+    means: dict[str, tuple[float, float]]  # metric -> (mean, half-width of the 95 % interval)
+    most_focused: float  # share of images where this model's map has the highest top10_mass
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t interval (nan for fewer than two values)."""
+    from scipy import stats
+    if len(values) < 2:
+        return (values[0] if values else math.nan), math.nan
+    return statistics.fmean(values), float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values))
+
+
+def summarise(rows: list[dict]) -> list[ModelSummary]:
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by_image: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_image.setdefault(r["image"], {})[r["model"]] = r["top10_mass"]
+    winners = [max(scores, key=scores.get) for scores in by_image.values() if len(scores) == len(models)]
+    out = []
+    for m in models:
+        mine = [r for r in rows if r["model"] == m]
+        labelled = [r for r in mine if r["correct"] != ""]
+        out.append(ModelSummary(
+            m, len(mine), 100 * statistics.fmean(r["correct"] for r in labelled) if labelled else None,
+            {f: mean_ci([r[f] for r in mine if r[f] is not None]) for f in STAT_FIELDS},
+            winners.count(m) / len(winners) if winners else math.nan))
+    return out
+
+
+def collect_images(spec: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for s in spec:
+        p = Path(s)
+        if p.is_dir():
+            paths += [it.path for it in scan_labelled(p)] if _has_labels(p) else sorted(
+                q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    return paths
+
+
+def _has_labels(folder: Path) -> bool:
+    try:
+        scan_labelled(folder)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def image_wnid(path: Path) -> str | None:
+    for name in (path.name, path.parent.name):
+        if m := WNID.match(name):
+            return m.group(1)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dsnet.figure", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--out", type=Path, required=True, help="the grid PNG")
+    p.add_argument("--zoo", default="imagenette")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    p.add_argument("--method", default="gradcam", choices=list(METHODS))
+    p.add_argument("--target", default="auto", help='"auto" (true class when known, else top-1), "top1", or a class')
+    p.add_argument("--columns", type=int, default=12, help="images shown in the grid (all are measured with --stats)")
+    p.add_argument("--limit", type=int, help="use at most N images")
+    p.add_argument("--stats", type=Path, help="CSV of per-image numbers (+ OUT.summary.csv)")
+    p.add_argument("--tile", type=int, default=160)
+    p.add_argument("--device")
+    args = p.parse_args(argv)
+
+    paths = collect_images(args.images)[: args.limit]
+    models, missing = load_available(args.zoo, args.models.split(","), args.device)
+    for name, why in missing.items():
+        print(f"skipped {args.zoo}/{name}: {why}", file=sys.stderr)
+    if not models or not paths:
+        print("error: " + ("no model available" if not models else "no images"), file=sys.stderr)
+        return 2
+    names = {}
+    for ls in load_manifest().label_sets.values():
+        names.update(zip(ls.wnids, ls.names))
+    todo = paths if args.stats else paths[: args.columns]
+    columns, rows = [], []
+    for path in tqdm(todo, desc=f"explaining with {args.method}", unit="img"):
+        wnid = image_wnid(path)
+        known = wnid is not None and all(wnid in zm.labels.wnids for zm in models)
+        target = TargetPolicy("label", wnid) if args.target == "auto" and known else \
+            TargetPolicy.parse("top1" if args.target == "auto" else args.target, wnid)
+        try:
+            results: list[CamResult] = explain(open_image(path), models, args.method, target,
+                                               with_metrics=bool(args.stats))
+        except ImageError as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        if len(columns) < args.columns:
+            columns.append((names.get(wnid, path.stem), results))
+        for r in results:
+            f = r.faithfulness
+            rows.append({"image": str(path), "wnid": wnid or "", "model": r.model, "explained": r.explained.name,
+                         "probability": round(r.explained.probability, 5),
+                         "correct": int(r.top5[0].index == r.explained.index) if target.kind == "label" else "",
+                         **({k: getattr(f, k) for k in STAT_FIELDS} if f else {k: None for k in STAT_FIELDS})})
+    tiles = [[res[0].view for _, res in columns]] + [[res[i].overlay for _, res in columns]
+                                                    for i in range(len(models))]
+    grid(tiles, [t for t, _ in columns], ["input"] + [zm.name for zm in models], args.tile).save(args.out)
+    print(f"wrote {args.out} ({len(columns)} images x {len(models)} models)")
+    if args.stats:
+        with open(args.stats, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        summary = summarise(rows)
+        summary_path = args.stats.with_suffix(".summary.csv")
+        with open(summary_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "images", "top1_accuracy", *(x for k in STAT_FIELDS for x in (k, k + "_ci95")),
+                        "most_focused"])
+            for s in summary:
+                w.writerow([s.model, s.images, s.top1_accuracy, *(round(x, 5) for k in STAT_FIELDS for x in s.means[k]),
+                            round(s.most_focused, 4)])
+        print(f"wrote {args.stats} and {summary_path}")
+        for s in summary:
+            focus, ci = s.means["top10_mass"]
+            print(f"{s.model:<10} top10_mass {focus:.3f} ± {ci:.3f}  most focused on {100 * s.most_focused:.0f}% "
+                  f"of images" + (f"  top-1 {s.top1_accuracy:.1f}%" if s.top1_accuracy is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""Image operations as small pure functions with explicit contracts.
+
+Decoded images are RGB; "float images" are float32 H x W x 3 in [0, 1]; CAMs are float32 H x W in
+[0, 1]; overlays are uint8 H x W x 3 RGB. Untrusted input goes through ``open_image`` only.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .manifest import Preprocessing
+
+# Limits for untrusted images (documented in README, "Limits").
+MAX_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; bombs are refused before decoding
+MAX_ASPECT = 20.0  # long side / short side; a 10000 x 1 strip carries no picture worth explaining
+MIN_SIDE = 8
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "MPO")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message is meant for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: Image.Image  # RGB, upright
+    notes: tuple[str, ...] = ()  # what was done to it that the user should know (first frame, alpha...)
+
+
+def _register_optional_formats() -> None:
+    try:  # AVIF: Pillow >= 11.2 has it built in; older ones need the plugin
+        import pillow_avif  # noqa: F401
+    except ImportError:
+        pass
+
+
+def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> LoadedImage:
+    """Decode untrusted input to an upright RGB PIL image, or raise ImageError saying why.
+
+    Accepts a path, raw bytes, a ``data:`` URL, a PIL image or an RGB/gray uint8 array.
+    """
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, Image.Image):
+        return _normalise(source, fmt=source.format or "in-memory")
+    data = _read_bytes(source)
+    if not data:
+        raise ImageError("the file is empty (0 bytes)")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
+    _register_optional_formats()
+    try:
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        kind = _sniff(data)
+        raise ImageError(f"this is not a supported image ({kind}); send a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF")
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"the image is too large to decode safely ({e})")
+    return _normalise(im, fmt=im.format)
+
+
+def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    text = str(source)
+    if text.startswith("data:"):
+        try:
+            header, payload = text.split(",", 1)
+            return base64.b64decode(payload, validate=False) if ";base64" in header else payload.encode()
+        except Exception as e:  # noqa: BLE001
+            raise ImageError(f"the data URL could not be decoded ({e})")
+    path = Path(text)
+    if not path.is_file():
+        raise ImageError(f"no such image file: {path.name}")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ImageError(f"the file is {size / 1e6:.1f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
+    return path.read_bytes()
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    if head.startswith(b"%pdf"):
+        return "a PDF document"
+    if b"<svg" in head:
+        return "an SVG drawing"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "an unknown or corrupt format"
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"the image is {width} x {height} = {width * height / 1e6:.0f} MP; "
+                         f"the limit is {MAX_PIXELS / 1e6:.0f} MP")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"the image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise ImageError(f"the image is {width} x {height}; its aspect ratio is over {MAX_ASPECT:.0f}:1")
+
+
+def _normalise(im: Image.Image, fmt: str | None) -> LoadedImage:
+    notes = []
+    _check_size(*im.size)  # before any pixel is decoded
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        im.seek(0)
+        notes.append(f"the {fmt} has {frames} frames; the first one is used")
+    try:
+        im.load()
+        orientation = im.getexif().get(0x0112, 1)
+        im = ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"the {fmt} file is truncated or corrupt ({e})")
+    if orientation != 1:
+        notes.append("turned upright using its EXIF orientation")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(arr.astype(np.uint8), "L")
+        notes.append("high bit-depth image scaled to 8 bits")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            notes.append("transparent areas shown on white")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return LoadedImage(im.convert("RGB"), tuple(notes))
+
+
+def _from_array(arr: np.ndarray) -> LoadedImage:
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, -1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ImageError(f"expected an H x W x 3 (or 4) array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
+    mode = "RGBA" if arr.shape[2] == 4 else "RGB"
+    return _normalise(Image.fromarray(np.ascontiguousarray(arr), mode), fmt="array")
+
+
+def model_view(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """What the model sees: shorter side resized to ``pre.resize``, centre crop ``pre.crop``.
+
+    RGB PIL in, float32 crop x crop x 3 in [0, 1] out.
+    """
+    w, h = image.size
+    scale = pre.resize / min(w, h)
+    resized = image.resize((max(pre.crop, round(w * scale)), max(pre.crop, round(h * scale))),
+                           Image.Resampling.BILINEAR, reducing_gap=None)
+    left = (resized.width - pre.crop) // 2
+    top = (resized.height - pre.crop) // 2
+    crop = resized.crop((left, top, left + pre.crop, top + pre.crop))
+    return np.asarray(crop, dtype=np.float32) / 255.0
+
+
+def to_tensor(view: np.ndarray, pre: Preprocessing) -> torch.Tensor:
+    """float32 H x W x 3 in [0, 1] -> normalised 1 x 3 x H x W tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
+    mean = torch.tensor(pre.mean).view(3, 1, 1)
+    std = torch.tensor(pre.std).view(3, 1, 1)
+    return ((t - mean) / std).unsqueeze(0)
+
+
+def overlay(view: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """Heatmap over the view: float32 H x W x 3 and H x W in [0, 1] -> uint8 H x W x 3 RGB."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    return show_cam_on_image(view, cam, use_rgb=True, image_weight=1.0 - opacity)

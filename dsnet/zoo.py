@@ -1,0 +1,254 @@
+"""The model-zoo loader: find the weights, verify the full SHA-256, then build and load.
+
+Resolution order for an entry's file: the checkpoints folder (``sources.local``), then
+``$DSNET_WEIGHTS_DIR``, then the download cache (``$DSNET_CACHE/weights``), then a download from
+``sources.hub`` (Hugging Face Hub, pinned revision) or ``sources.url`` into that cache. Every file is
+hashed before it is deserialised, wherever it came from. ``python -m dsnet.zoo list|verify``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .manifest import CHECKPOINTS_DIR, Entry, LabelSet, Manifest, load_manifest
+from .registry import get_builder
+from .weights import ChecksumError, read_state_dict, sha256_file, verify
+
+__all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "load", "load_model", "pick_device"]
+
+
+class ZooError(RuntimeError):
+    """A zoo model cannot be served; the message says why and what to do."""
+
+
+class WeightsUnavailable(ZooError):
+    """No weights exist (yet) or they cannot be found or fetched."""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A verified, loaded model with what is needed to use it (labels, preprocessing)."""
+
+    zoo: str
+    name: str
+    model: nn.Module
+    entry: Entry
+    labels: LabelSet
+    device: torch.device
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DSNET_CACHE", Path.home() / ".cache" / "dsnet")) / "weights"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA, else MPS, else CPU, unless ``device`` or ``$DSNET_DEVICE`` says otherwise."""
+    device = device or os.environ.get("DSNET_DEVICE")
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def candidate_paths(entry: Entry, root: Path) -> list[Path]:
+    """Where the entry's file may already be, in the order they are tried."""
+    if not entry.file:
+        return []
+    name = Path(entry.file).name
+    paths = []
+    if entry.sources.local:
+        paths.append(root / entry.sources.local)
+    if os.environ.get("DSNET_WEIGHTS_DIR"):
+        paths.append(Path(os.environ["DSNET_WEIGHTS_DIR"]) / name)
+    if entry.sha256:
+        paths.append(cache_dir() / entry.sha256[:16] / name)
+    return paths
+
+
+def how_to_get(entry: Entry, root: Path) -> str:
+    ways = []
+    if entry.sources.local:
+        ways.append(f"put the file at {root / entry.sources.local}")
+    ways.append(f"or in $DSNET_WEIGHTS_DIR as {Path(entry.file).name}")
+    if entry.sources.hub:
+        h = entry.sources.hub
+        ways.append(f"or download it with `huggingface-cli download {h.repo_id} {h.filename} --revision {h.revision}`")
+    if entry.sources.url:
+        ways.append(f"or download {entry.sources.url}")
+    return "; ".join(ways)
+
+
+def download(entry: Entry) -> Path:
+    """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's."""
+    target_dir = cache_dir() / entry.sha256[:16]
+    errors = []
+    if entry.sources.hub:
+        h = entry.sources.hub
+        try:
+            from huggingface_hub import hf_hub_download
+            return Path(hf_hub_download(h.repo_id, h.filename, revision=h.revision, local_dir=target_dir))
+        except Exception as e:  # noqa: BLE001 - any failure falls through to the next source
+            errors.append(f"Hugging Face Hub {h.repo_id}@{h.revision}: {type(e).__name__}: {e}")
+    if entry.sources.url:
+        target = target_dir / Path(entry.file).name
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(entry.sources.url, str(target), progress=sys.stderr.isatty())
+            return target
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{entry.sources.url}: {type(e).__name__}: {e}")
+    raise WeightsUnavailable("download failed (offline?): " + " | ".join(errors))
+
+
+def resolve(entry: Entry, zoo: str, root: Path = CHECKPOINTS_DIR, allow_download: bool = True) -> Path:
+    """Path of the entry's verified weight file; raises WeightsUnavailable / ChecksumError."""
+    label = f"{zoo}/{entry.name}"
+    if entry.unavailable:
+        raise WeightsUnavailable(f"{label}: {entry.unavailable}")
+    if not entry.file or not entry.sha256:
+        raise WeightsUnavailable(f"{label}: the manifest gives no file and SHA-256; weights are never loaded unverified")
+    for path in candidate_paths(entry, root):
+        if path.is_file():
+            verify(path, entry.sha256)
+            return path
+    if not allow_download or os.environ.get("DSNET_OFFLINE") or not (entry.sources.hub or entry.sources.url):
+        raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found and not downloaded; "
+                                 + how_to_get(entry, root))
+    try:
+        path = download(entry)
+    except WeightsUnavailable as e:
+        raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found locally and {e}. "
+                                 + how_to_get(entry, root)) from None
+    verify(path, entry.sha256)
+    return path
+
+
+def build(entry: Entry) -> nn.Module:
+    return get_builder(entry.builder)(**entry.kwargs)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def show(xs): return ", ".join(xs[:6]) + (f" (+{len(xs) - 6} more)" if len(xs) > 6 else "")
+        raise ZooError(f"{label}: the weights do not fit the architecture in the manifest. "
+                       f"missing keys: [{show(missing)}]; unexpected keys: [{show(unexpected)}]; "
+                       f"shape mismatches: [{show(shapes)}]")
+    model.load_state_dict(state, strict=True)
+
+
+_LOADED: dict[tuple[str, str, str, str], ZooModel] = {}
+_LOADING = threading.Lock()
+
+
+def load(zoo: str, name: str, device: str | torch.device | None = None, manifest: Manifest | None = None,
+         root: Path | None = None) -> ZooModel:
+    """The verified model in eval mode; one instance per (manifest, zoo, name, device)."""
+    manifest = manifest or load_manifest()
+    root = root or manifest.path.parent
+    device = pick_device(device)
+    key = (str(manifest.path), zoo, name, str(device))
+    with _LOADING:
+        if key in _LOADED:
+            return _LOADED[key]
+        entry = manifest.entry(zoo, name)
+        path = resolve(entry, zoo, root)
+        model = build(entry)
+        load_state(model, read_state_dict(path, entry.format), f"{zoo}/{name}")
+        model.eval().to(device)
+        loaded = ZooModel(zoo, name, model, entry, manifest.labels(entry), device)
+        _LOADED[key] = loaded
+        return loaded
+
+
+def load_model(zoo: str, name: str, device: str | torch.device | None = None) -> nn.Module:
+    return load(zoo, name, device).model
+
+
+DEFAULT_MODELS = ("resnet50", "dsnet50", "ds2net50")
+
+
+def load_available(zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+                   device: str | None = None) -> tuple[list[ZooModel], dict[str, str]]:
+    """The models that can be served, and for the others the reason (never a stand-in model)."""
+    loaded, missing = [], {}
+    for name in names:
+        try:
+            loaded.append(load(zoo, name, device))
+        except (ZooError, ChecksumError) as e:
+            missing[name] = str(e)
+    return loaded, missing
+
+
+@dataclass(frozen=True)
+class EntryStatus:
+    zoo: str
+    name: str
+    builder: str
+    available: bool
+    present: bool
+    verified: bool
+    path: str | None
+    message: str
+    top1: float | None
+
+
+def entry_status(zoo: str, entry: Entry, root: Path) -> EntryStatus:
+    present = next((p for p in candidate_paths(entry, root) if p.is_file()), None)
+    top1 = entry.metrics[0].top1 if entry.metrics else None
+    try:
+        path = resolve(entry, zoo, root, allow_download=False)
+        return EntryStatus(zoo, entry.name, entry.builder, True, True, True, str(path), "ok", top1)
+    except (ZooError, ChecksumError) as e:
+        return EntryStatus(zoo, entry.name, entry.builder, entry.unavailable is None, present is not None, False,
+                           str(present) if present else None, str(e), top1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dsnet.zoo", description="List and verify the model zoos.")
+    p.add_argument("command", choices=["list", "verify"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--manifest", type=Path, help="manifest file (default: checkpoints/manifest.json)")
+    args = p.parse_args(argv)
+    manifest = load_manifest(args.manifest)
+    rows = [entry_status(z, e, manifest.path.parent) for z, zoo in manifest.zoos.items() for e in zoo.entries.values()]
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=1))
+    else:
+        print(f"{'zoo/model':<22} {'weights':<12} {'top-1':>6}  details")
+        for r in rows:
+            state = "verified" if r.verified else ("MISMATCH" if r.present else ("missing" if r.available else "none yet"))
+            top1 = f"{r.top1:.2f}" if r.top1 is not None else "-"
+            print(f"{r.zoo + '/' + r.name:<22} {state:<12} {top1:>6}  {r.path if r.verified else r.message}")
+    if args.command == "verify":
+        bad = [r for r in rows if r.present and not r.verified]
+        for r in bad:
+            print(f"FAILED {r.zoo}/{r.name}: {r.message}", file=sys.stderr)
+        print(f"{sum(r.verified for r in rows)} verified, {len(bad)} failed, "
+              f"{sum(not r.present for r in rows)} not present")
+        return 1 if bad else 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

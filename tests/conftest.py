@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to the shared data, and a tiny real zoo written by the tests themselves."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import dsnet
+from dsnet import zoo
+from dsnet.manifest import MANIFEST_PATH
+from dsnet.weights import save_safetensors
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("DSNET_DATA", ROOT.parent / "shared" / "data"))
+SAMPLES = DATA / "imagenet-samples"
+IMAGENETTE = DATA / "imagenette"
+TRIO = ("resnet50", "dsnet50", "ds2net50")
+
+
+def sample(name: str) -> Path:
+    """An imagenet-samples image by class name, e.g. sample("golf_ball")."""
+    hits = sorted(SAMPLES.glob(f"n*_{name}.JPEG"))
+    assert hits, f"no sample image for {name} in {SAMPLES}"
+    return hits[0]
+
+
+def write_tiny_zoo(folder: Path, width: float = 0.125, unavailable: tuple[str, ...] = ()) -> Path:
+    """A manifest with zoo "tiny": the trio at ``width``, 10 Imagenette classes, seeded random weights."""
+    raw = json.loads(MANIFEST_PATH.read_text())
+    base = raw["zoos"]["imagenette"]["models"]["resnet50"]
+    models = {}
+    for i, name in enumerate(TRIO):
+        torch.manual_seed(i)
+        model = dsnet.get_model(name, width=width, num_classes=10)
+        (folder / "tiny").mkdir(parents=True, exist_ok=True)
+        sha = save_safetensors(model, folder / "tiny" / f"{name}.safetensors")
+        models[name] = {**base, "builder": name, "kwargs": {"num_classes": 10, "width": width},
+                        "file": f"tiny/{name}.safetensors", "sha256": sha,
+                        "sources": {"local": f"tiny/{name}.safetensors", "hub": None, "url": None},
+                        "unavailable": "weights withheld by the test" if name in unavailable else None}
+    raw["zoos"] = {"tiny": {"description": "test zoo", "models": models}}
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch) -> Path:
+    path = write_tiny_zoo(tmp_path)
+    monkeypatch.setenv("DSNET_MANIFEST", str(path))
+    monkeypatch.setenv("DSNET_CACHE", str(tmp_path / "cache"))
+    zoo._LOADED.clear()
+    yield path
+    zoo._LOADED.clear()

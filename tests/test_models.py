@@ -1,0 +1,133 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import dsnet
+from dsnet.images import model_view, open_image, to_tensor
+from dsnet.manifest import Preprocessing
+from dsnet.models import BLOCKS_BY_DEPTH, Stage, shortcut_norm, warm_start_from_resnet
+
+from conftest import sample
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", dsnet.list_models())
+def test_every_registered_model_runs_forward_and_backward(name):
+    width = 0.25 if "next" in name else 0.125  # 32 groups need >= 32 channels in the 3x3 conv
+    model = dsnet.get_model(name, width=width, num_classes=7)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_registry_lists_the_required_builders():
+    required = {"resnet50", "dsnet50", "ds2net50", "dsnet50_a", "resnet50_dense", "dsnext50_32x4d",
+                "ds2next50_32x4d", "dswrn50_2"} | {f"{p}{d}" for p in ("dsnet", "ds2net") for d in (26, 38, 77, 101)}
+    assert required <= set(dsnet.list_models())
+    with pytest.raises(ValueError, match="registered models: .*dsnet50"):
+        dsnet.get_model("dsnet51")
+
+
+def test_parameter_overheads_match_the_spec():
+    resnet, ds, ds2 = (n_params(dsnet.get_model(n)) for n in ("resnet50", "dsnet50", "ds2net50"))
+    assert resnet == 25_557_032 == n_params(torchvision.models.resnet50())
+    assert ds - resnet == 25_344  # (3*256 + 6*512 + 15*1024 + 3*2048), DESIGN.md §1
+    assert (ds2 - resnet) / resnet < 0.0015  # paper §4.2: < 0.15 %
+    # DS2's inner shortcut in the three strided blocks is an average pool by default; "skip" drops it.
+    ds2_skip = n_params(dsnet.get_model("ds2net50", ds2_strided="skip"))
+    assert ds2 - ds2_skip == 128 + 256 + 512
+    assert n_params(dsnet.get_model("dsnet50", weight="scalar")) - resnet == 3 + 6 + 15 + 3
+    assert n_params(dsnet.get_model("dsnet50", weight="none")) == resnet
+
+
+def test_depths_follow_table_3():
+    for depth, blocks in BLOCKS_BY_DEPTH.items():
+        model = dsnet.get_model(f"dsnet{depth}" if depth != 50 else "dsnet50", width=0.125)
+        assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == list(blocks)
+
+
+def test_group_norm_uses_a_divisor_of_the_channels_at_narrow_widths():
+    norm = shortcut_norm("group", 48)
+    assert isinstance(norm, nn.GroupNorm) and norm.num_groups == 16 and not norm.affine
+    assert shortcut_norm("instance", 8).num_groups == 8 and shortcut_norm("layer", 8).num_groups == 1
+
+
+def naive_stage(stage: Stage, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Eq. 11/12 written out directly: N recomputed for every shortcut, out of place."""
+    blocks = stage.blocks
+    first = blocks[0]
+    identity = x if first.downsample is None else first.downsample(x)
+    xs = [first.residual(x)]
+    ys = [torch.relu(xs[0] + identity)]
+    for l in range(1, len(blocks)):
+        xl = blocks[l].residual(ys[-1])
+        sources = xs if kind == "dense_a" else ys
+        total = xl.clone()
+        for i in range(l):
+            total = total + blocks[l].dense_weight[i] * stage.norms[i](sources[i])
+        xs.append(xl)
+        ys.append(torch.relu(total))
+    return ys[-1]
+
+
+@pytest.mark.parametrize("name,kind", [("dsnet50", "dense"), ("ds2net50", "dense"), ("dsnet50_a", "dense_a")])
+def test_shared_normalisation_equals_the_equation(name, kind):
+    torch.manual_seed(0)
+    model = dsnet.get_model(name, width=0.25).eval()
+    for block in model.modules():  # non-trivial weights, so a wrong index would show
+        if hasattr(block, "dense_weight") and block.dense_weight is not None:
+            nn.init.uniform_(block.dense_weight, 0.2, 1.5)
+    x = torch.randn(2, 16, 16, 16)  # the 0.25x stem has 16 channels
+    with torch.no_grad():
+        for i in range(1, 5):
+            stage = getattr(model, f"layer{i}")
+            torch.testing.assert_close(stage(x), naive_stage(stage, x, kind), rtol=1e-5, atol=1e-5)
+            x = stage(x)
+
+
+def test_resnet50_dense_is_eq_13():
+    model = dsnet.get_model("resnet50_dense", width=0.25).eval()
+    stage = model.layer1
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        ys = [stage[0](x)]
+        for block in stage.blocks[1:]:
+            ys.append(torch.relu(block.residual(ys[-1]) + sum(ys)))
+        torch.testing.assert_close(stage(x), ys[-1])
+
+
+def test_same_logits_as_torchvision_on_a_real_image():
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50().eval()
+    ours = dsnet.get_model("resnet50").eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    pre = Preprocessing()
+    x = to_tensor(model_view(open_image(sample("golf_ball")).image, pre), pre)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-5)
+
+
+def test_warm_start_loads_every_backbone_tensor():
+    state = torchvision.models.resnet50().state_dict()
+    for name in ("dsnet50", "ds2net50"):
+        model = dsnet.get_model(name)
+        report = warm_start_from_resnet(model, state)
+        assert set(report.loaded) == set(state) and not report.unused and not report.skipped
+        assert report.new and all(k.endswith(("dense_weight", "inner_weight")) for k in report.new)
+        for k, v in state.items():
+            assert torch.equal(model.state_dict()[k], v)
+    small = dsnet.get_model("dsnet50", num_classes=10)
+    report = warm_start_from_resnet(small, state)
+    assert report.skipped == ["fc.weight", "fc.bias"]
+
+
+def test_layer4_forward_split_matches_forward():
+    model = dsnet.get_model("ds2net50", width=0.125, num_classes=5).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
