@@ -6,6 +6,7 @@ sources, measured metrics with their dataset, and provenance. Data, not code: th
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -40,7 +41,8 @@ class LabelSet:
         partial = [i for i, n in enumerate(self.names) if n.lower().startswith(q)]
         if len(partial) == 1:
             return partial[0]
-        hint = f"; did you mean one of: {', '.join(self.names[i] for i in partial[:8])}" if partial else ""
+        close = [self.names[i] for i in partial[:8]] or difflib.get_close_matches(str(query), self.names, n=5, cutoff=0.6)
+        hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown class {query!r} for this label set of {len(self.names)} classes{hint}")
 
 

@@ -1,0 +1,150 @@
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import pytorch_grad_cam as pgc
+import torch
+from PIL import Image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from dsnet import zoo
+from dsnet.cam import METHODS, CamTimeout, TargetPolicy, explain, explain_model, normalised_entropy, top10_mass
+from dsnet.images import open_image, to_tensor
+
+from conftest import IMAGENETTE, TRIO, sample
+
+
+@pytest.fixture
+def trio(tiny_zoo):
+    return [zoo.load("tiny", n, "cpu") for n in TRIO]
+
+
+def test_cam_shape_range_and_top5(trio):
+    for r in explain(sample("golf_ball"), trio):
+        assert r.cam.shape == r.view.shape[:2] == (128, 128) and r.cam.dtype == np.float32
+        assert 0.0 <= r.cam.min() and r.cam.max() <= 1.0 and r.cam.max() > 0.5
+        assert r.overlay.shape == (128, 128, 3) and r.overlay.dtype == np.uint8
+        probs = [p.probability for p in r.top5]
+        assert len(r.top5) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+        assert r.explained == r.top5[0]  # default policy: the model's own top-1
+        assert r.seconds > 0
+
+
+def test_top5_comes_from_the_same_forward_as_a_plain_model_call(trio):
+    image = open_image(sample("church"))
+    for zm in trio:
+        r = explain_model(image, zm)
+        with torch.no_grad():
+            probs = zm.model(to_tensor(r.view, zm.entry.preprocessing)).softmax(1)[0]
+        assert [p.index for p in r.top5] == probs.topk(5).indices.tolist()
+        np.testing.assert_allclose([p.probability for p in r.top5], probs.topk(5).values.numpy(), rtol=1e-5)
+
+
+def test_target_policies(trio):
+    shared = explain(sample("golf_ball"), trio, target="golf ball")
+    assert {r.explained.index for r in shared} == {8}
+    by_index = explain(sample("golf_ball"), trio, target="3")
+    assert {r.explained.name for r in by_index} == {"chain saw"}
+    label = explain(sample("golf_ball"), trio, target=TargetPolicy.parse("label", "n03888257"))
+    assert {r.explained.name for r in label} == {"parachute"}
+    with pytest.raises(ValueError, match="unknown class 'golf bal x'.*did you mean: golf ball"):
+        explain(sample("golf_ball"), trio, target="golf bal x")
+    with pytest.raises(ValueError, match="out of range 0..9"):
+        explain(sample("golf_ball"), trio, target="10")
+    with pytest.raises(ValueError, match="not among the 10 classes"):
+        explain(sample("golf_ball"), trio, target=TargetPolicy("label", "n01443537"))
+    with pytest.raises(ValueError, match="no known label"):
+        TargetPolicy.parse("label", None)
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        explain(sample("golf_ball"), trio, method="gradcam3")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
+                                    "eigengradcam", "ablationcam"])
+def test_fast_path_equals_stock_pytorch_grad_cam(trio, method):
+    for zm in trio[1:]:
+        r = explain(sample("golf_ball"), [zm], method=method, target="tench")[0]
+        x = to_tensor(r.view, zm.entry.preprocessing)
+        with METHODS[method].cam_class(model=zm.model, target_layers=[zm.model.layer4]) as cam:
+            stock = cam(input_tensor=x, targets=[ClassifierOutputTarget(r.explained.index)])[0]
+        assert np.abs(stock - r.cam).max() < 1e-4, method
+
+
+def test_scorecam_runs_on_the_whole_model_and_stops_at_its_time_limit(trio):
+    image = open_image(sample("golf_ball"))
+    r = explain_model(image, trio[0], "scorecam")
+    x = to_tensor(r.view, trio[0].entry.preprocessing)
+    with pgc.ScoreCAM(model=trio[0].model, target_layers=[trio[0].model.layer4]) as cam:
+        cam.batch_size = 32
+        stock = cam(input_tensor=x, targets=[ClassifierOutputTarget(r.explained.index)])[0]
+    assert np.abs(stock - r.cam).max() < 1e-4
+    with pytest.raises(CamTimeout, match="time limit"):
+        explain_model(image, trio[0], "scorecam", time_limit=1e-6)
+    assert not any(m._forward_hooks for m in trio[0].model.modules())
+
+
+def test_threads_get_exactly_the_sequential_results(trio):
+    images = sorted((IMAGENETTE / "val").glob("*/*.JPEG"))[::400][:8]
+    targets = ["top1", "golf ball", "tench", "3", "church", "top1", "parachute", "9"]
+    jobs = [(open_image(p), t) for p, t in zip(images, targets)]
+    sequential = [explain(img, trio, target=t) for img, t in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda job: explain(job[0], trio, target=job[1]), jobs))
+    for seq, par in zip(sequential, threaded):
+        for a, b in zip(seq, par):
+            assert a.explained == b.explained and a.top5 == b.top5
+            np.testing.assert_array_equal(a.cam, b.cam)
+
+
+def test_no_hooks_grads_or_mode_changes_after_many_calls(trio):
+    flags = {zm.name: [p.requires_grad for p in zm.model.parameters()] for zm in trio}
+    image = open_image(sample("tench"))
+    for i in range(50):
+        explain(image, trio, method=list(METHODS)[i % 8])
+    for zm in trio:
+        assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in zm.model.modules())
+        assert all(p.grad is None for p in zm.model.parameters())
+        assert not zm.model.training and [p.requires_grad for p in zm.model.parameters()] == flags[zm.name]
+
+
+def test_focus_numbers_mean_what_readme_says(trio):
+    flat = np.ones((10, 10), np.float32)
+    spot = np.zeros((10, 10), np.float32)
+    spot[3, 4] = 1
+    assert top10_mass(flat) == pytest.approx(0.1) and top10_mass(spot) == pytest.approx(1.0)
+    assert normalised_entropy(flat) == pytest.approx(1.0) and normalised_entropy(spot) == pytest.approx(0.0)
+    r = explain(sample("golf_ball"), trio[:1], with_metrics=True)[0]
+    f = r.faithfulness
+    assert 0.1 <= f.top10_mass <= 1 and 0 <= f.entropy <= 1
+    assert -1 <= f.confidence_change <= 1 and -1 <= f.road <= 1
+
+
+def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path):
+    from dsnet.explain import main
+    out, js = tmp_path / "fig.png", tmp_path / "out.json"
+    assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "label", "--out", str(out),
+                 "--json", str(js), "--metrics"]) == 0
+    data = json.loads(js.read_text())
+    assert [r["model"] for r in data["results"]] == list(TRIO)
+    assert {r["explained"]["name"] for r in data["results"]} == {"parachute"}
+    assert all(r["faithfulness"]["top10_mass"] > 0 for r in data["results"])
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 3 * 224
+    assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "no such class"]) == 2
+
+
+def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
+    from dsnet.figure import main
+    out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
+    folder = IMAGENETTE / "val" / "n03445777"
+    assert main(["--images", str(folder), "--zoo", "tiny", "--out", str(out), "--stats", str(stats),
+                 "--limit", "6", "--columns", "4", "--tile", "96"]) == 0
+    with Image.open(out) as im:
+        assert im.size[1] >= 4 * 96  # input row + three model rows
+    lines = stats.read_text().splitlines()
+    assert len(lines) == 1 + 6 * 3
+    summary = stats.with_suffix(".summary.csv").read_text().splitlines()
+    assert summary[0].startswith("model,images,top1_accuracy") and len(summary) == 4
+    shares = [float(row.split(",")[-1]) for row in summary[1:]]
+    assert sum(shares) == pytest.approx(1.0)

@@ -1,0 +1,146 @@
+import functools
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import dsnet
+from dsnet import zoo
+from dsnet.manifest import load_manifest
+from dsnet.weights import ChecksumError, sha256_file
+
+from conftest import TRIO
+
+
+def test_round_trip_of_a_checkpoint_the_test_wrote(tiny_zoo):
+    for name in TRIO:
+        zm = zoo.load("tiny", name, "cpu")
+        assert not zm.model.training and zm.device.type == "cpu"
+        torch.manual_seed(TRIO.index(name))
+        fresh = dsnet.get_model(name, width=0.125, num_classes=10)
+        for k, v in fresh.state_dict().items():
+            assert torch.equal(zm.model.state_dict()[k], v), k
+        assert zoo.load("tiny", name, "cpu") is zm  # one instance per (zoo, name, device)
+        assert zm.labels.names[8] == "golf ball"
+    assert dsnet.get_model("dsnet50", weights="tiny") is zoo.load("tiny", "dsnet50").model
+
+
+def test_a_tampered_byte_is_refused_before_loading(tiny_zoo, monkeypatch):
+    path = tiny_zoo.parent / "tiny" / "dsnet50.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(zoo, "read_state_dict", lambda *a: pytest.fail("deserialised an unverified file"))
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch .* not loaded"):
+        zoo.load("tiny", "dsnet50")
+
+
+def test_unknown_names_list_the_valid_ones(tiny_zoo):
+    with pytest.raises(ValueError, match="its models: resnet50, dsnet50, ds2net50"):
+        zoo.load("tiny", "dsnet51")
+    with pytest.raises(ValueError, match="zoos: tiny"):
+        zoo.load("nope", "dsnet50")
+
+
+def test_architecture_mismatch_lists_the_keys(tiny_zoo):
+    raw = json.loads(tiny_zoo.read_text())
+    raw["zoos"]["tiny"]["models"]["dsnet50"]["builder"] = "resnet50"  # file has dense_weight tensors
+    tiny_zoo.write_text(json.dumps(raw))
+    with pytest.raises(zoo.ZooError, match=r"unexpected keys: \[layer1.1.dense_weight"):
+        zoo.load("tiny", "dsnet50")
+
+
+def test_unavailable_entry_says_why_and_is_never_faked(tiny_zoo):
+    raw = json.loads(tiny_zoo.read_text())
+    raw["zoos"]["tiny"]["models"]["ds2net50"]["unavailable"] = "not trained yet"
+    tiny_zoo.write_text(json.dumps(raw))
+    loaded, missing = zoo.load_available("tiny")
+    assert [m.name for m in loaded] == ["resnet50", "dsnet50"]
+    assert "not trained yet" in missing["ds2net50"]
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _torchvision_entry(tiny_zoo: Path, sha: str, url: str) -> None:
+    raw = json.loads(tiny_zoo.read_text())
+    entry = json.loads(json.dumps(load_manifest(Path(__file__).parent.parent / "checkpoints" / "manifest.json")
+                                  .entry("imagenet", "resnet50").to_json()))
+    entry.update(sha256=sha, sources={"local": "imagenet/resnet50-test.pth", "hub": None, "url": url},
+                 file="imagenet/resnet50-test.pth")
+    raw["zoos"]["imagenet"] = {"description": "", "models": {"resnet50": entry}}
+    tiny_zoo.write_text(json.dumps(raw))
+
+
+def test_torchvision_pth_is_downloaded_verified_and_loaded_through_the_zoo(tiny_zoo, http_root):
+    root, base = http_root
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50().eval()
+    torch.save(reference.state_dict(), root / "resnet50-test.pth")
+    _torchvision_entry(tiny_zoo, sha256_file(root / "resnet50-test.pth"), f"{base}/resnet50-test.pth")
+    zm = zoo.load("imagenet", "resnet50", "cpu")
+    assert (zoo.cache_dir() / zm.entry.sha256[:16] / "resnet50-test.pth").is_file()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(zm.model(x), reference(x))
+    assert zm.labels.names[574] == "golf ball"
+
+
+def test_a_tampered_download_in_the_cache_is_refused(tiny_zoo, http_root):
+    root, base = http_root
+    torch.save(dsnet.get_model("resnet50", width=0.125).state_dict(), root / "resnet50-test.pth")
+    _torchvision_entry(tiny_zoo, "0" * 64, f"{base}/resnet50-test.pth")
+    with pytest.raises(ChecksumError):
+        zoo.load("imagenet", "resnet50")
+    zoo._LOADED.clear()
+    with pytest.raises(ChecksumError):  # now from the cache, without downloading again
+        zoo.load("imagenet", "resnet50")
+
+
+def test_offline_error_says_which_file_where_and_how(tiny_zoo, http_root):
+    _, base = http_root
+    _torchvision_entry(tiny_zoo, "0" * 64, f"{base}/missing.pth")
+    with pytest.raises(zoo.WeightsUnavailable) as err:
+        zoo.load("imagenet", "resnet50")
+    text = str(err.value)
+    assert "resnet50-test.pth not found" in text and "download failed" in text
+    assert str(tiny_zoo.parent / "imagenet" / "resnet50-test.pth") in text and "DSNET_WEIGHTS_DIR" in text
+
+
+def test_hub_source_fails_clearly_offline(tiny_zoo, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = json.loads(tiny_zoo.read_text())
+    entry = raw["zoos"]["tiny"]["models"]["dsnet50"]
+    entry["sources"] = {"local": "elsewhere/dsnet50.safetensors", "url": None,
+                        "hub": {"repo_id": "dsnet-explain/imagenette", "filename": "dsnet50.safetensors",
+                                "revision": "0" * 40}}
+    tiny_zoo.write_text(json.dumps(raw))
+    with pytest.raises(zoo.WeightsUnavailable, match=r"Hugging Face Hub dsnet-explain/imagenette@0+.*huggingface-cli download"):
+        zoo.load("tiny", "dsnet50")
+
+
+def test_zoo_cli_lists_and_verifies(tiny_zoo, capsys):
+    assert zoo.main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(TRIO) and all(r["verified"] for r in rows)
+    assert zoo.main(["verify"]) == 0
+    path = tiny_zoo.parent / "tiny" / "resnet50.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    assert zoo.main(["verify"]) == 1
+    assert "FAILED tiny/resnet50: SHA-256 mismatch" in capsys.readouterr().err
