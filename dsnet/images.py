@@ -22,7 +22,7 @@ MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; bombs are refused before decoding
 MAX_ASPECT = 20.0  # long side / short side; a 10000 x 1 strip carries no picture worth explaining
 MIN_SIDE = 8
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "MPO")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # never EPS/PDF/SVG (no Ghostscript)
 
 
 class ImageError(ValueError):
@@ -35,11 +35,10 @@ class LoadedImage:
     notes: tuple[str, ...] = ()  # what was done to it that the user should know (first frame, alpha...)
 
 
-def _register_optional_formats() -> None:
-    try:  # AVIF: Pillow >= 11.2 has it built in; older ones need the plugin
-        import pillow_avif  # noqa: F401
-    except ImportError:
-        pass
+def _decoders() -> list[str]:
+    """The allowed formats this Pillow build can decode (AVIF needs Pillow >= 11.2 with libavif)."""
+    Image.init()
+    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
 
 def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> LoadedImage:
@@ -56,14 +55,13 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
         raise ImageError("the file is empty (0 bytes)")
     if len(data) > MAX_BYTES:
         raise ImageError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
-    _register_optional_formats()
     try:
-        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        im = Image.open(io.BytesIO(data), formats=_decoders())
     except UnidentifiedImageError:
         kind = _sniff(data)
         raise ImageError(f"this is not a supported image ({kind}); send a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF")
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"the image is too large to decode safely ({e})")
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image is too large to decode safely; the limit is {MAX_PIXELS / 1e6:.0f} MP")
     return _normalise(im, fmt=im.format)
 
 
@@ -74,7 +72,7 @@ def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
     if text.startswith("data:"):
         try:
             header, payload = text.split(",", 1)
-            return base64.b64decode(payload, validate=False) if ";base64" in header else payload.encode()
+            return base64.b64decode(payload, validate=True) if ";base64" in header else payload.encode()
         except Exception as e:  # noqa: BLE001
             raise ImageError(f"the data URL could not be decoded ({e})")
     path = Path(text)
@@ -105,10 +103,10 @@ def _check_size(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
         raise ImageError(f"the image is {width} x {height} = {width * height / 1e6:.0f} MP; "
                          f"the limit is {MAX_PIXELS / 1e6:.0f} MP")
+    if max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
+        raise ImageError(f"the image is {width} x {height}; its aspect ratio is over {MAX_ASPECT:.0f}:1")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"the image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
-    if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise ImageError(f"the image is {width} x {height}; its aspect ratio is over {MAX_ASPECT:.0f}:1")
 
 
 def _normalise(im: Image.Image, fmt: str | None) -> LoadedImage:

@@ -122,11 +122,14 @@ def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
 def save_atomic(obj: dict, path: Path) -> None:
     """temp file + fsync + rename: a kill at any moment leaves the previous checkpoint intact."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 autocast (default: on for CUDA)")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class (quick runs, tests)")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after N epochs of this run, resumable (training in time-boxed slices)")
     p.add_argument("--export", metavar="ZOO", help="after training, write safetensors + a manifest entry to ZOO")
     p.add_argument("--export-dir", type=Path, help="where the weights go (default: checkpoints/ZOO)")
     p.add_argument("--manifest", type=Path, default=MANIFEST_PATH)
@@ -327,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"model": args.model, "kwargs": kwargs, "recipe": args.recipe, "resolved_recipe": dataclasses.asdict(recipe),
               "seed": args.seed, "data": str(data), "train_images": len(train_set), "val_images": len(val_set),
               "world_size": d.world, "device": device.type, "amp": amp, "channels_last": args.channels_last,
-              "wnids": wnids, "torch": torch.__version__}
+              "wnids": wnids, "torch": str(torch.__version__)}
 
     for epoch in range(start_epoch, recipe.epochs):
         torch.manual_seed(args.seed * 100003 + epoch)  # every random draw of this epoch (augmentation)
@@ -376,8 +381,13 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
             plot_curves({args.model: history}, args.out / "curves.png")
             print(json.dumps(row), flush=True)
+        if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < recipe.epochs:
+            if d.main:
+                print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume")
+            break
 
-    if d.main and args.export:
+    finished = bool(history) and history[-1]["epoch"] == recipe.epochs
+    if d.main and args.export and finished:
         export(model, args, config, recipe, history, data)
     if d.world > 1:
         dist.barrier()
@@ -405,7 +415,7 @@ def export(model: nn.Module, args, config: dict, recipe: Recipe, history: list[d
         metrics=[Metrics(dataset=f"{data.name}/val", images=config["val_images"], top1=round(last["val_top1"], 2),
                          top5=round(last["val_top5"], 2))],
         provenance={"recipe": args.recipe, "resolved_recipe": config["resolved_recipe"], "epochs": last["epoch"],
-                    "seed": args.seed, "train_images": config["train_images"], "torch": torch.__version__,
+                    "seed": args.seed, "train_images": config["train_images"], "torch": str(torch.__version__),
                     "device": config["device"], "world_size": config["world_size"],
                     "train_seconds": round(sum(r["epoch_seconds"] for r in history)),
                     "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),

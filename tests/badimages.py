@@ -1,0 +1,78 @@
+"""Every kind of bad or awkward image of issue 6, generated on the fly: name -> (bytes, upload name)."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+from conftest import sample
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(size=(320, 240)) -> Image.Image:
+    with Image.open(sample("golf_ball")) as im:
+        return im.convert("RGB").resize(size)
+
+
+def bad_inputs() -> dict[str, tuple[bytes, str]]:
+    """Inputs that must be refused with a clear message."""
+    jpeg = _save(photo(), "JPEG")
+    bomb = _save(Image.new("1", (20000, 20000)), "PNG")  # a few KB that decode to 400 MP
+    return {
+        "zero_bytes": (b"", "empty.jpg"),
+        "text_as_jpg": (b"hello, this is not an image\n" * 20, "notes.jpg"),
+        "html_as_jpg": (b"<!DOCTYPE html><html><body>hi</body></html>", "page.jpg"),
+        "svg_as_jpg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>', "vector.jpg"),
+        "pdf_as_jpg": (b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "doc.jpg"),
+        "truncated_jpeg": (jpeg[: len(jpeg) // 2], "cut.jpg"),
+        "decompression_bomb": (bomb, "bomb.png"),
+        "strip_10000x1": (_save(Image.new("RGB", (10000, 1), "red"), "PNG"), "wide.png"),
+        "strip_1x10000": (_save(Image.new("RGB", (1, 10000), "red"), "PNG"), "tall.png"),
+        "one_pixel": (_save(Image.new("RGB", (1, 1), "red"), "PNG"), "dot.png"),
+    }
+
+
+def awkward_inputs() -> dict[str, tuple[bytes, str, str | None]]:
+    """Inputs that must work: name -> (bytes, upload name, a note the user must be told, or None)."""
+    base = photo()
+    arr = np.asarray(base)
+    sixteen = Image.fromarray((arr[..., 0].astype(np.uint16) * 257), "I;16")
+    rgba = base.convert("RGBA")
+    alpha = np.full(arr.shape[:2], 255, np.uint8)
+    alpha[:, : arr.shape[1] // 2] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    palette = base.convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 0
+    frames = [base, base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    cmyk = _save(base.convert("CMYK"), "JPEG")
+    out = {
+        "cmyk_jpeg": (cmyk, "cmyk.jpg", None),
+        "cmyk_jpeg_named_gif": (cmyk, "sneaky.gif", None),
+        "png_16bit": (_save(sixteen, "PNG"), "deep.png", "high bit-depth"),
+        "palette_transparency": (_save(palette, "PNG"), "palette.png", "transparent areas"),
+        "rgba_transparent": (_save(rgba, "PNG"), "alpha.png", "transparent areas"),
+        "grayscale": (_save(base.convert("L"), "JPEG"), "gray.jpg", None),
+        "animated_gif": (_save(frames[0], "GIF", save_all=True, append_images=frames[1:]), "anim.gif", "first one"),
+        "multipage_tiff": (_save(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "pages.tif",
+                           "first one"),
+        "exif_rotated": (_save(base, "JPEG", exif=exif), "phone.jpg", "EXIF orientation"),
+        "webp": (_save(base, "WEBP"), "photo.webp", None),
+    }
+    try:
+        out["avif"] = (_save(base, "AVIF"), "photo.avif", None)
+    except (KeyError, OSError):  # Pillow built without AVIF: listed as such in README
+        pass
+    return out
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()

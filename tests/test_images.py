@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsnet.images import ImageError, model_view, open_image, overlay, to_tensor
+from dsnet.manifest import Preprocessing
+
+from badimages import awkward_inputs, bad_inputs, data_url, photo
+
+EXPECTED = {
+    "zero_bytes": "empty", "text_as_jpg": "text file", "html_as_jpg": "HTML", "svg_as_jpg": "SVG",
+    "pdf_as_jpg": "PDF", "truncated_jpeg": "truncated", "decompression_bomb": "limit is 40 MP",
+    "strip_10000x1": "aspect ratio", "strip_1x10000": "aspect ratio", "one_pixel": "at least 8 px",
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_bad_images_get_a_specific_message(name):
+    data, _ = bad_inputs()[name]
+    with pytest.raises(ImageError, match=EXPECTED[name]):
+        open_image(data)
+
+
+@pytest.mark.parametrize("name", list(awkward_inputs()))
+def test_awkward_images_are_decoded_sensibly(name):
+    data, _, note = awkward_inputs()[name]
+    loaded = open_image(data)
+    assert loaded.image.mode == "RGB" and min(loaded.image.size) >= 8
+    if note:
+        assert any(note in n for n in loaded.notes), loaded.notes
+
+
+def test_exif_rotation_is_applied():
+    data, _, _ = awkward_inputs()["exif_rotated"]
+    assert open_image(data).image.size == (240, 320)  # stored 320 x 240, displayed upright
+
+
+def test_transparent_areas_are_white_not_hidden_colours():
+    data, _, _ = awkward_inputs()["rgba_transparent"]
+    arr = np.asarray(open_image(data).image)
+    assert (arr[:, :100] == 255).all() and arr[:, 200:].std() > 10
+
+
+def test_cmyk_colours_survive():
+    data, _, _ = awkward_inputs()["cmyk_jpeg"]
+    ours = np.asarray(open_image(data).image, np.float32)
+    assert np.abs(ours - np.asarray(photo(), np.float32)).mean() < 12
+
+
+def test_data_url_and_arrays():
+    data, _, _ = awkward_inputs()["webp"]
+    assert open_image(data_url(data, "image/webp")).image.size == (320, 240)
+    with pytest.raises(ImageError, match="data URL|not a supported image"):
+        open_image("data:image/png;base64,!!!!")
+    assert open_image(np.zeros((20, 30), np.uint8)).image.size == (30, 20)
+
+
+def test_view_tensor_and_overlay_contracts():
+    pre = Preprocessing(resize=146, crop=128)
+    view = model_view(photo((500, 300)), pre)
+    assert view.shape == (128, 128, 3) and view.dtype == np.float32 and 0 <= view.min() <= view.max() <= 1
+    x = to_tensor(view, pre)
+    assert x.shape == (1, 3, 128, 128)
+    cam = np.linspace(0, 1, 128 * 128, dtype=np.float32).reshape(128, 128)
+    out = overlay(view, cam, 0.4)
+    assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+    assert np.array_equal(overlay(view, cam, 0.0), (view * 255).astype(np.uint8)) or \
+        np.abs(overlay(view, cam, 0.0).astype(int) - view * 255).max() <= 2
+    with pytest.raises(ValueError):
+        overlay(view, cam, 1.5)

@@ -1,0 +1,145 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsnet import zoo
+from dsnet.evaluate import accuracy, evaluate_zoo
+from dsnet.images import model_view, open_image, to_tensor
+from dsnet.manifest import MANIFEST_PATH, load_manifest
+from dsnet.data import scan_labelled
+from dsnet.train import limit_items, main as train_main, save_atomic
+
+from conftest import IMAGENETTE, ROOT, TRIO
+
+TINY = ["--data", str(IMAGENETTE), "--width", "0.125", "--batch-size", "8", "--train-crop", "48",
+        "--eval-resize", "56", "--eval-crop", "48", "--threads", "1", "--limit-per-class", "4"]
+
+
+@pytest.fixture
+def manifest_copy(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.json"
+    shutil.copy(MANIFEST_PATH, path)
+    monkeypatch.setenv("DSNET_MANIFEST", str(path))
+    monkeypatch.setenv("DSNET_CACHE", str(tmp_path / "cache"))
+    zoo._LOADED.clear()
+    yield path
+    zoo._LOADED.clear()
+
+
+def test_tiny_training_exports_a_loadable_checkpoint_and_manifest_entry(tmp_path, manifest_copy):
+    out = tmp_path / "run"
+    assert train_main(["--model", "ds2net50", *TINY, "--epochs", "2", "--out", str(out), "--cache-dir",
+                       str(tmp_path / "cache"), "--export", "mini", "--export-dir", str(tmp_path / "mini"),
+                       "--manifest", str(manifest_copy)]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and (out / "curves.png").stat().st_size > 1000
+    entry = load_manifest(manifest_copy).entry("mini", "ds2net50")
+    assert entry.labels == "imagenette10" and entry.metrics[0].images == 40
+    assert entry.metrics[0].top1 == round(rows[-1]["val_top1"], 2) and entry.provenance["epochs"] == 2
+    zm = zoo.load("mini", "ds2net50", "cpu")
+    top1, _, used, _ = accuracy(zm, limit_items(scan_labelled(IMAGENETTE / "val"), 4), workers=0)
+    assert used == 40 and top1 == pytest.approx(rows[-1]["val_top1"], abs=1e-6)
+
+
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
+    common = ["--model", "dsnet50", *TINY, "--epochs", "3", "--cache-dir", str(tmp_path / "cache")]
+    assert train_main([*common, "--out", str(tmp_path / "straight")]) == 0
+    assert train_main([*common, "--out", str(tmp_path / "sliced"), "--stop-after", "1"]) == 0
+    assert torch.load(tmp_path / "sliced" / "last.pt", weights_only=True)["epoch"] == 1
+    assert train_main([*common, "--out", str(tmp_path / "sliced"), "--resume"]) == 0
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "sliced" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["history"][-1]["val_top1"] == b["history"][-1]["val_top1"]
+
+
+WRITER = """
+import sys, torch
+from dsnet.train import save_atomic
+from pathlib import Path
+i = 0
+while True:
+    i += 1
+    save_atomic({"version": i, "blob": torch.full((8_000_000,), float(i))}, Path(sys.argv[1]))
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"version": 0, "blob": torch.zeros(8_000_000)}, path)
+    for delay in (0.3, 0.7, 1.1):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = torch.load(path, weights_only=True)
+        assert torch.all(state["blob"] == float(state["version"]))
+    with pytest.raises(Exception):
+        save_atomic({"bad": lambda: None}, path)  # a failing write ...
+    assert torch.load(path, weights_only=True)["version"] == state["version"]  # ... changes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # and leaves no temp files
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "dsnet.train", "--model", "resnet50", *TINY, "--epochs", "1", "--out", str(out),
+                             "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads((out / "log.jsonl").read_text())
+    assert row["epoch"] == 1 and (out / "last.pt").is_file()
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["config"]["world_size"] == 2 and state["config"]["val_images"] == 40
+
+
+def test_evaluate_matches_a_hand_computation(tiny_zoo, tmp_path):
+    folder = tmp_path / "val"
+    items = []
+    for wnid_dir in sorted((IMAGENETTE / "val").iterdir()):
+        for p in sorted(wnid_dir.glob("*.JPEG"))[:2]:
+            (folder / wnid_dir.name).mkdir(parents=True, exist_ok=True)
+            os.symlink(p, folder / wnid_dir.name / p.name)
+            items.append((p, wnid_dir.name))
+    reports = evaluate_zoo("tiny", folder, ["dsnet50", "resnet50"], timing=False)
+    zm = zoo.load("tiny", "dsnet50")
+    correct = 0
+    for path, wnid in items:
+        x = to_tensor(model_view(open_image(path).image, zm.entry.preprocessing), zm.entry.preprocessing)
+        with torch.no_grad():
+            correct += int(zm.model(x).argmax()) == zm.labels.wnids.index(wnid)
+    assert reports[0].model == "dsnet50" and reports[0].images == 20
+    assert reports[0].top1 == pytest.approx(100 * correct / 20, abs=0.01)
+
+
+def test_evaluate_accepts_flat_wnid_named_files_and_counts_foreign_classes(tiny_zoo):
+    from conftest import SAMPLES
+    reports = evaluate_zoo("tiny", SAMPLES, ["resnet50"], timing=False)
+    assert reports[0].images == 10 and reports[0].skipped == 990
+
+
+def test_shipped_imagenette_zoo_loads_verifies_and_classifies(monkeypatch):
+    monkeypatch.delenv("DSNET_MANIFEST", raising=False)
+    zoo._LOADED.clear()
+    val = sorted((IMAGENETTE / "val").iterdir())
+    images = [sorted(d.glob("*.JPEG"))[5] for d in val] + [sorted(d.glob("*.JPEG"))[50] for d in val]
+    for name in TRIO:
+        zm = zoo.load("imagenette", name, "cpu")
+        assert zm.entry.metrics[0].top1 >= 80, "the shipped models reach 80 % top-1 on Imagenette val"
+        correct = 0
+        for path in images:
+            x = to_tensor(model_view(open_image(path).image, zm.entry.preprocessing), zm.entry.preprocessing)
+            with torch.no_grad():
+                correct += zm.labels.wnids[int(zm.model(x).argmax())] == path.parent.name
+        assert correct >= 15, f"{name}: {correct}/20 real val images right"
