@@ -143,7 +143,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette") -> gr.Blo
                 with gr.Row(equal_height=True):
                     for name in DEFAULT_MODELS:
                         with gr.Column(min_width=200):
-                            outputs += [gr.Image(label=name, type="numpy", format="png", interactive=False),
+                            outputs += [gr.Image(label=name, type="numpy", format="png", interactive=False, height=260),
                                         gr.Markdown(),
                                         gr.Label(num_top_classes=5, label=f"{name} top-5")]
                 download = gr.DownloadButton("Download the comparison (PNG)")

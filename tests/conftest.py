@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,31 @@ def tiny_zoo(tmp_path, monkeypatch) -> Path:
     zoo._LOADED.clear()
     yield path
     zoo._LOADED.clear()
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    url: str
+    zoo: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def live_app():
+    """The real app on 127.0.0.1 with the shipped zoo (or $DSNET_MANIFEST's first zoo), offline."""
+    from app import build_app, launch
+    from dsnet.manifest import load_manifest
+    zoos = list(load_manifest().zoos)
+    zoo_name = "imagenette" if "imagenette" in zoos else zoos[0]
+    demo = build_app(None, zoo_name)
+    port = free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield LiveApp(f"http://127.0.0.1:{port}/", zoo_name, port)
+    demo.close()
