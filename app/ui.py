@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,17 @@ GALLERY_SIZE = 40
 FIGURE5_WNIDS = ("n03837869", "n03623198", "n02692877", "n02011460", "n02488291", "n01843065", "n01775062",
                  "n02028035", "n01774384", "n02167151")
 TARGET_CHOICES = {"each model's top-1": "top1", "one class for all": "class", "the true class": "label"}
+
+
+class RawImage(gr.Image):
+    """gr.Image whose upload reaches the handler as the raw file, undecoded.
+
+    gr.Image would decode (and re-encode) every upload before the handler sees it, with no size
+    limit and a generic error for bad files; here ``dsnet.images.open_image`` does that, safely.
+    """
+
+    def preprocess(self, payload):
+        return None if payload is None else payload.path
 
 
 @dataclass(frozen=True)
@@ -100,12 +113,22 @@ def explain_handler(image_path, zoo, method, target_mode, target_class, opacity,
                 results.append(r)
                 columns[3 * i: 3 * i + 3] = [r.overlay, _caption(r), {p.name: p.probability for p in r.top5}]
         yield *columns, None
-    download = None
-    if results:
-        path = Path(tempfile.mkdtemp(prefix="dsnet-")) / f"dsnet-{zoo}-{method}.png"
-        comparison(results).save(path)
-        download = str(path)
-    yield *columns, download
+    yield *columns, save_download(comparison(results), f"dsnet-{zoo}-{method}") if results else None
+
+
+DOWNLOADS = Path(tempfile.gettempdir()) / f"dsnet-downloads-{os.getpid()}"
+
+
+def save_download(image, stem: str, keep_seconds: float = 900) -> str:
+    """Write a PNG for the download button; files older than ``keep_seconds`` are removed."""
+    DOWNLOADS.mkdir(exist_ok=True)
+    now = time.time()
+    for old in DOWNLOADS.glob("*.png"):
+        if now - old.stat().st_mtime > keep_seconds:
+            old.unlink(missing_ok=True)
+    path = DOWNLOADS / f"{stem}-{uuid.uuid4().hex[:12]}.png"
+    image.save(path)
+    return str(path)
 
 
 def build_app(gallery_dir: str | None = None, zoo: str = "imagenette") -> gr.Blocks:
@@ -113,13 +136,14 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette") -> gr.Blo
     gallery_dir = gallery_dir or os.environ.get("DSNET_GALLERY")
     items = gallery_items(gallery_dir, zoo)
 
-    with gr.Blocks(title="DSNet Explain") as demo:
+    # Uploads and outputs in Gradio's cache are deleted hourly once older than an hour.
+    with gr.Blocks(title="DSNet Explain", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# DSNet Explain\nWhere do **ResNet50**, **DSNet50** and **DS2Net50** look? "
                     "Upload an image or pick one below; each model's class activation map and top-5 appear "
                     "side by side ([paper](https://arxiv.org/abs/2010.12496)).")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
+                image = RawImage(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
                                  height=300)
                 true_wnid = gr.Textbox(label="True class (wnid, from the gallery)", interactive=False,
                                        placeholder="unknown for uploads")
