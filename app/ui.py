@@ -39,7 +39,9 @@ class RawImage(gr.Image):
     """
 
     def preprocess(self, payload):
-        return None if payload is None else payload.path
+        if payload is None:
+            return None
+        return payload.path or payload.url  # an API client may send the bytes as a data: URL
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,15 @@ def explain_handler(image_path, zoo, method, target_mode, target_class, opacity,
         raise gr.Error(f"Unknown CAM method {method!r}; choose one of {', '.join(METHODS)}.")
     try:
         manifest = load_manifest()
-        manifest.zoo(zoo)
+        manifest.zoo(zoo)  # unknown zoo: a clear error before anything is decoded
         image = open_image(image_path)
         policy = {"top1": lambda: TargetPolicy(), "class": lambda: TargetPolicy("class", target_class),
                   "label": lambda: TargetPolicy.parse("label", true_wnid or None)}[TARGET_CHOICES.get(target_mode, target_mode)]()
-        if policy.kind == "class" and not target_class:
-            raise ValueError("pick the class to explain")
+        if policy.kind == "class":
+            if not target_class:
+                raise ValueError("pick the class to explain")
+            for entry in manifest.zoo(zoo).entries.values():  # fail before any model runs
+                manifest.labels(entry).index(target_class)
         opacity = float(opacity)
     except KeyError:
         raise gr.Error(f"Unknown target mode {target_mode!r}; choose one of {', '.join(TARGET_CHOICES)}.")
@@ -156,7 +161,8 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette") -> gr.Blo
                     target_mode = gr.Radio(list(TARGET_CHOICES), value="each model's top-1", label="Explain")
                 with gr.Row():
                     target_class = gr.Dropdown(_class_names(manifest, zoo), label="Class (searchable)",
-                                               filterable=True, value=None)
+                                               filterable=True, value=None, allow_custom_value=True,
+                                               info="a name, an index or a wnid")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                     with_metrics = gr.Checkbox(label="Faithfulness numbers (slower)")
                 method_cost = gr.Markdown(f"_{METHODS['gradcam'].cost}_")

@@ -40,7 +40,9 @@ class RawImage(gr.Image):
     """
 
     def preprocess(self, payload):
-        return None if payload is None else payload.path
+        if payload is None:
+            return None
+        return payload.path or payload.url
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:

@@ -19,6 +19,7 @@ import numpy as np
 import pytorch_grad_cam as pgc
 import torch
 import torch.nn.functional as F
+from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from torch import nn
 
@@ -199,6 +200,15 @@ def faithfulness(zm: ZooModel, x: torch.Tensor, cam: np.ndarray, cls: int) -> Fa
     return Faithfulness(top10_mass(cam), normalised_entropy(cam), change, road)
 
 
+def _run_cam(cam, x: torch.Tensor, targets: list) -> np.ndarray:
+    """Run a CAM object and always remove its hooks; errors propagate (BaseCAM's ``with`` swallows IndexError)."""
+    cam.batch_size = 32  # ScoreCAM / AblationCAM batch size
+    try:
+        return cam(input_tensor=x, targets=targets)[0]
+    finally:
+        cam.activations_and_grads.release()
+
+
 def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", target: TargetPolicy = TargetPolicy(),
                   opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None) -> CamResult:
     """One model's top-5 and CAM for an already validated image."""
@@ -224,18 +234,14 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
     cam_target = [_Deadline(ClassifierOutputTarget(cls), deadline)]
     size = (view.shape[1], view.shape[0])
     if spec.whole_network:
-        with model_lock(model), spec.cam_class(model=model, target_layers=[model.layer4]) as cam:
-            was_training = model.training
-            cam.batch_size = 32
-            try:
-                grayscale = cam(input_tensor=x, targets=cam_target)[0]
-            finally:
-                model.train(was_training)
+        with model_lock(model):
+            grayscale = _run_cam(spec.cam_class(model=model, target_layers=[model.layer4]), x, cam_target)
     else:
-        with _head_cam_class(spec.cam_class)(model=head, target_layers=[head.target]) as cam:
-            cam.view_size = size
-            grayscale = cam(input_tensor=features.detach().requires_grad_(),
-                            targets=cam_target)[0]
+        # AblationCAM's default AblationLayer is one instance shared by every AblationCAM: give each its own.
+        extra = {"ablation_layer": AblationLayer()} if spec.cam_class is pgc.AblationCAM else {}
+        cam = _head_cam_class(spec.cam_class)(model=head, target_layers=[head.target], **extra)
+        cam.view_size = size
+        grayscale = _run_cam(cam, features.detach().requires_grad_(), cam_target)
     grayscale = np.clip(grayscale.astype(np.float32), 0.0, 1.0)
     metrics = faithfulness(zm, x, grayscale, cls) if with_metrics else None
     return CamResult(zoo=zm.zoo, model=zm.name, method=method, view=view, cam=grayscale,

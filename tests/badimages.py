@@ -21,6 +21,13 @@ def photo(size=(320, 240)) -> Image.Image:
         return im.convert("RGB").resize(size)
 
 
+EXPECTED = {  # bad input -> words its error message must contain
+    "zero_bytes": "empty", "text_as_jpg": "text file", "html_as_jpg": "HTML", "svg_as_jpg": "SVG",
+    "pdf_as_jpg": "PDF", "truncated_jpeg": "truncated", "decompression_bomb": "limit is 40 MP",
+    "strip_10000x1": "aspect ratio", "strip_1x10000": "aspect ratio", "one_pixel": "at least 8 px",
+}
+
+
 def bad_inputs() -> dict[str, tuple[bytes, str]]:
     """Inputs that must be refused with a clear message."""
     jpeg = _save(photo(), "JPEG")

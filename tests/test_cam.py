@@ -87,10 +87,11 @@ def test_scorecam_runs_on_the_whole_model_and_stops_at_its_time_limit(trio):
 def test_threads_get_exactly_the_sequential_results(trio):
     images = sorted((IMAGENETTE / "val").glob("*/*.JPEG"))[::400][:8]
     targets = ["top1", "golf ball", "tench", "3", "church", "top1", "parachute", "9"]
-    jobs = [(open_image(p), t) for p, t in zip(images, targets)]
-    sequential = [explain(img, trio, target=t) for img, t in jobs]
+    methods = ["gradcam", "ablationcam", "gradcam++", "ablationcam", "eigencam", "layercam", "ablationcam", "hirescam"]
+    jobs = [(open_image(p), t, m) for p, t, m in zip(images, targets, methods)]
+    sequential = [explain(img, trio, method=m, target=t) for img, t, m in jobs]
     with ThreadPoolExecutor(8) as pool:
-        threaded = list(pool.map(lambda job: explain(job[0], trio, target=job[1]), jobs))
+        threaded = list(pool.map(lambda job: explain(job[0], trio, method=job[2], target=job[1]), jobs))
     for seq, par in zip(sequential, threaded):
         for a, b in zip(seq, par):
             assert a.explained == b.explained and a.top5 == b.top5
@@ -101,7 +102,7 @@ def test_no_hooks_grads_or_mode_changes_after_many_calls(trio):
     flags = {zm.name: [p.requires_grad for p in zm.model.parameters()] for zm in trio}
     image = open_image(sample("tench"))
     for i in range(50):
-        explain(image, trio, method=list(METHODS)[i % 8])
+        explain(image, trio[i % 3: i % 3 + 1], method=list(METHODS)[i % 8])
     for zm in trio:
         assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in zm.model.modules())
         assert all(p.grad is None for p in zm.model.parameters())
@@ -139,11 +140,11 @@ def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
     out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
     folder = IMAGENETTE / "val" / "n03445777"
     assert main(["--images", str(folder), "--zoo", "tiny", "--out", str(out), "--stats", str(stats),
-                 "--limit", "6", "--columns", "4", "--tile", "96"]) == 0
+                 "--limit", "3", "--columns", "2", "--tile", "96"]) == 0
     with Image.open(out) as im:
         assert im.size[1] >= 4 * 96  # input row + three model rows
     lines = stats.read_text().splitlines()
-    assert len(lines) == 1 + 6 * 3
+    assert len(lines) == 1 + 3 * 3
     summary = stats.with_suffix(".summary.csv").read_text().splitlines()
     assert summary[0].startswith("model,images,top1_accuracy") and len(summary) == 4
     shares = [float(row.split(",")[-1]) for row in summary[1:]]

@@ -1,0 +1,194 @@
+"""Issue 6 against a live server on 127.0.0.1: bad inputs, bad parameters, concurrency, limits, access."""
+import base64
+import json
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from badimages import EXPECTED, awkward_inputs, bad_inputs
+from conftest import IMAGENETTE, ROOT, sample
+
+TOP1 = "each model's top-1"
+
+
+@pytest.fixture(scope="module")
+def client(live_app):
+    from gradio_client import Client
+    return Client(live_app.url, verbose=False)
+
+
+def call(client, live_app, image, method="gradcam", mode=TOP1, cls=None, metrics=False, zoo=None):
+    from gradio_client import handle_file
+    return client.predict(handle_file(str(image)), zoo or live_app.zoo, method, mode, cls, 0.5, metrics, "",
+                          api_name="/explain")
+
+
+def http_call(live_app, data: list, timeout: float = 120) -> tuple[str, str]:
+    """Plain HTTP API: POST then read the event stream; returns (last event, its data)."""
+    req = urllib.request.Request(live_app.url + "gradio_api/call/explain", json.dumps({"data": data}).encode(),
+                                 {"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+    with urllib.request.urlopen(f"{live_app.url}gradio_api/call/explain/{event_id}", timeout=timeout) as r:
+        lines = r.read().decode().strip().splitlines()
+    return lines[-2].removeprefix("event: "), lines[-1].removeprefix("data: ")
+
+
+def file_data(url: str) -> dict:
+    return {"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_every_bad_image_gets_its_message_and_the_server_keeps_serving(client, live_app, tmp_path):
+    from gradio_client.exceptions import AppError
+    for name, (data, filename) in bad_inputs().items():
+        path = tmp_path / filename
+        path.write_bytes(data)
+        with pytest.raises(AppError, match=EXPECTED[name]):
+            call(client, live_app, path)
+    out = call(client, live_app, sample("golf_ball"))
+    assert out[1].startswith("**Explains:**")
+
+
+def test_awkward_images_work_over_the_api_and_say_what_was_done(client, live_app, tmp_path):
+    for name, (data, filename, note) in awkward_inputs().items():
+        path = tmp_path / filename
+        path.write_bytes(data)
+        out = call(client, live_app, path)
+        assert all(out[i].startswith("**Explains:**") for i in (1, 4, 7)), name
+        if note:
+            assert note in out[1], (name, out[1])
+
+
+def test_data_url_in_the_payload_is_validated_in_the_handler(live_app):
+    rest = [live_app.zoo, "gradcam", TOP1, None, 0.5, False, ""]
+    good = "data:image/jpeg;base64," + base64.b64encode(sample("golf_ball").read_bytes()).decode()
+    event, data = http_call(live_app, [file_data(good), *rest])
+    assert event == "complete" and "Explains:" in data
+    bomb = bad_inputs()["decompression_bomb"][0]
+    event, data = http_call(live_app, [file_data("data:image/png;base64," + base64.b64encode(bomb).decode()), *rest])
+    assert event == "error" and "limit is 40 MP" in data
+    event, data = http_call(live_app, [file_data("http://127.0.0.1:1/x.jpg"), *rest])  # never fetched
+    assert event == "error" and "no such image file" in data
+
+
+@pytest.mark.parametrize("args,message", [
+    (("nomethod", TOP1, None), "not in the list of choices"),
+    (("gradcam", "one class for all", "golfball x"), "unknown class"),
+    (("gradcam", "one class for all", "999"), "out of range"),
+    (("gradcam", "one class for all", None), "pick the class"),
+    (("gradcam", "the true class", None), "no known label"),
+    (("gradcam", "explain everything", None), "not in the list of choices"),
+])
+def test_bad_parameters_get_a_clear_error_never_a_traceback(live_app, args, message):
+    method, mode, cls = args
+    image = "data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode()
+    event, data = http_call(live_app, [file_data(image), live_app.zoo, method, mode, cls, 0.5, False, ""])
+    assert event == "error" and message in data and "Traceback" not in data
+
+
+def test_unknown_zoo_and_wrong_types(live_app):
+    image = file_data("data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode())
+    event, data = http_call(live_app, [image, "nozoo", "gradcam", TOP1, None, 0.5, False, ""])
+    assert event == "error" and "nozoo is not in the list of choices" in data
+    for bad in ([image, live_app.zoo, "gradcam", TOP1, None, "abc", False, ""],
+                [image, 5, "gradcam", TOP1, None, 0.5, False, ""],
+                [image, live_app.zoo, "gradcam", TOP1, None, 7.0, False, ""]):
+        event, data = http_call(live_app, bad)
+        assert event == "error" and json.loads(data)["error"] and "Traceback" not in data
+
+
+def _fingerprint(out) -> list:
+    return [(np.asarray(Image.open(out[i])).tobytes(), out[i + 1].split("**Time:**")[0], out[i + 2])
+            for i in (0, 3, 6)]
+
+
+def test_16_simultaneous_requests_each_get_their_lone_result(client, live_app):
+    images = sorted((IMAGENETTE / "val").glob("*/*.JPEG"))[::250][:16]
+    methods = ["gradcam", "gradcam++", "eigencam", "layercam", "xgradcam", "hirescam", "ablationcam", "eigengradcam"]
+    classes = [None, "golf ball", "tench", None, "church", "parachute", None, "chain saw"]
+    jobs = [(img, methods[i % 8], TOP1 if classes[i % 8] is None else "one class for all", classes[i % 8])
+            for i, img in enumerate(images)]
+    lone = [_fingerprint(call(client, live_app, *job)) for job in jobs]
+    submitted = [client.submit(*_args(live_app, *job), api_name="/explain") for job in jobs]
+    together = [_fingerprint(job.result(timeout=300)) for job in submitted]
+    assert together == lone
+
+
+def _args(live_app, image, method, mode, cls):
+    from gradio_client import handle_file
+    return handle_file(str(image)), live_app.zoo, method, mode, cls, 0.5, False, ""
+
+
+def test_a_flood_beyond_the_queue_bound_is_refused_as_busy(live_app):
+    from app.ui import QUEUE_SIZE
+    image = file_data("data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode())
+    body = json.dumps({"data": [image, live_app.zoo, "ablationcam", TOP1, None, 0.5, False, ""]}).encode()
+    refused, accepted = [], []
+    barrier = threading.Barrier(3 * QUEUE_SIZE)
+
+    def post():
+        req = urllib.request.Request(live_app.url + "gradio_api/call/explain", body, {"Content-Type": "application/json"})
+        barrier.wait()
+        try:
+            accepted.append(json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"])
+        except urllib.error.HTTPError as e:
+            refused.append((e.code, e.read().decode()))
+
+    threads = [threading.Thread(target=post) for _ in range(3 * QUEUE_SIZE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert refused and all(code == 503 and "Queue is full" in text for code, text in refused)
+    assert len(accepted) <= QUEUE_SIZE + 8  # a few may have left the queue while the flood was posted
+    with urllib.request.urlopen(f"{live_app.url}gradio_api/call/explain/{accepted[-1]}", timeout=300) as r:
+        assert b"event: complete" in r.read()  # the accepted ones are served, and so is the next one
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_300_sequential_requests_leave_memory_flat(live_app):
+    """The server runs in this process, so its resident memory is ours."""
+    images = sorted((IMAGENETTE / "val").glob("*/*.JPEG"))[::120]
+    payloads = ["data:image/jpeg;base64," + base64.b64encode(p.read_bytes()).decode() for p in images]
+    rest = [live_app.zoo, "gradcam", TOP1, None, 0.5, False, ""]
+    for i in range(40):  # warm-up: allocator pools, caches of gradio and torch
+        assert http_call(live_app, [file_data(payloads[i % len(payloads)]), *rest])[0] == "complete"
+    before = _rss_mb()
+    for i in range(300):
+        assert http_call(live_app, [file_data(payloads[i % len(payloads)]), *rest])[0] == "complete"
+    growth = _rss_mb() - before
+    assert growth < 40, f"resident memory grew by {growth:.0f} MB over 300 requests"
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", str(ROOT / "app.py"), str(ROOT / "checkpoints" / "manifest.json"),
+                                    str(ROOT / "checkpoints")])
+def test_the_server_serves_no_file_outside_its_own(live_app, target):
+    for prefix in ("gradio_api/file=", "file=", "gradio_api/file/"):
+        try:
+            with urllib.request.urlopen(live_app.url + prefix + target, timeout=10) as r:
+                body = r.read()
+            assert b"root:" not in body and b"build_app" not in body and b"sha256" not in body, prefix
+        except urllib.error.HTTPError as e:
+            assert e.code in (403, 404, 405), (prefix, e.code)
+
+
+def test_it_listens_on_loopback_only(live_app):
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.rsplit(":", 1)
+            if state == "0A" and int(port, 16) == live_app.port:
+                listening.append(address)
+    assert listening == ["0100007F"], listening
