@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path, log_path = args.out / "last.pt", args.out / "log.jsonl"
     start_epoch, history = 0, []
     if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        from torch.torch_version import TorchVersion  # a str subclass that older checkpoints recorded
+        with torch.serialization.safe_globals([TorchVersion]):
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
