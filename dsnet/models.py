@@ -106,10 +106,10 @@ class Bottleneck(nn.Module):
         a = self.relu(self.bn1(self.conv1(x)))
         b = self.bn2(self.conv2(a))
         if self.inner_norm is not None:
-            n = self.inner_norm(a)
-            if self.inner_pool is not None:
-                n = self.inner_pool(n)
-            b = b + n if self.inner_weight is None else torch.addcmul(b, self.inner_weight[0], n)
+            n = normalized(self.inner_norm, a)
+            if self.inner_pool is not None:  # average pooling commutes with a per-channel affine map
+                n = Normalized(self.inner_pool(n.y), n.scale, n.shift) if isinstance(n, Normalized) else self.inner_pool(n)
+            b = add_dense_shortcuts(b, self.inner_weight, [n])
         return self.bn3(self.conv3(self.relu(b)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -147,7 +147,7 @@ class Stage(nn.Module):
             history = [self.norms[0](x_0)]
         else:
             y = first(x)
-            history = [y if self.kind == "dense_identity" else self.norms[0](y)]
+            history = [y if self.kind == "dense_identity" else normalized(self.norms[0], y)]
         last = len(self.blocks) - 1
         for l in range(1, last + 1):
             block = self.blocks[l]
@@ -161,11 +161,14 @@ class Stage(nn.Module):
                     history.append(x_l)
                 y = torch.relu(out)
                 continue
-            for i, n in enumerate(history):  # in place: no temporaries on the hot path (§4.5)
-                out = out.add_(n) if block.dense_weight is None else out.addcmul_(block.dense_weight[i], n)
+            if self.kind == "dense_identity":
+                for n in history:
+                    out.add_(n)
+            else:
+                add_dense_shortcuts(out, block.dense_weight, history)
             y = torch.relu_(out)
             if l < last:
-                history.append(y if self.kind == "dense_identity" else self.norms[l](y))
+                history.append(y if self.kind == "dense_identity" else normalized(self.norms[l], y))
         return y
 
     def __getitem__(self, index: int) -> Bottleneck:
@@ -177,6 +180,49 @@ class Stage(nn.Module):
 
 def _weighted(weight: nn.Parameter | None, i: int, n: Tensor) -> Tensor:
     return n if weight is None else weight[i] * n
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """N(y) kept as ``y * scale + shift`` (scale, shift: N x C x 1 x 1), never materialised.
+
+    GroupNorm without affine is a per-(sample, channel) affine map of y, so a weighted shortcut
+    W * N(y) is ``(W * scale) * y + W * shift``: one multiply-add over y, and the shifts of all
+    terms of a block sum to a single bias (§4.5 taken one step further: N is shared *and* folded).
+    """
+
+    y: Tensor
+    scale: Tensor
+    shift: Tensor
+
+
+def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
+    """N(y) in folded form for the GroupNorm family; other norms are applied as modules."""
+    if not isinstance(norm, nn.GroupNorm):
+        return norm(y)
+    n, c = y.shape[:2]
+    groups = norm.num_groups
+    var_c, mean_c = torch.var_mean(y, dim=(2, 3), correction=0)  # per channel, any memory format
+    mean = mean_c.view(n, groups, -1).mean(2)
+    var = (var_c + mean_c.square()).view(n, groups, -1).mean(2) - mean.square()
+    rstd = (var.clamp_min(0) + norm.eps).rsqrt()
+    scale = rstd.repeat_interleave(c // groups, dim=1).view(n, c, 1, 1)
+    shift = (-mean * rstd).repeat_interleave(c // groups, dim=1).view(n, c, 1, 1)
+    return Normalized(y, scale, shift)
+
+
+def add_dense_shortcuts(out: Tensor, weight: nn.Parameter | None, history: list[Normalized | Tensor]) -> Tensor:
+    """out += sum_i W_i * N(Y_i), in place (no temporaries the size of an activation)."""
+    bias = None
+    for i, n in enumerate(history):
+        w = None if weight is None else weight[i]
+        if isinstance(n, Normalized):
+            out.addcmul_(n.scale if w is None else n.scale * w, n.y)
+            shift = n.shift if w is None else n.shift * w
+            bias = shift if bias is None else bias + shift
+        else:
+            out.add_(n) if w is None else out.addcmul_(w, n)
+    return out if bias is None else out.add_(bias)
 
 
 class DSNet(nn.Module):

@@ -1,0 +1,94 @@
+"""DSNet50 / DS2Net50 cost relative to ResNet50, measured side by side in one process.
+
+Inference latency (224 px, batch 1 and 8), training-step time and training-step memory, CPU (and
+CUDA when available). Models run interleaved, round after round, and each ratio is a median of
+per-round ratios, so drifting machine load affects numerator and denominator alike.
+
+    python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import dsnet
+from dsnet.evaluate import train_step_memory
+
+MODELS = ("resnet50", "dsnet50", "ds2net50")
+PAPER = {"dsnet50": (1.19, 1.22), "ds2net50": (1.26, 1.31)}  # Table 9: (time, memory) vs ResNet50
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    started = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--train-batch", type=int, default=8)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    models = {n: dsnet.get_model(n).eval().to(device) for n in MODELS}
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds")
+    print(f"{'measure':<28}" + "".join(f"{n:>12}" for n in MODELS) + "   ratios vs resnet50 (median of rounds)")
+
+    def report(label: str, rounds: dict[str, list[float]], unit: str, scale: float) -> dict[str, float]:
+        med = {n: statistics.median(v) for n, v in rounds.items()}
+        ratios = {n: statistics.median(a / b for a, b in zip(rounds[n], rounds["resnet50"])) for n in MODELS}
+        print(f"{label:<28}" + "".join(f"{scale * med[n]:>10.1f}{unit}" for n in MODELS) + "   "
+              + "  ".join(f"{n} {ratios[n]:.3f}" for n in MODELS[1:]), flush=True)
+        return ratios
+
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        rounds: dict[str, list[float]] = {n: [] for n in MODELS}
+        with torch.inference_mode():
+            for m in models.values():  # warm-up
+                m(x)
+            for _ in range(args.rounds):
+                for n, m in models.items():
+                    rounds[n].append(timed(lambda: m(x), device))
+        report(f"inference, batch {batch}", rounds, "ms", 1000)
+
+    x = torch.randn(args.train_batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (args.train_batch,), device=device)
+    optimisers = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for n, m in models.items()}
+
+    def step(n: str) -> None:
+        m = models[n].train()
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        optimisers[n].zero_grad(set_to_none=True)
+        loss.backward()
+        optimisers[n].step()
+
+    for n in MODELS:
+        step(n)
+    rounds = {n: [] for n in MODELS}
+    for _ in range(max(3, args.rounds // 3)):
+        for n in MODELS:
+            rounds[n].append(timed(lambda: step(n), device))
+    time_ratio = report(f"training step, batch {args.train_batch}", rounds, "ms", 1000)
+    memory = {n: [train_step_memory(models[n], 224, args.train_batch)] for n in MODELS}
+    memory_ratio = report(f"training memory, batch {args.train_batch}", memory, "MB", 1)
+    for n, (t, mem) in PAPER.items():
+        print(f"{n}: training time {time_ratio[n]:.2f}x (paper {t}x), memory {memory_ratio[n]:.2f}x (paper {mem}x)")
+
+
+if __name__ == "__main__":
+    main()
