@@ -32,10 +32,7 @@ class Method:
     name: str
     cam_class: type
     whole_network: bool  # True: needs forwards of the full model (cannot use the head shortcut)
-    cost: str
-
-    def relative_cost(self, channels: int) -> str:
-        return self.cost.format(channels=channels, batches=-(-channels // 32))
+    cost: str  # shown to users before they run it
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -47,9 +44,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("eigencam", pgc.EigenCAM, False, "one forward + an SVD of the layer4 activation"),
     Method("eigengradcam", pgc.EigenGradCAM, False, "one forward + a backward + an SVD"),
     Method("ablationcam", pgc.AblationCAM, False,
-           "one forward + {batches} batches of 32 head-only passes ({channels} channels ablated): cheap here"),
+           "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes"),
     Method("scorecam", pgc.ScoreCAM, True,
-           "{channels} forwards of the WHOLE network (one per layer4 channel): slow, minutes on a CPU at full width"),
+           "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)"),
 ]}
 
 
