@@ -46,6 +46,19 @@ def scan_labelled(root: str | os.PathLike) -> list[LabelledImage]:
     return found
 
 
+def limit_per_class(items: list[LabelledImage], per_class: int | None) -> list[LabelledImage]:
+    """The first ``per_class`` images of every class (all of them when ``per_class`` is None)."""
+    if not per_class:
+        return items
+    seen: dict[str, int] = {}
+    kept = []
+    for it in items:
+        if seen.get(it.wnid, 0) < per_class:
+            kept.append(it)
+            seen[it.wnid] = seen.get(it.wnid, 0) + 1
+    return kept
+
+
 def class_index(items: list[LabelledImage], wnids: list[str]) -> list[int]:
     """Map each image's wnid to an index of ``wnids``; images of other classes are an error."""
     lookup = {w: i for i, w in enumerate(wnids)}

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cam import METHODS, CamResult, TargetPolicy, explain
-from .data import IMAGE_SUFFIXES, WNID, scan_labelled
+from .data import IMAGE_SUFFIXES, WNID, limit_per_class, scan_labelled
 from .images import ImageError, open_image
 from .manifest import load_manifest
 from .render import grid
@@ -61,12 +61,12 @@ def summarise(rows: list[dict]) -> list[ModelSummary]:
     return out
 
 
-def collect_images(spec: list[str]) -> list[Path]:
+def collect_images(spec: list[str], per_class: int | None = None) -> list[Path]:
     paths: list[Path] = []
     for s in spec:
         p = Path(s)
         if p.is_dir():
-            paths += [it.path for it in scan_labelled(p)] if _has_labels(p) else sorted(
+            paths += [it.path for it in limit_per_class(scan_labelled(p), per_class)] if _has_labels(p) else sorted(
                 q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
             paths.append(p)
@@ -101,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="auto", help='"auto" (true class when known, else top-1), "top1", or a class')
     p.add_argument("--columns", type=int, default=12, help="images shown in the grid (all are measured with --stats)")
     p.add_argument("--limit", type=int, help="use at most N images")
+    p.add_argument("--per-class", type=int, help="in labelled folders, the first N images of every class")
     p.add_argument("--stats", type=Path, help="CSV of per-image numbers (+ OUT.summary.csv)")
     p.add_argument("--tile", type=int, default=160)
     p.add_argument("--device")
     args = p.parse_args(argv)
 
-    paths = collect_images(args.images)[: args.limit]
+    paths = collect_images(args.images, args.per_class)[: args.limit]
     models, missing = load_available(args.zoo, args.models.split(","), args.device)
     for name, why in missing.items():
         print(f"skipped {args.zoo}/{name}: {why}", file=sys.stderr)

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import get_model
-from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, normalize,
-                   scan_labelled, train_transform)
+from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
+                   normalize, scan_labelled, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
                        label_set_for, write_entry)
 from .models import warm_start_from_resnet
@@ -234,18 +234,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def limit_items(items, per_class: int | None):
-    if not per_class:
-        return items
-    seen: dict[str, int] = {}
-    kept = []
-    for it in items:
-        if seen.get(it.wnid, 0) < per_class:
-            kept.append(it)
-            seen[it.wnid] = seen.get(it.wnid, 0) + 1
-    return kept
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.plot:
@@ -265,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     width = args.width if args.width is not None else (0.25 if args.recipe == "imagenette" else 1.0)
     data = Path(args.data)
 
-    train_items = limit_items(scan_labelled(data / "train"), args.limit_per_class)
-    val_items = limit_items(scan_labelled(data / "val"), args.limit_per_class)
+    train_items = limit_per_class(scan_labelled(data / "train"), args.limit_per_class)
+    val_items = limit_per_class(scan_labelled(data / "val"), args.limit_per_class)
     wnids = sorted({it.wnid for it in train_items})
     train_labels, val_labels = class_index(train_items, wnids), class_index(val_items, wnids)
     mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -14,8 +14,8 @@ from dsnet import zoo
 from dsnet.evaluate import accuracy, evaluate_zoo
 from dsnet.images import model_view, open_image, to_tensor
 from dsnet.manifest import MANIFEST_PATH, load_manifest
-from dsnet.data import scan_labelled
-from dsnet.train import limit_items, main as train_main, save_atomic
+from dsnet.data import limit_per_class, scan_labelled
+from dsnet.train import main as train_main, save_atomic
 
 from conftest import IMAGENETTE, ROOT, TRIO
 
@@ -45,7 +45,7 @@ def test_tiny_training_exports_a_loadable_checkpoint_and_manifest_entry(tmp_path
     assert entry.labels == "imagenette10" and entry.metrics[0].images == 40
     assert entry.metrics[0].top1 == round(rows[-1]["val_top1"], 2) and entry.provenance["epochs"] == 2
     zm = zoo.load("mini", "ds2net50", "cpu")
-    top1, _, used, _ = accuracy(zm, limit_items(scan_labelled(IMAGENETTE / "val"), 4), workers=0)
+    top1, _, used, _ = accuracy(zm, limit_per_class(scan_labelled(IMAGENETTE / "val"), 4), workers=0)
     assert used == 40 and top1 == pytest.approx(rows[-1]["val_top1"], abs=1e-6)
 
 
