@@ -141,34 +141,22 @@ class Stage(nn.Module):
                 x = block(x)
             return x
         first = self.blocks[0]
-        if self.kind == "dense_a":
+        if self.kind == "dense_a":  # variant (a): the dense terms read N(X_i), so X_i stays intact
             x_0 = first.residual(x)
             y = torch.relu(x_0 + (x if first.downsample is None else first.downsample(x)))
-            history = [self.norms[0](x_0)]
+            history = [normalized(self.norms[0], x_0)]
         else:
             y = first(x)
             history = [y if self.kind == "dense_identity" else normalized(self.norms[0], y)]
         last = len(self.blocks) - 1
         for l in range(1, last + 1):
             block = self.blocks[l]
-            out = block.residual(y)
-            if self.kind == "dense_a":
-                # N(X_l) keeps ``out`` for its backward, so the sum below must not be in place.
-                if l < last:
-                    x_l = self.norms[l](out)
-                out = out + sum(_weighted(block.dense_weight, i, n) for i, n in enumerate(history))
-                if l < last:
-                    history.append(x_l)
-                y = torch.relu(out)
-                continue
-            if self.kind == "dense_identity":
-                for n in history:
-                    out.add_(n)
-            else:
-                add_dense_shortcuts(out, block.dense_weight, history)
-            y = torch.relu_(out)
+            x_l = block.residual(y)
+            out = x_l.clone() if self.kind == "dense_a" else x_l
+            y = torch.relu_(add_dense_shortcuts(out, block.dense_weight, history))
             if l < last:
-                history.append(y if self.kind == "dense_identity" else normalized(self.norms[l], y))
+                source = x_l if self.kind == "dense_a" else y
+                history.append(source if self.kind == "dense_identity" else normalized(self.norms[l], source))
         return y
 
     def __getitem__(self, index: int) -> Bottleneck:
@@ -176,10 +164,6 @@ class Stage(nn.Module):
 
     def __len__(self) -> int:
         return len(self.blocks)
-
-
-def _weighted(weight: nn.Parameter | None, i: int, n: Tensor) -> Tensor:
-    return n if weight is None else weight[i] * n
 
 
 @dataclass(frozen=True)
