@@ -141,8 +141,9 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette") -> gr.Blo
     gallery_dir = gallery_dir or os.environ.get("DSNET_GALLERY")
     items = gallery_items(gallery_dir, zoo)
 
-    # Uploads and outputs in Gradio's cache are deleted hourly once older than an hour.
-    with gr.Blocks(title="DSNet Explain", delete_cache=(3600, 3600)) as demo:
+    # Uploads and outputs in Gradio's cache are deleted once older than DSNET_CACHE_SECONDS (an hour).
+    ttl = int(os.environ.get("DSNET_CACHE_SECONDS", 3600))
+    with gr.Blocks(title="DSNet Explain", delete_cache=(ttl, ttl)) as demo:
         gr.Markdown("# DSNet Explain\nWhere do **ResNet50**, **DSNet50** and **DS2Net50** look? "
                     "Upload an image or pick one below; each model's class activation map and top-5 appear "
                     "side by side ([paper](https://arxiv.org/abs/2010.12496)).")

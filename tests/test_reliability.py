@@ -199,3 +199,26 @@ def test_it_listens_on_loopback_only(live_app):
             if state == "0A" and int(port, 16) == live_app.port:
                 listening.append(address)
     assert listening == ["0100007F"], listening
+
+
+def test_uploaded_files_are_deleted_after_their_time(tiny_zoo, monkeypatch):
+    """A second server whose cache time is 2 s: an upload is on disk, then gone."""
+    import time
+    from app import build_app, launch
+    from conftest import free_port
+    import httpx
+    monkeypatch.setenv("DSNET_CACHE_SECONDS", "2")
+    demo = build_app(None, "tiny")
+    port = free_port()
+    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with open(sample("tench"), "rb") as f:
+            paths = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files={"files": f}, timeout=30).json()
+        uploaded = Path(paths[0])
+        assert uploaded.is_file()
+        deadline = time.monotonic() + 30
+        while uploaded.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not uploaded.exists()
+    finally:
+        demo.close()
