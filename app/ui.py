@@ -11,13 +11,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from dsnet.cam import METHODS, CamResult, CamTimeout, TargetPolicy, explain_model
+from dsnet.cam import METHODS, CamResult, ModelFailure, TargetPolicy, explain_zoo
 from dsnet.data import scan_labelled
 from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, open_image
 from dsnet.manifest import load_manifest
 from dsnet.render import comparison
-from dsnet.zoo import DEFAULT_MODELS, ZooError, load_available
-from dsnet.weights import ChecksumError
+from dsnet.zoo import DEFAULT_MODELS
 
 # Serving settings, chosen on purpose (README, "Serving settings").
 QUEUE_SIZE = int(os.environ.get("DSNET_QUEUE_SIZE", 24))  # waiting requests; more are refused as busy
@@ -37,6 +36,9 @@ class RawImage(gr.Image):
     gr.Image would decode (and re-encode) every upload before the handler sees it, with no size
     limit and a generic error for bad files; here ``dsnet.images.open_image`` does that, safely.
     """
+
+    def get_block_name(self) -> str:
+        return "image"  # the same front-end component as gr.Image
 
     def preprocess(self, payload):
         if payload is None:
@@ -103,20 +105,17 @@ def explain_handler(image_path, zoo, method, target_mode, target_class, opacity,
     slow = METHODS[method].whole_network or method == "ablationcam"
     columns: list = [None, "_waiting…_", None] * len(DEFAULT_MODELS)
     results: list[CamResult] = []
-    for i, name in enumerate(DEFAULT_MODELS):
-        progress(i / len(DEFAULT_MODELS), desc=f"{name}: {METHODS[method].cost if slow else 'computing'}")
-        models, missing = load_available(zoo, [name])
-        if missing:
-            columns[3 * i: 3 * i + 3] = [None, f"**Not available.** {missing[name]}", None]
+    progress(0, desc=METHODS[method].cost if slow else "computing")
+    stream = explain_zoo(image, zoo, DEFAULT_MODELS, method, policy, opacity, bool(with_metrics),
+                         TIME_LIMIT if slow else None)
+    for i, item in enumerate(stream):
+        if isinstance(item, ModelFailure):
+            title = "Not available." if item.unavailable else "Failed:"
+            columns[3 * i: 3 * i + 3] = [None, f"**{title}** {item.reason}", None]
         else:
-            try:
-                r = explain_model(image, models[0], method, policy, opacity, bool(with_metrics),
-                                  TIME_LIMIT if slow else None)
-            except (ValueError, CamTimeout, ZooError, ChecksumError) as e:
-                columns[3 * i: 3 * i + 3] = [None, f"**Failed:** {e}", None]
-            else:
-                results.append(r)
-                columns[3 * i: 3 * i + 3] = [r.overlay, _caption(r), {p.name: p.probability for p in r.top5}]
+            results.append(item)
+            columns[3 * i: 3 * i + 3] = [item.overlay, _caption(item), {p.name: p.probability for p in item.top5}]
+        progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
         yield *columns, None
     yield *columns, save_download(comparison(results), f"dsnet-{zoo}-{method}") if results else None
 

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pytorch_grad_cam as pgc
@@ -24,7 +24,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, 
 from torch import nn
 
 from .images import LoadedImage, model_view, open_image, overlay, to_tensor
-from .zoo import ZooModel
+from .weights import ChecksumError
+from .zoo import DEFAULT_MODELS, ZooError, ZooModel, load_available
 
 
 @dataclass(frozen=True)
@@ -253,3 +254,27 @@ def explain(image, models: list[ZooModel], method: str = "gradcam", target: Targ
     loaded = image if isinstance(image, LoadedImage) else open_image(image)
     policy = TargetPolicy.parse(target) if isinstance(target, str) else target
     return [explain_model(loaded, zm, method, policy, opacity, with_metrics, time_limit) for zm in models]
+
+
+@dataclass(frozen=True)
+class ModelFailure:
+    """A model that gave no result: its weights are unavailable, or its run failed (the reason says)."""
+
+    model: str
+    reason: str
+    unavailable: bool  # True: no weights to load; False: the run itself failed
+
+
+def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_MODELS, method: str = "gradcam",
+                target: TargetPolicy = TargetPolicy(), opacity: float = 0.5, with_metrics: bool = False,
+                time_limit: float | None = None) -> Iterator[CamResult | ModelFailure]:
+    """One result per model, yielded as each finishes (for streaming UIs); never a stand-in model."""
+    for name in names:
+        models, missing = load_available(zoo, [name])
+        if missing:
+            yield ModelFailure(name, missing[name], unavailable=True)
+            continue
+        try:
+            yield explain_model(image, models[0], method, target, opacity, with_metrics, time_limit)
+        except (ValueError, CamTimeout, ZooError, ChecksumError) as e:
+            yield ModelFailure(name, str(e), unavailable=False)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .manifest import CHECKPOINTS_DIR, Entry, LabelSet, Manifest, load_manifest
 from .registry import get_builder
-from .weights import ChecksumError, read_state_dict, sha256_file, verify
+from .weights import ChecksumError, read_state_dict, verify
 
 __all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "load", "load_model", "pick_device"]
 

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from dsnet.images import ImageError, model_view, open_image, overlay, to_tensor
 from dsnet.manifest import Preprocessing

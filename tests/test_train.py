@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -66,7 +65,6 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
 WRITER = """
 import sys, torch
 from dsnet.train import save_atomic
-from pathlib import Path
 i = 0
 while True:
     i += 1
