@@ -181,8 +181,14 @@ class Normalized:
 
 
 def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
-    """N(y) in folded form for the GroupNorm family; other norms are applied as modules."""
-    if not isinstance(norm, nn.GroupNorm):
+    """N(y), computed once and shared by every later block.
+
+    While autograd records (training) the GroupNorm family is kept in folded form: nothing the size
+    of y is stored for backward, so a training step needs no more memory than ResNet's. Without
+    autograd, PyTorch's fused GroupNorm kernel materialising N(y) once is faster on the CPU
+    (benchmarks/models.py; README, "Benchmarks").
+    """
+    if not isinstance(norm, nn.GroupNorm) or not (torch.is_grad_enabled() and y.requires_grad):
         return norm(y)
     n, c = y.shape[:2]
     groups = norm.num_groups

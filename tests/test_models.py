@@ -82,12 +82,13 @@ def test_shared_normalisation_equals_the_equation(name, kind):
     for block in model.modules():  # non-trivial weights, so a wrong index would show
         if hasattr(block, "dense_weight") and block.dense_weight is not None:
             nn.init.uniform_(block.dense_weight, 0.2, 1.5)
-    x = torch.randn(2, 16, 16, 16)  # the 0.25x stem has 16 channels
-    with torch.no_grad():
-        for i in range(1, 5):
-            stage = getattr(model, f"layer{i}")
-            torch.testing.assert_close(stage(x), naive_stage(stage, x, kind), rtol=1e-5, atol=1e-5)
-            x = stage(x)
+    for training in (False, True):  # materialised N (inference) and folded N (while autograd records)
+        x = torch.randn(2, 16, 16, 16, requires_grad=training)  # the 0.25x stem has 16 channels
+        with torch.set_grad_enabled(training):
+            for i in range(1, 5):
+                stage = getattr(model, f"layer{i}")
+                torch.testing.assert_close(stage(x), naive_stage(stage, x, kind), rtol=1e-5, atol=1e-5)
+                x = stage(x)
 
 
 def test_resnet50_dense_is_eq_13():
