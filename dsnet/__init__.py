@@ -1,6 +1,5 @@
 """DSNet Explain: ResNet50 / DSNet50 / DS2Net50, a verified model zoo and a Grad-CAM service."""
-from . import models as _models  # noqa: F401  (registers the builders)
-from .models import DSNet, ShortcutSpec
+from .models import DSNet, ShortcutSpec  # importing models registers the builders
 from .registry import list_models, register_model
 
 __all__ = ["DSNet", "ShortcutSpec", "get_model", "list_models", "register_model"]

@@ -94,7 +94,6 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 class Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -105,8 +104,7 @@ def init_distributed(device: torch.device) -> Dist:
     if "RANK" not in os.environ:
         return Dist()
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    return d
+    return Dist(dist.get_rank(), dist.get_world_size())
 
 
 def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
