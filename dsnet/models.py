@@ -21,6 +21,7 @@ Choices the paper leaves open (documented here, tested in tests/test_models.py):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -296,13 +297,9 @@ DS2NET = ShortcutSpec("dense", inner=True)
 
 
 def _build(spec: ShortcutSpec, depth: int = 50, **kwargs) -> DSNet:
-    norm = kwargs.pop("norm", None)
-    weight = kwargs.pop("weight", None)
-    ds2_strided = kwargs.pop("ds2_strided", None)
-    if norm is not None or weight is not None or ds2_strided is not None:
-        spec = ShortcutSpec(spec.kind, norm or spec.norm, weight or spec.weight, spec.inner,
-                            ds2_strided or spec.ds2_strided)
-    return DSNet(BLOCKS_BY_DEPTH[depth], shortcut=spec, **kwargs)
+    """``norm``, ``weight`` and ``ds2_strided`` override the builder's spec; the rest go to DSNet."""
+    overrides = {k: kwargs.pop(k) for k in ("norm", "weight", "ds2_strided") if kwargs.get(k) is not None}
+    return DSNet(BLOCKS_BY_DEPTH[depth], shortcut=dataclasses.replace(spec, **overrides), **kwargs)
 
 
 @register_model()

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -82,7 +83,6 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     if recipe.schedule == "multistep":
         return 0.1 ** sum(epoch >= m for m in recipe.milestones)
     if recipe.schedule == "cosine":
-        import math
         t = (epoch - recipe.warmup_epochs) / max(1e-9, recipe.epochs - recipe.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     raise ValueError(f"unknown schedule {recipe.schedule!r}")

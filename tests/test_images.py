@@ -56,7 +56,6 @@ def test_view_tensor_and_overlay_contracts():
     cam = np.linspace(0, 1, 128 * 128, dtype=np.float32).reshape(128, 128)
     out = overlay(view, cam, 0.4)
     assert out.shape == (128, 128, 3) and out.dtype == np.uint8
-    assert np.array_equal(overlay(view, cam, 0.0), (view * 255).astype(np.uint8)) or \
-        np.abs(overlay(view, cam, 0.0).astype(int) - view * 255).max() <= 2
+    assert np.abs(overlay(view, cam, 0.0).astype(int) - view * 255).max() <= 2  # opacity 0: the image
     with pytest.raises(ValueError):
         overlay(view, cam, 1.5)
