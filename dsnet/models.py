@@ -193,13 +193,13 @@ def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
         return norm(y)
     n, c = y.shape[:2]
     groups = norm.num_groups
-    var_c, mean_c = torch.var_mean(y, dim=(2, 3), correction=0)  # per channel, any memory format
-    mean = mean_c.view(n, groups, -1).mean(2)
+    var_c, mean_c = (t.float() for t in torch.var_mean(y, dim=(2, 3), correction=0))  # any memory format
+    mean = mean_c.view(n, groups, -1).mean(2)  # group statistics in float32, also under fp16 autocast
     var = (var_c + mean_c.square()).view(n, groups, -1).mean(2) - mean.square()
     rstd = (var.clamp_min(0) + norm.eps).rsqrt()
     scale = rstd.repeat_interleave(c // groups, dim=1).view(n, c, 1, 1)
     shift = (-mean * rstd).repeat_interleave(c // groups, dim=1).view(n, c, 1, 1)
-    return Normalized(y, scale, shift)
+    return Normalized(y, scale.to(y.dtype), shift.to(y.dtype))
 
 
 def add_dense_shortcuts(out: Tensor, weight: nn.Parameter | None, history: list[Normalized | Tensor]) -> Tensor:

@@ -62,6 +62,23 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert a["history"][-1]["val_top1"] == b["history"][-1]["val_top1"]
 
 
+def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_provenance(tmp_path, manifest_copy):
+    """How the shipped zoo was made: trained on a GPU machine (on a packed copy), exported here."""
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    trained = ["--model", "resnet50", *TINY, "--epochs", "1", "--workers", "2", "--out", str(out), "--cache-dir", cache]
+    assert train_main(trained) == 0
+    export = [a if a != "4" else "6" for a in trained] + ["--resume", "--export", "mini", "--export-dir",
+                                                           str(tmp_path / "mini"), "--manifest", str(manifest_copy)]
+    assert train_main(export) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1  # nothing trained again
+    entry = load_manifest(manifest_copy).entry("mini", "resnet50")
+    assert entry.metrics[0].images == 60  # measured at export, on the export's --data
+    assert "--limit-per-class 4" in entry.provenance["command"] and entry.provenance["train_images"] == 40
+    zm = zoo.load("mini", "resnet50", "cpu")
+    top1, _, used, _ = accuracy(zm, limit_per_class(scan_labelled(IMAGENETTE / "val"), 6), workers=0)
+    assert used == 60 and top1 == pytest.approx(entry.metrics[0].top1, abs=0.01)
+
+
 WRITER = """
 import sys, torch
 from dsnet.train import save_atomic
