@@ -66,7 +66,8 @@ RECIPES = {
                     schedule="multistep", milestones=(82, 123), train_crop=32, pad=4, eval_resize=32,
                     eval_crop=32, stem="cifar"),
     # The shipped Imagenette zoo: 0.25x width (Table 1's setting), 112 px train / 128 px test crops
-    # from a 146 px cache, cosine schedule with warm-up (one GPU: minutes; two CPU cores: ~4 h a model).
+    # from a 146 px cache, cosine schedule with warm-up (the three models side by side: minutes on
+    # one GPU, ~4.5 h on two CPU cores).
     "imagenette": Recipe(epochs=60, batch_size=128, lr=0.1, base_batch=64, weight_decay=5e-4,
                          schedule="cosine", nesterov=True, warmup_epochs=1.0, label_smoothing=0.1,
                          train_crop=112, min_scale=0.25, eval_resize=146, eval_crop=128, cache=True),
@@ -321,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     config = {"model": args.model, "kwargs": kwargs, "recipe": args.recipe, "resolved_recipe": dataclasses.asdict(recipe),
               "seed": args.seed, "data": str(data), "train_images": len(train_set), "val_images": len(val_set),
               "world_size": d.world, "device": device.type, "amp": amp, "channels_last": args.channels_last,
-              "wnids": wnids, "torch": str(torch.__version__), "command": "python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "wnids": wnids, "torch": str(torch.__version__),
+              "command": "python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv)}
 
     for epoch in range(start_epoch, recipe.epochs):
         torch.manual_seed(args.seed * 100003 + epoch)  # every random draw of this epoch (augmentation)

@@ -148,13 +148,13 @@ def test_shipped_imagenette_zoo_loads_verifies_and_classifies(monkeypatch):
     monkeypatch.delenv("DSNET_MANIFEST", raising=False)
     zoo._LOADED.clear()
     val = sorted((IMAGENETTE / "val").iterdir())
-    images = [sorted(d.glob("*.JPEG"))[5] for d in val] + [sorted(d.glob("*.JPEG"))[50] for d in val]
+    images = [p for d in val for p in sorted(d.glob("*.JPEG"))[5:300:30]]  # 10 per class, spread out
     for name in TRIO:
         zm = zoo.load("imagenette", name, "cpu")
-        assert zm.entry.metrics[0].top1 >= 70, "the shipped models' measured Imagenette val top-1 (README)"
+        assert zm.entry.metrics[0].top1 >= 80, "the shipped models' measured Imagenette val top-1 (README)"
         correct = 0
         for path in images:
             x = to_tensor(model_view(open_image(path).image, zm.entry.preprocessing), zm.entry.preprocessing)
             with torch.no_grad():
                 correct += zm.labels.wnids[int(zm.model(x).argmax())] == path.parent.name
-        assert correct >= 12, f"{name}: {correct}/20 real val images right (chance: 2)"
+        assert correct >= 75, f"{name}: {correct}/100 real val images right (chance: 10; measured top-1 > 83 %)"
