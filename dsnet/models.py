@@ -191,12 +191,15 @@ def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
     """
     if not isinstance(norm, nn.GroupNorm) or not (torch.is_grad_enabled() and y.requires_grad):
         return norm(y)
-    n, c = y.shape[:2]
+    n, c, h, w = y.shape
     groups = norm.num_groups
-    var_c, mean_c = (t.float() for t in torch.var_mean(y, dim=(2, 3), correction=0))  # any memory format
-    mean = mean_c.view(n, groups, -1).mean(2)  # group statistics in float32, also under fp16 autocast
-    var = (var_c + mean_c.square()).view(n, groups, -1).mean(2) - mean.square()
-    rstd = (var.clamp_min(0) + norm.eps).rsqrt()
+    count = c // groups * h * w
+    # Per-channel sum and sum of squares (plain reductions: several times faster than var_mean on the
+    # CPU, any memory format, no temporaries), then per group, in float32 also under fp16 autocast.
+    total = y.sum((2, 3), dtype=torch.float32).view(n, groups, -1).sum(2)
+    squares = torch.linalg.vector_norm(y, dim=(2, 3), dtype=torch.float32).square().view(n, groups, -1).sum(2)
+    mean = total / count
+    rstd = ((squares / count - mean.square()).clamp_min(0) + norm.eps).rsqrt()
     scale = rstd.repeat_interleave(c // groups, dim=1).view(n, c, 1, 1)
     shift = (-mean * rstd).repeat_interleave(c // groups, dim=1).view(n, c, 1, 1)
     return Normalized(y, scale.to(y.dtype), shift.to(y.dtype))

@@ -91,6 +91,34 @@ def test_shared_normalisation_equals_the_equation(name, kind):
                 x = stage(x)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_normalisation_has_the_gradients_of_groupnorm(monkeypatch, channels_last):
+    """Training uses N folded into scale/shift (dsnet.models.normalized); its backward must equal
+    that of PyTorch's GroupNorm, also for a dead (all-zero) channel and in channels_last."""
+    from dsnet import models
+    torch.manual_seed(0)
+    model = dsnet.get_model("ds2net50", width=0.25, num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+    block = model.layer1[0]
+    with torch.no_grad():  # five channels of layer1's Y_0 = ReLU(X_0 + P(x)) become exactly zero
+        for conv, bn in ((block.conv3, block.bn3), block.downsample):
+            conv.weight[:5], bn.bias[:5] = 0, -1
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    gradients = []
+    for normalise in (models.normalized, lambda norm, y: norm(y)):
+        monkeypatch.setattr(models, "normalized", normalise)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), torch.tensor([1, 7])).backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    folded, reference = gradients
+    with torch.no_grad():
+        assert (block(model.maxpool(model.relu(model.bn1(model.conv1(x)))))[:, :5] == 0).all()  # dead channels
+    for name, g in reference.items():  # float32 rounding only: relative to the whole tensor
+        assert torch.isfinite(folded[name]).all(), name
+        assert (folded[name] - g).norm() <= 1e-4 * g.norm() + 1e-8, name
+
+
 def test_resnet50_dense_is_eq_13():
     model = dsnet.get_model("resnet50_dense", width=0.25).eval()
     stage = model.layer1
