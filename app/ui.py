@@ -13,7 +13,7 @@ import gradio as gr
 
 from dsnet.cam import METHODS, CamResult, ModelFailure, TargetPolicy, explain_zoo
 from dsnet.data import scan_labelled
-from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, open_image
+from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, enlarge, open_image
 from dsnet.manifest import load_manifest
 from dsnet.render import comparison
 from dsnet.zoo import DEFAULT_MODELS
@@ -23,6 +23,7 @@ QUEUE_SIZE = int(os.environ.get("DSNET_QUEUE_SIZE", 24))  # waiting requests; mo
 CONCURRENCY = int(os.environ.get("DSNET_CONCURRENCY", 2))  # requests computed at once (2 cores)
 TIME_LIMIT = float(os.environ.get("DSNET_TIME_LIMIT", 120))  # seconds per model for expensive methods
 GALLERY_SIZE = 40
+DISPLAY_SIDE = 256  # heatmaps are shown at least this large (the imagenette models see 128 px)
 # The classes of the paper's Figure 5: obelisk, knee pad, airship, bittern, langur, jacamar, wolf spider,
 # redshank, black widow, ground beetle.
 FIGURE5_WNIDS = ("n03837869", "n03623198", "n02692877", "n02011460", "n02488291", "n01843065", "n01775062",
@@ -114,7 +115,7 @@ def explain_handler(image_path, zoo, method, target_mode, target_class, opacity,
             columns[3 * i: 3 * i + 3] = [None, f"**{title}** {item.reason}", None]
         else:
             results.append(item)
-            columns[3 * i: 3 * i + 3] = [item.overlay, _caption(item), {p.name: p.probability for p in item.top5}]
+            columns[3 * i: 3 * i + 3] = [enlarge(item.overlay, DISPLAY_SIDE), _caption(item), {p.name: p.probability for p in item.top5}]
         progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
         yield *columns, None
     yield *columns, save_download(comparison(results), f"dsnet-{zoo}-{method}") if results else None

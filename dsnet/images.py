@@ -173,6 +173,20 @@ def to_tensor(view: np.ndarray, pre: Preprocessing) -> torch.Tensor:
     return ((t - mean) / std).unsqueeze(0)
 
 
+def enlarge(rgb: np.ndarray, min_side: int) -> np.ndarray:
+    """uint8 H x W x 3 -> uint8, bicubically scaled up so its shorter side is ``min_side``.
+
+    For display only: a 128 px model view shown at its natural size is a thumbnail in a browser.
+    Never shrinks (an image already that large is returned as it is).
+    """
+    h, w = rgb.shape[:2]
+    if min(h, w) >= min_side:
+        return rgb
+    scale = min_side / min(h, w)
+    size = (round(w * scale), round(h * scale))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))
+
+
 def overlay(view: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
     """Heatmap over the view: float32 H x W x 3 and H x W in [0, 1] -> uint8 H x W x 3 RGB."""
     from pytorch_grad_cam.utils.image import show_cam_on_image

@@ -32,7 +32,7 @@ def test_handler_streams_three_results_for_a_real_image(tiny_zoo):
     final = steps[-1]
     for i in range(3):
         overlay, caption, top5 = final[3 * i: 3 * i + 3]
-        assert overlay.shape == (128, 128, 3) and overlay.dtype == np.uint8
+        assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8  # 128 px view, shown at 256
         assert caption.startswith("**Explains:**") and "Focus:" in caption
         assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.2
     assert steps[0][3] is None and steps[1][3] is not None  # column 2 arrived after column 1
@@ -75,7 +75,7 @@ def test_gradio_client_end_to_end(live_app):
     assert len(out) == 10
     for i in range(3):
         with Image.open(out[3 * i]) as im:
-            assert im.size == (128, 128) and np.asarray(im).std() > 5
+            assert im.size == (256, 256) and np.asarray(im).std() > 5
         assert out[3 * i + 1].startswith("**Explains:**")
         assert len(out[3 * i + 2]["confidences"]) == 5
     assert Path(out[-1]).stat().st_size > 10_000
@@ -100,7 +100,7 @@ def test_real_browser_upload_click_and_see_three_heatmaps(live_app, tmp_path):
         page.get_by_role("button", name="Explain").click()
         page.get_by_text("Explains:").nth(2).wait_for(timeout=60_000)
         heatmaps = page.evaluate("""Array.from(document.querySelectorAll('img'))
-            .filter(i => i.src.includes('/file=') && i.naturalWidth === 128 && i.complete).length""")
+            .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.complete).length""")
         assert heatmaps >= 3
         for name in TRIO:
             assert page.get_by_text(f"{name} top-5").count() >= 1

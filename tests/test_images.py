@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from PIL import Image
 
-from dsnet.images import ImageError, model_view, open_image, overlay, to_tensor
+from dsnet.images import ImageError, enlarge, model_view, open_image, overlay, to_tensor
 from dsnet.manifest import Preprocessing
 
 from badimages import EXPECTED, awkward_inputs, bad_inputs, data_url, photo
@@ -59,3 +60,12 @@ def test_view_tensor_and_overlay_contracts():
     assert np.abs(overlay(view, cam, 0.0).astype(int) - view * 255).max() <= 2  # opacity 0: the image
     with pytest.raises(ValueError):
         overlay(view, cam, 1.5)
+
+
+def test_enlarge_scales_small_views_up_for_display_and_never_down():
+    rgb = np.asarray(photo((128, 96)))  # a real picture, 96 x 128 (H x W)
+    big = enlarge(rgb, 256)
+    assert big.shape == (256, 341, 3) and big.dtype == np.uint8
+    back = np.asarray(Image.fromarray(big).resize((128, 96), Image.Resampling.BOX)).astype(int)
+    assert np.abs(back - rgb).mean() < 4  # the same picture, only larger
+    assert enlarge(rgb, 64) is rgb
