@@ -1,14 +1,17 @@
 """DSNet50 / DS2Net50 cost relative to ResNet50, measured side by side in one process.
 
 Inference latency (224 px, batch 1 and 8), training-step time and training-step memory, CPU (and
-CUDA when available). Models run interleaved, round after round, and each ratio is a median of
-per-round ratios, so drifting machine load affects numerator and denominator alike.
+CUDA when available). Models run interleaved, round after round, in a random order each round (the
+model measured right after another one is measured differently), and each ratio is the median of
+per-round ratios, so drifting machine load affects numerator and denominator alike; the brackets
+give the interquartile range of those per-round ratios.
 
     python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -48,11 +51,24 @@ def main() -> None:
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds")
     print(f"{'measure':<28}" + "".join(f"{n:>12}" for n in MODELS) + "   ratios vs resnet50 (median of rounds)")
 
+    order = random.Random(0)
+
+    def shuffled() -> list[str]:
+        return order.sample(MODELS, len(MODELS))
+
     def report(label: str, rounds: dict[str, list[float]], unit: str, scale: float) -> dict[str, float]:
         med = {n: statistics.median(v) for n, v in rounds.items()}
-        ratios = {n: statistics.median(a / b for a, b in zip(rounds[n], rounds["resnet50"])) for n in MODELS}
+        per_round = {n: [a / b for a, b in zip(rounds[n], rounds["resnet50"])] for n in MODELS}
+        ratios = {n: statistics.median(v) for n, v in per_round.items()}
+
+        def spread(v: list[float]) -> str:
+            if len(v) < 4:
+                return ""
+            q1, _, q3 = statistics.quantiles(v, n=4)
+            return f" [{q1:.2f}-{q3:.2f}]"
+
         print(f"{label:<28}" + "".join(f"{scale * med[n]:>10.1f}{unit}" for n in MODELS) + "   "
-              + "  ".join(f"{n} {ratios[n]:.3f}" for n in MODELS[1:]), flush=True)
+              + "  ".join(f"{n} {ratios[n]:.3f}{spread(per_round[n])}" for n in MODELS[1:]), flush=True)
         return ratios
 
     for batch in (1, 8):
@@ -62,8 +78,8 @@ def main() -> None:
             for m in models.values():  # warm-up
                 m(x)
             for _ in range(args.rounds):
-                for n, m in models.items():
-                    rounds[n].append(timed(lambda: m(x), device))
+                for n in shuffled():
+                    rounds[n].append(timed(lambda: models[n](x), device))
         report(f"inference, batch {batch}", rounds, "ms", 1000)
 
     x = torch.randn(args.train_batch, 3, 224, 224, device=device)
@@ -81,7 +97,7 @@ def main() -> None:
         step(n)
     rounds = {n: [] for n in MODELS}
     for _ in range(max(3, args.rounds // 3)):
-        for n in MODELS:
+        for n in shuffled():
             rounds[n].append(timed(lambda: step(n), device))
     time_ratio = report(f"training step, batch {args.train_batch}", rounds, "ms", 1000)
     memory = {n: [train_step_memory(models[n], 224, args.train_batch)] for n in MODELS}
