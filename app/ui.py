@@ -115,7 +115,8 @@ def explain_handler(image_path, zoo, method, target_mode, target_class, opacity,
             columns[3 * i: 3 * i + 3] = [None, f"**{title}** {item.reason}", None]
         else:
             results.append(item)
-            columns[3 * i: 3 * i + 3] = [enlarge(item.overlay, DISPLAY_SIDE), _caption(item), {p.name: p.probability for p in item.top5}]
+            top5 = {p.name: p.probability for p in item.top5}
+            columns[3 * i: 3 * i + 3] = [enlarge(item.overlay, DISPLAY_SIDE), _caption(item), top5]
         progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
         yield *columns, None
     yield *columns, save_download(comparison(results), f"dsnet-{zoo}-{method}") if results else None

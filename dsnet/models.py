@@ -186,8 +186,7 @@ def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
 
     While autograd records (training) the GroupNorm family is kept in folded form: nothing the size
     of y is stored for backward, so a training step needs no more memory than ResNet's. Without
-    autograd, PyTorch's fused GroupNorm kernel materialising N(y) once is faster on the CPU
-    (benchmarks/models.py; README, "Benchmarks").
+    autograd, PyTorch's fused GroupNorm materialises N(y) once: one kernel instead of several.
     """
     if not isinstance(norm, nn.GroupNorm) or not (torch.is_grad_enabled() and y.requires_grad):
         return norm(y)

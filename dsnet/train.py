@@ -30,6 +30,7 @@ from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metric
                        label_set_for, write_entry)
 from .models import warm_start_from_resnet
 from .weights import save_safetensors
+from .zoo import pick_device
 
 
 @dataclass(frozen=True)
@@ -224,14 +225,12 @@ def resolve_recipe(args) -> Recipe:
     return dataclasses.replace(recipe, **overrides)
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
+def training_device(name: str) -> torch.device:
+    """``zoo.pick_device``'s choice; under torchrun an unindexed CUDA device is this rank's GPU."""
+    device = pick_device(None if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = resolve_recipe(args)
-    device = pick_device(args.device)
+    device = training_device(args.device)
     d = init_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -325,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               "wnids": wnids, "torch": str(torch.__version__),
               "command": "python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv)}
 
+    val = None  # the last epoch's val metrics, when this run trains one
     for epoch in range(start_epoch, recipe.epochs):
         torch.manual_seed(args.seed * 100003 + epoch)  # every random draw of this epoch (augmentation)
         if sampler is not None:
@@ -379,13 +379,12 @@ def main(argv: list[str] | None = None) -> int:
 
     finished = bool(history) and history[-1]["epoch"] == recipe.epochs
     if args.export and finished:
-        # Measured now, on this --data's val set: the weights may have been trained elsewhere
-        # (another machine, a compressed copy of the data) and only exported here.
-        final = evaluate_loader(model, val_loader, device, d, args.channels_last, mean, std)
-        if trained_by is not None and start_epoch == recipe.epochs:
-            config = {**config, **trained_by}
+        if val is None:  # nothing trained here: the weights may come from elsewhere (another machine,
+            # a compressed copy of the data), so measure them on this --data and keep their run's provenance
+            val = evaluate_loader(model, val_loader, device, d, args.channels_last, mean, std)
+            config = {**config, **(trained_by or {})}
         if d.main:
-            export(model, args, config, recipe, history, final, data)
+            export(model, args, config, recipe, history, val, data)
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

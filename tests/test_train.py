@@ -65,11 +65,11 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
 def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_provenance(tmp_path, manifest_copy):
     """How the shipped zoo was made: trained on a GPU machine (on a packed copy), exported here."""
     out, cache = tmp_path / "run", str(tmp_path / "cache")
-    trained = ["--model", "resnet50", *TINY, "--epochs", "1", "--workers", "2", "--out", str(out), "--cache-dir", cache]
-    assert train_main(trained) == 0
-    export = [a if a != "4" else "6" for a in trained] + ["--resume", "--export", "mini", "--export-dir",
-                                                           str(tmp_path / "mini"), "--manifest", str(manifest_copy)]
-    assert train_main(export) == 0
+    run = ["--model", "resnet50", *TINY, "--epochs", "1", "--workers", "2", "--out", str(out), "--cache-dir", cache]
+    assert train_main(run) == 0  # trained on 4 images per class
+    more_val = ["--limit-per-class", "6", "--resume", "--export", "mini", "--export-dir", str(tmp_path / "mini"),
+                "--manifest", str(manifest_copy)]  # the later flag wins
+    assert train_main(run + more_val) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # nothing trained again
     entry = load_manifest(manifest_copy).entry("mini", "resnet50")
     assert entry.metrics[0].images == 60  # measured at export, on the export's --data
