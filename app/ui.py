@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from dsnet.allocator import retain_freed_memory
 from dsnet.cam import METHODS, CamResult, ModelFailure, TargetPolicy, explain_zoo
 from dsnet.data import scan_labelled
 from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, enlarge, open_image
@@ -200,7 +201,9 @@ def _class_names(manifest, zoo: str) -> list[str]:
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """Queue bound, concurrency, upload limit and visible errors, chosen on purpose."""
+    """Queue bound, concurrency, upload limit and visible errors, chosen on purpose; a heap that
+    keeps freed memory (no page faults per request)."""
+    retain_freed_memory()
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo.launch(max_file_size=MAX_BYTES, show_error=True, **kwargs)
 

@@ -6,7 +6,10 @@ model measured right after another one is measured differently), and each ratio 
 per-round ratios, so drifting machine load affects numerator and denominator alike; the brackets
 give the interquartile range of those per-round ratios.
 
-    python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda]
+    python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda] [--glibc-default-heap]
+
+The heap keeps freed memory (dsnet.allocator, as the app does); with glibc's adaptive default
+every forward may fault the memory of DSNet's N(Y_i) history back in, or not, run by run.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import time
 import torch
 
 import dsnet
+from dsnet.allocator import retain_freed_memory
 from dsnet.evaluate import train_step_memory
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
@@ -43,12 +47,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--glibc-default-heap", action="store_true", help="skip retain_freed_memory()")
     args = p.parse_args()
+    heap = "glibc default" if args.glibc_default_heap else f"retained: {retain_freed_memory()}"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     models = {n: dsnet.get_model(n).eval().to(device) for n in MODELS}
-    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds")
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
+          f"heap {heap}")
     print(f"{'measure':<28}" + "".join(f"{n:>12}" for n in MODELS) + "   ratios vs resnet50 (median of rounds)")
 
     order = random.Random(0)
@@ -75,8 +82,9 @@ def main() -> None:
         x = torch.randn(batch, 3, 224, 224, device=device)
         rounds: dict[str, list[float]] = {n: [] for n in MODELS}
         with torch.inference_mode():
-            for m in models.values():  # warm-up
-                m(x)
+            for _ in range(3):  # warm-up: oneDNN's primitive cache and the heap settle
+                for m in models.values():
+                    m(x)
             for _ in range(args.rounds):
                 for n in shuffled():
                     rounds[n].append(timed(lambda: models[n](x), device))
@@ -93,10 +101,11 @@ def main() -> None:
         loss.backward()
         optimisers[n].step()
 
-    for n in MODELS:
-        step(n)
+    for _ in range(2):
+        for n in MODELS:
+            step(n)
     rounds = {n: [] for n in MODELS}
-    for _ in range(max(3, args.rounds // 3)):
+    for _ in range(args.rounds):
         for n in shuffled():
             rounds[n].append(timed(lambda: step(n), device))
     time_ratio = report(f"training step, batch {args.train_batch}", rounds, "ms", 1000)

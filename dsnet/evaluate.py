@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .allocator import retain_freed_memory
 from .data import LabelledImage, scan_labelled
 from .images import model_view, open_image, to_tensor
 from .manifest import Preprocessing, load_manifest
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-timing", action="store_true", help="skip latency and memory measurements")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    retain_freed_memory()
     reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing)
     if not reports:
         print("error: no model of this zoo is available", file=sys.stderr)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import get_model
+from .allocator import retain_freed_memory
 from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
                    normalize, scan_labelled, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--data is required (a folder with train/ and val/)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()
     recipe = resolve_recipe(args)
     device = training_device(args.device)
     d = init_distributed(device)

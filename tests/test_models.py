@@ -136,6 +136,29 @@ def test_hand_written_backwards_pass_gradcheck():
                                     (out, bias, s0, y, s1, y1))
 
 
+@pytest.mark.parametrize("size", [16, 15])  # the strided block's 2x2 pool tiles 16 px exactly, not 15
+def test_ds2_inner_shortcut_equals_the_equation(size):
+    """b = ReLU(bn2(conv2(a)) + w * AvgPool(N(a))), written out, for a strided and a plain block,
+    with N materialised (inference) and folded (autograd recording)."""
+    torch.manual_seed(0)
+    model = dsnet.get_model("ds2net50", width=0.25).eval()
+    for block in (model.layer2[0], model.layer2[1]):
+        nn.init.uniform_(block.inner_weight, 0.2, 1.5)
+
+        def naive(x):
+            a = torch.relu(block.bn1(block.conv1(x)))
+            n = block.inner_norm(a)
+            if block.stride > 1:
+                n = nn.functional.avg_pool2d(n, 2, 2, ceil_mode=True)
+            return block.bn3(block.conv3(torch.relu(block.bn2(block.conv2(a)) + block.inner_weight[0] * n)))
+
+        x = torch.randn(2, block.conv1.in_channels, size, size)
+        for training in (False, True):
+            x.requires_grad_(training)
+            with torch.set_grad_enabled(training):
+                torch.testing.assert_close(block.residual(x), naive(x), rtol=1e-5, atol=1e-5)
+
+
 def test_resnet50_dense_is_eq_13():
     model = dsnet.get_model("resnet50_dense", width=0.25).eval()
     stage = model.layer1
