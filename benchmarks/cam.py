@@ -9,6 +9,7 @@ image, CPU (or CUDA), interleaved rounds, medians:
 - AblationCAM relative to GradCAM in the service (its ablations re-run only pool + fc). Stock
   AblationCAM re-runs the whole network for every batch of 32 ablated channels (64 batches at
   full width: about 10 minutes per model on this CPU), so it is left out of the rounds.
+The heap keeps freed memory, as in the app (``dsnet.allocator``).
 
     python benchmarks/cam.py [--rounds 10] [--threads 2] [--device cpu|cuda]
 """
@@ -29,6 +30,7 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import dsnet
+from dsnet.allocator import retain_freed_memory
 from dsnet.cam import explain
 from dsnet.images import model_view, open_image, overlay, to_tensor
 from dsnet.manifest import load_manifest
@@ -44,6 +46,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--image", default=None, help="default: an imagenet-samples photo")
     args = p.parse_args()
+    retain_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     manifest = load_manifest()

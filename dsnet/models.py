@@ -205,13 +205,14 @@ def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
     """
     if not isinstance(norm, nn.GroupNorm) or not (torch.is_grad_enabled() and y.requires_grad):
         return norm(y)
-    n, c = y.shape[:2]
     mean, rstd = _GroupMoments.apply(y, norm.num_groups, norm.eps)
+    return Normalized(y, _per_channel(rstd, y), _per_channel(-mean * rstd, y))
 
-    def per_channel(t: Tensor) -> Tensor:
-        return t.repeat_interleave(c // norm.num_groups, dim=1).view(n, c, 1, 1).to(y.dtype)
 
-    return Normalized(y, per_channel(rstd), per_channel(-mean * rstd))
+def _per_channel(per_group: Tensor, like: Tensor) -> Tensor:
+    """N x G group values repeated to N x C x 1 x 1 in ``like``'s dtype, to broadcast over ``like``."""
+    n, c = like.shape[:2]
+    return per_group.repeat_interleave(c // per_group.shape[1], dim=1).view(n, c, 1, 1).to(like.dtype)
 
 
 class _GroupMoments(torch.autograd.Function):
@@ -238,15 +239,10 @@ class _GroupMoments(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_mean: Tensor, grad_rstd: Tensor) -> tuple[Tensor, None, None]:
         y, mean, rstd = ctx.saved_tensors
-        n, c = y.shape[:2]
         grad_var = grad_rstd * -0.5 * rstd.pow(3)
         shift = (grad_mean - 2 * mean * grad_var) / ctx.count  # d loss / d y = shift + slope * y
         slope = 2 * grad_var / ctx.count
-
-        def per_channel(t: Tensor) -> Tensor:
-            return t.repeat_interleave(c // mean.shape[1], dim=1).view(n, c, 1, 1).to(y.dtype)
-
-        return (y * per_channel(slope)).add_(per_channel(shift)), None, None
+        return (y * _per_channel(slope, y)).add_(_per_channel(shift, y)), None, None
 
 
 class _FoldedShortcuts(torch.autograd.Function):
@@ -265,11 +261,11 @@ class _FoldedShortcuts(torch.autograd.Function):
         return out.add_(bias)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, ...]:
         def spatial_sum(t: Tensor) -> Tensor:
             return t.sum((2, 3), keepdim=True, dtype=torch.promote_types(t.dtype, torch.float32)).to(t.dtype)
 
-        grads: list[Tensor | None] = [grad, spatial_sum(grad)]
+        grads = [grad, spatial_sum(grad)]
         saved = ctx.saved_tensors
         for scale, y in zip(saved[::2], saved[1::2]):
             grads += [spatial_sum(grad * y), grad * scale]
