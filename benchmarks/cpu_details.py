@@ -1,11 +1,14 @@
-"""Where the CPU time of the dense shortcuts goes: the three measurements behind README's
-"What makes it fast", each old way against new way, medians of interleaved runs.
+"""Where the CPU time of the dense shortcuts goes: the measurements behind README's "What makes
+it fast", each old way against the new one, medians of interleaved runs; and a check that the
+baseline of every ratio, our ResNet50, runs as fast as torchvision's.
 
 - page faults per settled DSNet50 forward (batch 1), glibc's default heap vs
-  ``dsnet.allocator.retain_freed_memory`` (fresh processes: the default varies with the heap's history);
+  ``dsnet.allocator.retain_freed_memory`` (fresh processes: the default varies with the heap's
+  history); the measurements after it keep freed memory, as the other benchmarks do;
 - DS2's strided 2x2 pool: ``avg_pool2d`` vs ``dsnet.models.MeanPool`` (1 x 128 x 56 x 56);
 - backward of one folded shortcut term and of the folded N's statistics (8 x 256 x 56 x 56):
-  autograd's ``addcmul_`` / ``sum`` + ``vector_norm`` vs the hand-written backwards.
+  autograd's ``addcmul_`` / ``sum`` + ``vector_norm`` vs the hand-written backwards;
+- ResNet50 inference (batch 1, 224 px): ``torchvision.models.resnet50`` vs ``dsnet.get_model("resnet50")``.
 
     python benchmarks/cpu_details.py [--rounds 30] [--processes 3]
 """
@@ -19,7 +22,10 @@ import textwrap
 import time
 
 import torch
+import torchvision
 
+import dsnet
+from dsnet.allocator import retain_freed_memory
 from dsnet.models import MeanPool, _FoldedShortcuts, _GroupMoments
 
 FAULTS = textwrap.dedent("""
@@ -53,7 +59,7 @@ def median_ms(fns: dict[str, callable], rounds: int) -> dict[str, float]:
 
 def show(label: str, ms: dict[str, float]) -> None:
     (old, t_old), (new, t_new) = ms.items()
-    print(f"{label:<40} {old} {t_old:7.2f} ms   {new} {t_new:7.2f} ms   ({t_old / t_new:.1f}x)")
+    print(f"{label:<40} {old} {t_old:7.2f} ms   {new} {t_new:7.2f} ms   ({t_old / t_new:.2f}x)")
 
 
 def main() -> None:
@@ -69,6 +75,7 @@ def main() -> None:
         print(f"page faults per DSNet50 forward, {heap} heap: " + ", ".join(f"{f:.0f}" for f in faults)
               + f"  ({args.processes} processes)")
 
+    retain_freed_memory()
     a = torch.randn(1, 128, 56, 56).relu()
     pool = MeanPool(128, 2)
     with torch.inference_mode():
@@ -100,6 +107,12 @@ def main() -> None:
 
     show("backward of N's statistics, 8x256x56x56", median_ms(
         {"autograd": moments(False), "hand-written": moments(True)}, args.rounds))
+
+    reference, ours = torchvision.models.resnet50().eval(), dsnet.get_model("resnet50").eval()
+    image = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        show("ResNet50 inference, batch 1", median_ms(
+            {"torchvision": lambda: reference(image), "ours": lambda: ours(image)}, args.rounds))
 
 
 if __name__ == "__main__":

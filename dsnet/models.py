@@ -131,7 +131,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Block with its own identity/projection shortcut (ResNet, and block 0 of every stage)."""
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.residual(x) + identity)
+        return self.relu(self.residual(x).add_(identity))  # in place, as torchvision's
 
 
 class Stage(nn.Module):
