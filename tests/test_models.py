@@ -159,6 +159,26 @@ def test_ds2_inner_shortcut_equals_the_equation(size):
                 torch.testing.assert_close(block.residual(x), naive(x), rtol=1e-5, atol=1e-5)
 
 
+def test_torch_compile_traces_one_graph_with_eager_gradients():
+    """torch.compile sees DS2Net as one graph in training (folded N, hand-written backwards) and in
+    inference (fullgraph=True fails on any graph break; a break in the shortcut sum once made
+    Inductor fail on ds2net50), and AOT autograd's gradients are eager's."""
+    torch.manual_seed(0)
+    model = dsnet.get_model("ds2net50", width=0.125, num_classes=10).train()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    gradients = []
+    for run in (compiled, model):
+        model.zero_grad()
+        run(x).logsumexp(1).sum().backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in gradients[1].items():
+        torch.testing.assert_close(gradients[0][name], g, rtol=1e-5, atol=1e-6, msg=name)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
 def test_resnet50_dense_is_eq_13():
     model = dsnet.get_model("resnet50_dense", width=0.25).eval()
     stage = model.layer1
