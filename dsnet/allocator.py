@@ -3,8 +3,8 @@
 By default glibc returns freed heap memory to the OS once the free top of the heap exceeds a
 threshold that adapts to earlier allocations, so a network whose activations peak above it faults
 those pages back in on every forward. DSNet's shared N(Y_i) history raises the peak within a
-stage: measured here, ~5,000 page faults (~20 MB, ~5 ms) per DSNet50 forward at batch 1, or none,
-depending on the heap's history. Fixed thresholds keep freed memory for reuse instead.
+stage: thousands of page faults per DSNet50 forward at batch 1, or none, depending on the heap's
+history (benchmarks/cpu_details.py). Fixed thresholds keep freed memory for reuse instead.
 """
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def shortcut_weight(kind: WeightKind, terms: int, channels: int) -> nn.Parameter
 
 class MeanPool(nn.Module):
     """``AvgPool2d(stride, stride, ceil_mode=True)``, as a depthwise convolution where the windows
-    tile the input exactly: PyTorch's CPU average pool is ~5x slower than that convolution."""
+    tile the input exactly: PyTorch's CPU average pool takes 2-3x as long (benchmarks/cpu_details.py)."""
 
     def __init__(self, channels: int, stride: int) -> None:
         super().__init__()
@@ -219,7 +219,8 @@ class _GroupMoments(torch.autograd.Function):
     """Per-(sample, group) mean and 1/std of y (at least float32, also under fp16 autocast).
 
     Hand-written backward: the gradient reaching y is ``a + b * y`` per group, two passes over y
-    (autograd's sum + vector_norm backward takes five, with divisions and masking).
+    where autograd's sum + vector_norm backward adds divisions and masking (2.5x faster on the CPU,
+    benchmarks/cpu_details.py).
     """
 
     @staticmethod
@@ -248,8 +249,8 @@ class _GroupMoments(torch.autograd.Function):
 class _FoldedShortcuts(torch.autograd.Function):
     """``out += bias + sum_i scale_i * y_i`` in place (scales, bias: N x C x 1 x 1).
 
-    Hand-written backward: one product per input gradient (autograd's addcmul backward makes extra
-    broadcast copies, ~4x the work on the CPU).
+    Hand-written backward: one product per input gradient, where autograd's addcmul backward makes
+    extra broadcast copies (1.3x faster per term on the CPU, benchmarks/cpu_details.py).
     """
 
     @staticmethod

@@ -69,7 +69,7 @@ RECIPES = {
                     eval_crop=32, stem="cifar"),
     # The shipped Imagenette zoo: 0.25x width (Table 1's setting), 112 px train / 128 px test crops
     # from a 146 px cache, cosine schedule with warm-up (the three models side by side: minutes on
-    # one GPU, ~4.5 h on two CPU cores).
+    # one GPU, hours on two CPU cores; README, "Training").
     "imagenette": Recipe(epochs=60, batch_size=128, lr=0.1, base_batch=64, weight_decay=5e-4,
                          schedule="cosine", nesterov=True, warmup_epochs=1.0, label_smoothing=0.1,
                          train_crop=112, min_scale=0.25, eval_resize=146, eval_crop=128, cache=True),

@@ -19,7 +19,7 @@ FAULTS_PER_FORWARD = textwrap.dedent("""
 
 
 def test_retained_memory_makes_settled_forwards_fault_free():
-    """With glibc's adaptive thresholds a DSNet50 forward can fault ~5,000 pages back in (its N(Y_i)
+    """With glibc's adaptive thresholds a DSNet50 forward can fault thousands of pages back in (its N(Y_i)
     history raises the peak); with retain_freed_memory(), once oneDNN's caches and the heap have
     settled (a few forwards), forwards reuse the heap instead."""
     out = subprocess.run([sys.executable, "-c", FAULTS_PER_FORWARD], capture_output=True, text=True, check=True)
