@@ -7,9 +7,13 @@ per-round ratios, so drifting machine load affects numerator and denominator ali
 give the interquartile range of those per-round ratios.
 
     python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda] [--glibc-default-heap]
+                                [--amp] [--channels-last] [--compile] [--train-only]
 
 The heap keeps freed memory (dsnet.allocator, as the app does); with glibc's adaptive default
 every forward may fault the memory of DSNet's N(Y_i) history back in, or not, run by run.
+``--amp`` (fp16 autocast on CUDA, bf16 on the CPU) and ``--channels-last`` time the models as
+``dsnet.train`` trains them on CUDA; ``--compile`` times ``torch.compile``d models (all three, so
+the baseline gets the same fusion). The memory line is always eager fp32, Table 9's setting.
 """
 from __future__ import annotations
 
@@ -48,14 +52,23 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--glibc-default-heap", action="store_true", help="skip retain_freed_memory()")
+    p.add_argument("--amp", action="store_true", help="autocast: fp16 on CUDA, bf16 on the CPU")
+    p.add_argument("--channels-last", action="store_true", help="weights and inputs in channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model (Inductor, static shapes)")
+    p.add_argument("--train-only", action="store_true", help="skip the inference latencies")
     args = p.parse_args()
     heap = "glibc default" if args.glibc_default_heap else f"retained: {retain_freed_memory()}"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    models = {n: dsnet.get_model(n).eval().to(device) for n in MODELS}
-    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
-          f"heap {heap}")
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    models = {n: dsnet.get_model(n).eval().to(device, memory_format=memory_format) for n in MODELS}
+    runners = {n: torch.compile(m, dynamic=False) if args.compile else m for n, m in models.items()}
+    autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                              enabled=args.amp)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
+          f"heap {heap}, amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}")
     print(f"{'measure':<28}" + "".join(f"{n:>12}" for n in MODELS) + "   ratios vs resnet50 (median of rounds)")
 
     order = random.Random(0)
@@ -78,25 +91,26 @@ def main() -> None:
               + "  ".join(f"{n} {ratios[n]:.3f}{spread(per_round[n])}" for n in MODELS[1:]), flush=True)
         return ratios
 
-    for batch in (1, 8):
-        x = torch.randn(batch, 3, 224, 224, device=device)
+    for batch in () if args.train_only else (1, 8):
+        x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=memory_format)
         rounds: dict[str, list[float]] = {n: [] for n in MODELS}
-        with torch.inference_mode():
-            for _ in range(3):  # warm-up: oneDNN's primitive cache and the heap settle
-                for m in models.values():
+        with torch.inference_mode(), autocast:
+            for _ in range(3):  # warm-up: oneDNN's primitive cache and the heap settle (and compilation)
+                for m in runners.values():
                     m(x)
             for _ in range(args.rounds):
                 for n in shuffled():
-                    rounds[n].append(timed(lambda: models[n](x), device))
+                    rounds[n].append(timed(lambda: runners[n](x), device))
         report(f"inference, batch {batch}", rounds, "ms", 1000)
 
-    x = torch.randn(args.train_batch, 3, 224, 224, device=device)
+    x = torch.randn(args.train_batch, 3, 224, 224, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 1000, (args.train_batch,), device=device)
     optimisers = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for n, m in models.items()}
 
     def step(n: str) -> None:
-        m = models[n].train()
-        loss = torch.nn.functional.cross_entropy(m(x), y)
+        models[n].train()
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(runners[n](x), y)
         optimisers[n].zero_grad(set_to_none=True)
         loss.backward()
         optimisers[n].step()

@@ -184,7 +184,7 @@ class Stage(nn.Module):
 
 @dataclass(frozen=True)
 class Normalized:
-    """N(y) kept as ``y * scale + shift`` (scale, shift: N x C x 1 x 1), never materialised.
+    """N(y) kept as ``y * scale + shift`` (scale, shift: N x C x 1 x 1, float32), never materialised.
 
     GroupNorm without affine is a per-(sample, channel) affine map of y, so a weighted shortcut
     W * N(y) is ``(W * scale) * y + W * shift``: one multiply-add over y, and the shifts of all
@@ -203,16 +203,24 @@ def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
     of y is stored for backward, so a training step needs no more memory than ResNet's. Without
     autograd, PyTorch's fused GroupNorm materialises N(y) once: one kernel instead of several.
     """
-    if not isinstance(norm, nn.GroupNorm) or not (torch.is_grad_enabled() and y.requires_grad):
+    if not isinstance(norm, nn.GroupNorm):
+        return norm(y)
+    if not (torch.is_grad_enabled() and y.requires_grad):
+        if torch.is_autocast_enabled(y.device.type):
+            # In y's dtype: autocast's float32 policy for group_norm would copy y up and every
+            # shortcut would then mix dtypes; the fused kernels accumulate in float32 anyway.
+            with torch.autocast(y.device.type, enabled=False):
+                return norm(y)
         return norm(y)
     mean, rstd = _GroupMoments.apply(y, norm.num_groups, norm.eps)
-    return Normalized(y, _per_channel(rstd, y), _per_channel(-mean * rstd, y))
+    channels = y.shape[1]
+    return Normalized(y, _per_channel(rstd, channels), _per_channel(-mean * rstd, channels))
 
 
-def _per_channel(per_group: Tensor, like: Tensor) -> Tensor:
-    """N x G group values repeated to N x C x 1 x 1 in ``like``'s dtype, to broadcast over ``like``."""
-    n, c = like.shape[:2]
-    return per_group.repeat_interleave(c // per_group.shape[1], dim=1).view(n, c, 1, 1).to(like.dtype)
+def _per_channel(per_group: Tensor, channels: int) -> Tensor:
+    """N x G group values repeated to N x C x 1 x 1, to broadcast over an N x C x H x W tensor."""
+    n, groups = per_group.shape
+    return per_group.repeat_interleave(channels // groups, dim=1).view(n, channels, 1, 1)
 
 
 class _GroupMoments(torch.autograd.Function):
@@ -243,11 +251,12 @@ class _GroupMoments(torch.autograd.Function):
         grad_var = grad_rstd * -0.5 * rstd.pow(3)
         shift = (grad_mean - 2 * mean * grad_var) / ctx.count  # d loss / d y = shift + slope * y
         slope = 2 * grad_var / ctx.count
-        return (y * _per_channel(slope, y)).add_(_per_channel(shift, y)), None, None
+        c, dtype = y.shape[1], y.dtype
+        return (y * _per_channel(slope, c).to(dtype)).add_(_per_channel(shift, c).to(dtype)), None, None
 
 
 class _FoldedShortcuts(torch.autograd.Function):
-    """``out += bias + sum_i scale_i * y_i`` in place (scales, bias: N x C x 1 x 1).
+    """``out += bias + sum_i scale_i * y_i`` in place (scales, bias: N x C x 1 x 1, in out's dtype).
 
     Hand-written backward: one product per input gradient, where autograd's addcmul backward makes
     extra broadcast copies (1.3x faster per term on the CPU, benchmarks/cpu_details.py).
@@ -275,18 +284,23 @@ class _FoldedShortcuts(torch.autograd.Function):
 
 
 def add_dense_shortcuts(out: Tensor, weight: nn.Parameter | None, history: list[Normalized | Tensor]) -> Tensor:
-    """out += sum_i W_i * N(Y_i), in place (no temporaries the size of an activation)."""
+    """out += sum_i W_i * N(Y_i), in place (no temporaries the size of an activation).
+
+    The small factors are folded in float32 and cast to out's dtype once, so under autocast every
+    pass over an activation runs in one dtype (mixed operands would copy the activation on the CPU).
+    """
     folded: list[Tensor] = []
     bias = None
+    dtype = out.dtype
     weights = [None] * len(history) if weight is None else weight.unbind(0)
     for w, n in zip(weights, history):
         if isinstance(n, Normalized):
-            folded += [n.scale if w is None else n.scale * w, n.y]
+            folded += [(n.scale if w is None else n.scale * w).to(dtype), n.y]
             shift = n.shift if w is None else n.shift * w
             bias = shift if bias is None else bias + shift
         else:
-            out.add_(n) if w is None else out.addcmul_(w, n)
-    return out if bias is None else _FoldedShortcuts.apply(out, bias, *folded)
+            out.add_(n) if w is None else out.addcmul_(w.to(dtype), n)
+    return out if bias is None else _FoldedShortcuts.apply(out, bias.to(dtype), *folded)
 
 
 class DSNet(nn.Module):

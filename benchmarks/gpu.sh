@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# README's GPU measurements in one go on a CUDA machine (under 10 minutes): the paper's setting (fp32,
+# eager), the setting dsnet.train uses on CUDA (fp16 autocast + channels_last), and torch.compile'd
+# models (training step only: compiling takes most of the time).
+#   benchmarks/gpu.sh [OUT]    environment: PYTHON (python), DEVICE (cuda), ROUNDS (30), BATCH (64)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/gpu-benchmarks}
+mkdir -p "$out"
+run() {  # run SECONDS NAME [benchmarks/models.py options]
+  local limit=$1 name=$2; shift 2
+  timeout "$limit" "${PYTHON:-python}" benchmarks/models.py --device "${DEVICE:-cuda}" \
+    --rounds "${ROUNDS:-30}" --train-batch "${BATCH:-64}" "$@" 2>&1 | tee "$out/$name.txt"
+}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+run 150 fp32
+run 150 amp-channels-last --amp --channels-last
+run 280 compile-fp32 --train-only --compile
