@@ -7,13 +7,15 @@ per-round ratios, so drifting machine load affects numerator and denominator ali
 give the interquartile range of those per-round ratios.
 
     python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda] [--glibc-default-heap]
-                                [--amp] [--channels-last] [--compile] [--train-only]
+                                [--amp] [--channels-last] [--compile] [--train-only] [--ieee-fp32]
 
 The heap keeps freed memory (dsnet.allocator, as the app does); with glibc's adaptive default
 every forward may fault the memory of DSNet's N(Y_i) history back in, or not, run by run.
 ``--amp`` (fp16 autocast on CUDA, bf16 on the CPU) and ``--channels-last`` time the models as
 ``dsnet.train`` trains them on CUDA; ``--compile`` times ``torch.compile``d models (all three, so
-the baseline gets the same fusion). The memory line is always eager fp32, Table 9's setting.
+the baseline gets the same fusion); ``--ieee-fp32`` turns off TF32 convolutions on CUDA (PyTorch's
+default is on; GPUs before Ampere had none, and the paper, from 2020, does not name its GPUs). The
+memory line is always eager fp32, Table 9's setting.
 """
 from __future__ import annotations
 
@@ -56,17 +58,23 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true", help="weights and inputs in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (Inductor, static shapes)")
     p.add_argument("--train-only", action="store_true", help="skip the inference latencies")
+    p.add_argument("--ieee-fp32", action="store_true",
+                   help="CUDA: float32 convolutions without TF32 (as on GPUs before Ampere)")
     args = p.parse_args()
     heap = "glibc default" if args.glibc_default_heap else f"retained: {retain_freed_memory()}"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.ieee_fp32:
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
     torch.manual_seed(0)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     models = {n: dsnet.get_model(n).eval().to(device, memory_format=memory_format) for n in MODELS}
     runners = {n: torch.compile(m, dynamic=False) if args.compile else m for n, m in models.items()}
     autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
                               enabled=args.amp)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = "cpu"
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)} (fp32 convolutions: {torch.backends.cudnn.conv.fp32_precision})"
     print(f"device {name}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
           f"heap {heap}, amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}")
     print(f"{'measure':<28}" + "".join(f"{n:>12}" for n in MODELS) + "   ratios vs resnet50 (median of rounds)")
