@@ -256,29 +256,34 @@ class _GroupMoments(torch.autograd.Function):
 
 
 class _FoldedShortcuts(torch.autograd.Function):
-    """``out += bias + sum_i scale_i * y_i`` in place (scales, bias: N x C x 1 x 1, in out's dtype).
+    """``out += bias + sum_i scale_i * y_i`` in place (scales, bias: N x C x 1 x 1).
 
-    Hand-written backward: one product per input gradient, where autograd's addcmul backward makes
-    extra broadcast copies (1.3x faster per term on the CPU, benchmarks/cpu_details.py).
+    The sum runs in out's dtype; the small factors' gradients are summed in float32 and stay there,
+    so under fp16 autocast the shortcut weights' gradients are never rounded to fp16. Hand-written
+    backward: one product per input gradient, where autograd's addcmul backward makes extra
+    broadcast copies (1.3x faster per term on the CPU, benchmarks/cpu_details.py).
     """
 
     @staticmethod
     def forward(ctx, out: Tensor, bias: Tensor, *scales_and_ys: Tensor) -> Tensor:
-        for scale, y in zip(scales_and_ys[::2], scales_and_ys[1::2]):
+        scales = [scale.to(out.dtype) for scale in scales_and_ys[::2]]
+        ys = scales_and_ys[1::2]
+        for scale, y in zip(scales, ys):
             out.addcmul_(scale, y)
-        out.add_(bias)
+        out.add_(bias.to(out.dtype))
         ctx.mark_dirty(out)
-        ctx.save_for_backward(*scales_and_ys)
+        ctx.save_for_backward(*scales, *ys)
         return out  # the dirty input itself, as torch.compile requires
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, ...]:
-        def spatial_sum(t: Tensor) -> Tensor:
-            return t.sum((2, 3), keepdim=True, dtype=torch.promote_types(t.dtype, torch.float32)).to(t.dtype)
+        def spatial_sum(t: Tensor) -> Tensor:  # autograd casts it to the input's dtype if that differs
+            return t.sum((2, 3), keepdim=True, dtype=torch.promote_types(t.dtype, torch.float32))
 
-        grads = [grad, spatial_sum(grad)]
         saved = ctx.saved_tensors
-        for scale, y in zip(saved[::2], saved[1::2]):
+        terms = len(saved) // 2
+        grads = [grad, spatial_sum(grad)]
+        for scale, y in zip(saved[:terms], saved[terms:]):
             grads += [spatial_sum(grad * y), grad * scale]
         return tuple(grads)
 
@@ -286,21 +291,20 @@ class _FoldedShortcuts(torch.autograd.Function):
 def add_dense_shortcuts(out: Tensor, weight: nn.Parameter | None, history: list[Normalized | Tensor]) -> Tensor:
     """out += sum_i W_i * N(Y_i), in place (no temporaries the size of an activation).
 
-    The small factors are folded in float32 and cast to out's dtype once, so under autocast every
-    pass over an activation runs in one dtype (mixed operands would copy the activation on the CPU).
+    Every pass over an activation runs in out's dtype, also under autocast (mixed operands would
+    copy the activation on the CPU); the folded factors stay float32 up to _FoldedShortcuts.
     """
     folded: list[Tensor] = []
     bias = None
-    dtype = out.dtype
     weights = [None] * len(history) if weight is None else weight.unbind(0)
     for w, n in zip(weights, history):
         if isinstance(n, Normalized):
-            folded += [(n.scale if w is None else n.scale * w).to(dtype), n.y]
+            folded += [n.scale if w is None else n.scale * w, n.y]
             shift = n.shift if w is None else n.shift * w
             bias = shift if bias is None else bias + shift
         else:
-            out.add_(n) if w is None else out.addcmul_(w.to(dtype), n)
-    return out if bias is None else _FoldedShortcuts.apply(out, bias.to(dtype), *folded)
+            out.add_(n) if w is None else out.addcmul_(w.to(out.dtype), n)
+    return out if bias is None else _FoldedShortcuts.apply(out, bias, *folded)
 
 
 class DSNet(nn.Module):

@@ -138,6 +138,24 @@ def test_hand_written_backwards_pass_gradcheck():
                                     (out, bias, s0, y, s1, y1))
 
 
+def test_shortcut_weight_gradients_are_not_rounded_to_the_activations_dtype():
+    """In a bf16 (or fp16) sum, the float32 factors' gradients are float32 sums, not bf16 roundings
+    (2^-8 relative error, and fp16 overflow at 65504 under a loss scale)."""
+    from dsnet.models import _FoldedShortcuts
+    torch.manual_seed(0)
+    y = torch.randn(2, 8, 16, 16).bfloat16()
+    out = torch.randn(2, 8, 16, 16).bfloat16().requires_grad_()
+    bias, scale = (torch.rand(2, 8, 1, 1, requires_grad=True) for _ in range(2))
+    grad = torch.randn(2, 8, 16, 16).bfloat16()
+    result = _FoldedShortcuts.apply(out.clone(), bias, scale, y)
+    assert result.dtype == torch.bfloat16
+    result.backward(grad)
+    assert scale.grad.dtype == bias.grad.dtype == torch.float32
+    # the products are bf16 (one rounding each, as any bf16 op); their sum is float32
+    torch.testing.assert_close(scale.grad, (grad * y).float().sum((2, 3), keepdim=True), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bias.grad, grad.float().sum((2, 3), keepdim=True), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("size", [16, 15])  # the strided block's 2x2 pool tiles 16 px exactly, not 15
 def test_ds2_inner_shortcut_equals_the_equation(size):
     """b = ReLU(bn2(conv2(a)) + w * AvgPool(N(a))), written out, for a strided and a plain block,
