@@ -26,7 +26,7 @@ import torchvision
 
 import dsnet
 from dsnet.allocator import retain_freed_memory
-from dsnet.models import MeanPool, _FoldedShortcuts, _GroupMoments
+from dsnet.models import MeanPool, _FoldedShortcuts, _GroupAffine, _per_channel
 
 FAULTS = textwrap.dedent("""
     import resource, sys, torch, dsnet
@@ -88,7 +88,10 @@ def main() -> None:
 
     def term(hand_written: bool):
         out = x.clone().requires_grad_() * 1  # a non-leaf, as bn3's output is
-        out = _FoldedShortcuts.apply(out, bias, scale, y) if hand_written else out.addcmul_(scale, y).add_(bias)
+        if hand_written:
+            out = _FoldedShortcuts.apply(out, bias, scale.unsqueeze(0), y)
+        else:
+            out = out.addcmul_(scale, y).add_(bias)
         return lambda: torch.autograd.grad(out, (y, scale, bias), grad, retain_graph=True)
 
     show("backward of one shortcut term, 8x256x56x56", median_ms(
@@ -96,13 +99,14 @@ def main() -> None:
 
     def moments(hand_written: bool):
         if hand_written:
-            mean, rstd = _GroupMoments.apply(y, 32, 1e-5)
+            scale, shift = _GroupAffine.apply(y, 32, 1e-5)
         else:
             total = y.sum((2, 3)).view(8, 32, -1).sum(2)
             squares = torch.linalg.vector_norm(y, dim=(2, 3)).square().view(8, 32, -1).sum(2)
             mean = total / (8 * 56 * 56)
             rstd = (squares / (8 * 56 * 56) - mean.square() + 1e-5).rsqrt()
-        loss = (mean + rstd).sum()
+            scale, shift = _per_channel(rstd, 256), _per_channel(-mean * rstd, 256)
+        loss = (scale + shift).sum()
         return lambda: torch.autograd.grad(loss, y, retain_graph=True)
 
     show("backward of N's statistics, 8x256x56x56", median_ms(

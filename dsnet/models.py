@@ -212,9 +212,7 @@ def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
             with torch.autocast(y.device.type, enabled=False):
                 return norm(y)
         return norm(y)
-    mean, rstd = _GroupMoments.apply(y, norm.num_groups, norm.eps)
-    channels = y.shape[1]
-    return Normalized(y, _per_channel(rstd, channels), _per_channel(-mean * rstd, channels))
+    return Normalized(y, *_GroupAffine.apply(y, norm.num_groups, norm.eps))
 
 
 def _per_channel(per_group: Tensor, channels: int) -> Tensor:
@@ -223,17 +221,20 @@ def _per_channel(per_group: Tensor, channels: int) -> Tensor:
     return per_group.repeat_interleave(channels // groups, dim=1).view(n, channels, 1, 1)
 
 
-class _GroupMoments(torch.autograd.Function):
-    """Per-(sample, group) mean and 1/std of y (at least float32, also under fp16 autocast).
+class _GroupAffine(torch.autograd.Function):
+    """GroupNorm without affine as ``N(y) = y * scale + shift``: per-channel scale = 1/std and
+    shift = -mean/std of y's group (N x C x 1 x 1, at least float32, also under fp16 autocast).
 
-    Hand-written backward: the gradient reaching y is ``a + b * y`` per group, two passes over y
-    where autograd's sum + vector_norm backward adds divisions and masking (2.5x faster on the CPU,
-    benchmarks/cpu_details.py).
+    One autograd node instead of a dozen small ops (and their backwards: every small op is a kernel
+    launch on a GPU). Hand-written backward: the gradient reaching y is ``a + b * y`` per group, two
+    passes over y where autograd's sum + vector_norm backward adds divisions and masking (2.5x faster
+    on the CPU, benchmarks/cpu_details.py).
     """
 
     @staticmethod
     def forward(ctx, y: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
-        n, dtype = y.shape[0], torch.promote_types(y.dtype, torch.float32)
+        n, channels = y.shape[:2]
+        dtype = torch.promote_types(y.dtype, torch.float32)
         count = y[0].numel() // groups
         # Per-channel sum and sum of squares (plain reductions: several times faster than var_mean on
         # the CPU, any memory format, no temporaries), then per group.
@@ -243,12 +244,16 @@ class _GroupMoments(torch.autograd.Function):
         rstd = ((squares / count - mean.square()).clamp_min(0) + eps).rsqrt()
         ctx.save_for_backward(y, mean, rstd)
         ctx.count = count
-        return mean, rstd
+        return _per_channel(rstd, channels), _per_channel(-mean * rstd, channels)
 
     @staticmethod
-    def backward(ctx, grad_mean: Tensor, grad_rstd: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, grad_scale: Tensor, grad_shift: Tensor) -> tuple[Tensor, None, None]:
         y, mean, rstd = ctx.saved_tensors
+        n, groups = mean.shape
+        grad_scale, grad_shift = (g.reshape(n, groups, -1).sum(2) for g in (grad_scale, grad_shift))
+        grad_rstd = grad_scale - mean * grad_shift  # scale = rstd, shift = -mean * rstd
         grad_var = grad_rstd * -0.5 * rstd.pow(3)
+        grad_mean = -rstd * grad_shift
         shift = (grad_mean - 2 * mean * grad_var) / ctx.count  # d loss / d y = shift + slope * y
         slope = 2 * grad_var / ctx.count
         c, dtype = y.shape[1], y.dtype
@@ -256,7 +261,8 @@ class _GroupMoments(torch.autograd.Function):
 
 
 class _FoldedShortcuts(torch.autograd.Function):
-    """``out += bias + sum_i scale_i * y_i`` in place (scales, bias: N x C x 1 x 1).
+    """``out += bias + sum_i scales[i] * ys[i]`` in place (scales: terms x N x C x 1 x 1, bias:
+    N x C x 1 x 1).
 
     The sum runs in out's dtype; the small factors' gradients are summed in float32 and stay there,
     so under fp16 autocast the shortcut weights' gradients are never rounded to fp16. Hand-written
@@ -265,14 +271,13 @@ class _FoldedShortcuts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, out: Tensor, bias: Tensor, *scales_and_ys: Tensor) -> Tensor:
-        scales = [scale.to(out.dtype) for scale in scales_and_ys[::2]]
-        ys = scales_and_ys[1::2]
+    def forward(ctx, out: Tensor, bias: Tensor, scales: Tensor, *ys: Tensor) -> Tensor:
+        scales = scales.to(out.dtype)
         for scale, y in zip(scales, ys):
             out.addcmul_(scale, y)
         out.add_(bias.to(out.dtype))
         ctx.mark_dirty(out)
-        ctx.save_for_backward(*scales, *ys)
+        ctx.save_for_backward(scales, *ys)
         return out  # the dirty input itself, as torch.compile requires
 
     @staticmethod
@@ -280,31 +285,34 @@ class _FoldedShortcuts(torch.autograd.Function):
         def spatial_sum(t: Tensor) -> Tensor:  # autograd casts it to the input's dtype if that differs
             return t.sum((2, 3), keepdim=True, dtype=torch.promote_types(t.dtype, torch.float32))
 
-        saved = ctx.saved_tensors
-        terms = len(saved) // 2
-        grads = [grad, spatial_sum(grad)]
-        for scale, y in zip(saved[:terms], saved[terms:]):
-            grads += [spatial_sum(grad * y), grad * scale]
-        return tuple(grads)
+        scales, *ys = ctx.saved_tensors
+        grad_scales = _stack([spatial_sum(grad * y) for y in ys])
+        return grad, spatial_sum(grad), grad_scales, *(grad * scale for scale, y in zip(scales, ys))
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """torch.stack, without a copy for one tensor (DS2's inner shortcut has one term)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def add_dense_shortcuts(out: Tensor, weight: nn.Parameter | None, history: list[Normalized | Tensor]) -> Tensor:
     """out += sum_i W_i * N(Y_i), in place (no temporaries the size of an activation).
 
     Every pass over an activation runs in out's dtype, also under autocast (mixed operands would
-    copy the activation on the CPU); the folded factors stay float32 up to _FoldedShortcuts.
+    copy the activation on the CPU). Folded terms (all terms of a stage are alike) are handled
+    together: a few small ops per block, not per term.
     """
-    folded: list[Tensor] = []
-    bias = None
+    if history and isinstance(history[0], Normalized):
+        scales, shifts = _stack([n.scale for n in history]), _stack([n.shift for n in history])
+        if weight is not None:
+            w = weight.unsqueeze(1)  # terms x 1 x C x 1 x 1, against terms x N x C x 1 x 1
+            scales, shifts = scales * w, shifts * w
+        bias = shifts[0] if len(history) == 1 else shifts.sum(0)
+        return _FoldedShortcuts.apply(out, bias, scales, *(n.y for n in history))
     weights = [None] * len(history) if weight is None else weight.unbind(0)
     for w, n in zip(weights, history):
-        if isinstance(n, Normalized):
-            folded += [n.scale if w is None else n.scale * w, n.y]
-            shift = n.shift if w is None else n.shift * w
-            bias = shift if bias is None else bias + shift
-        else:
-            out.add_(n) if w is None else out.addcmul_(w.to(out.dtype), n)
-    return out if bias is None else _FoldedShortcuts.apply(out, bias, *folded)
+        out.add_(n) if w is None else out.addcmul_(w.to(out.dtype), n)
+    return out
 
 
 class DSNet(nn.Module):

@@ -122,20 +122,25 @@ def test_folded_normalisation_has_the_gradients_of_groupnorm(monkeypatch, channe
 
 
 def test_hand_written_backwards_pass_gradcheck():
-    """The folded N's statistics and shortcut sum have hand-written backwards (fewer passes than
-    autograd's); finite differences in float64 confirm them, also for a constant (zero-variance) group
-    (eps 1e-2: at 1e-5, 1/std amplifies the one-pass variance's 1e-17 rounding past the tolerance)."""
-    from dsnet.models import _FoldedShortcuts, _GroupMoments
+    """The folded N's scale/shift and the folded shortcut sum have hand-written backwards (fewer
+    passes and ops than autograd's); finite differences in float64 confirm them, also for a constant
+    (zero-variance) group (eps 1e-2: at 1e-5, 1/std amplifies the one-pass variance's 1e-17 rounding
+    past the tolerance)."""
+    from dsnet.models import _FoldedShortcuts, _GroupAffine
     torch.manual_seed(0)
     y = torch.randn(2, 6, 4, 5, dtype=torch.float64)
     y[1, :3] = 0.5  # group 0 of sample 1 is constant
     y.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: _GroupMoments.apply(t, 2, 1e-2), (y,))
-    out, bias, s0, s1 = (torch.randn(shape, dtype=torch.float64, requires_grad=True)
-                         for shape in ((2, 6, 4, 5), (2, 6, 1, 1), (2, 6, 1, 1), (2, 6, 1, 1)))
+    assert torch.autograd.gradcheck(lambda t: _GroupAffine.apply(t, 2, 1e-2), (y,))
+    scale, shift = _GroupAffine.apply(y, 2, 1e-2)  # N(y) = y * scale + shift is GroupNorm
+    torch.testing.assert_close(y * scale + shift, nn.functional.group_norm(y, 2, eps=1e-2))
+    out, bias, scales = (torch.randn(shape, dtype=torch.float64, requires_grad=True)
+                         for shape in ((2, 6, 4, 5), (2, 6, 1, 1), (2, 2, 6, 1, 1)))
     y1 = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda o, *rest: _FoldedShortcuts.apply(o.clone(), *rest),
-                                    (out, bias, s0, y, s1, y1))
+                                    (out, bias, scales, y, y1))
+    assert torch.autograd.gradcheck(lambda o, *rest: _FoldedShortcuts.apply(o.clone(), *rest),
+                                    (out, bias, scales[:1], y))
 
 
 def test_shortcut_weight_gradients_are_not_rounded_to_the_activations_dtype():
@@ -145,14 +150,14 @@ def test_shortcut_weight_gradients_are_not_rounded_to_the_activations_dtype():
     torch.manual_seed(0)
     y = torch.randn(2, 8, 16, 16).bfloat16()
     out = torch.randn(2, 8, 16, 16).bfloat16().requires_grad_()
-    bias, scale = (torch.rand(2, 8, 1, 1, requires_grad=True) for _ in range(2))
+    bias, scale = torch.rand(2, 8, 1, 1, requires_grad=True), torch.rand(1, 2, 8, 1, 1, requires_grad=True)
     grad = torch.randn(2, 8, 16, 16).bfloat16()
     result = _FoldedShortcuts.apply(out.clone(), bias, scale, y)
     assert result.dtype == torch.bfloat16
     result.backward(grad)
     assert scale.grad.dtype == bias.grad.dtype == torch.float32
     # the products are bf16 (one rounding each, as any bf16 op); their sum is float32
-    torch.testing.assert_close(scale.grad, (grad * y).float().sum((2, 3), keepdim=True), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(scale.grad[0], (grad * y).float().sum((2, 3), keepdim=True), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(bias.grad, grad.float().sum((2, 3), keepdim=True), rtol=1e-5, atol=1e-4)
 
 

@@ -1,0 +1,111 @@
+"""Memory traffic and op count of one training step, counted exactly: a noise-free proxy for the GPU.
+
+On a GPU the dense shortcuts' cost is memory traffic (every elementwise op and reduction reads and
+writes whole activations) and kernel launches; this counts both on any device, op by op, with a
+``TorchDispatchMode``: bytes read (every tensor operand) plus bytes written (every result) of each
+ATen op, views excluded, in three groups: convolutions, BatchNorm, and everything else (ReLU,
+shortcut sums, N's statistics, pooling, loss, ...). Nothing is timed, so the numbers repeat exactly
+and can be compared across commits (the README compares this commit with the one whose GPU
+training step was measured). Caches are ignored: every operand counts as a trip to memory, which
+is what activations far larger than a GPU's L2 cost.
+
+    python benchmarks/traffic.py [--batch 8] [--size 224] [--width 1.0]
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import dsnet
+
+MODELS = ("resnet50", "dsnet50", "ds2net50")
+GROUPS = ("convolution", "batch norm", "other")
+
+
+@dataclass
+class Traffic:
+    """Bytes moved and ops run, per group of ops."""
+
+    bytes: Counter = field(default_factory=Counter)
+    ops: Counter = field(default_factory=Counter)
+    by_op: Counter = field(default_factory=Counter)  # bytes per ATen op name, for the breakdown
+
+
+def _group(name: str) -> str:
+    if "convolution" in name:
+        return "convolution"
+    if "batch_norm" in name:
+        return "batch norm"
+    return "other"
+
+
+class TrafficMode(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.traffic = Traffic()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        # views, allocations and dtype arithmetic (promote_types) launch nothing and move nothing
+        if tensors and not (_is_view(func) or name.startswith(("empty", "new_empty"))):
+            moved = sum(t.numel() * t.element_size() for t in tensors)
+            group = _group(name)
+            self.traffic.bytes[group] += moved
+            self.traffic.ops[group] += 1
+            self.traffic.by_op[name] += moved
+        return out
+
+
+def _is_view(func) -> bool:
+    """Ops that return an alias of an input (no data moved)."""
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+
+
+def training_step_traffic(name: str, batch: int, size: int, width: float) -> Traffic:
+    torch.manual_seed(0)
+    model = dsnet.get_model(name, width=width).train()
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+    with TrafficMode() as mode:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return mode.traffic
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    traffic = {n: training_step_traffic(n, args.batch, args.size, args.width) for n in MODELS}
+    base = traffic["resnet50"]
+    print(f"one training step (forward + backward), batch {args.batch}, {args.size} px, width {args.width}; "
+          f"GB moved (ops), ratio vs resnet50")
+    print(f"{'group':<14}" + "".join(f"{n:>26}" for n in MODELS))
+    for group in (*GROUPS, "all"):
+        def total(t: Traffic, counter: str) -> int:
+            c = getattr(t, counter)
+            return sum(c.values()) if group == "all" else c[group]
+
+        cells = []
+        for n in MODELS:
+            gb, ops = total(traffic[n], "bytes") / 1e9, total(traffic[n], "ops")
+            ratio = total(traffic[n], "bytes") / max(1, total(base, "bytes"))
+            cells.append(f"{gb:7.2f} ({ops:5d}) {ratio:5.2f}x")
+        print(f"{group:<14}" + "".join(f"{c:>26}" for c in cells))
+    for n in MODELS[1:]:
+        extra = traffic[n].by_op - base.by_op
+        top = ", ".join(f"{op} {b / 1e9:.2f}" for op, b in extra.most_common(6))
+        print(f"{n}: extra GB by op: {top}")
+
+
+if __name__ == "__main__":
+    main()
