@@ -227,8 +227,8 @@ class _GroupAffine(torch.autograd.Function):
 
     One autograd node instead of a dozen small ops (and their backwards: every small op is a kernel
     launch on a GPU). Hand-written backward: the gradient reaching y is ``a + b * y`` per group, two
-    passes over y where autograd's sum + vector_norm backward adds divisions and masking (2.2-2.6x faster
-    on the CPU, benchmarks/cpu_details.py).
+    passes over y where autograd's sum + vector_norm backward adds divisions and masking (2.2-2.6x
+    faster on the CPU, benchmarks/cpu_details.py).
     """
 
     @staticmethod
