@@ -287,7 +287,7 @@ class _FoldedShortcuts(torch.autograd.Function):
 
         scales, *ys = ctx.saved_tensors
         grad_scales = _stack([spatial_sum(grad * y) for y in ys])
-        return grad, spatial_sum(grad), grad_scales, *(grad * scale for scale, y in zip(scales, ys))
+        return grad, spatial_sum(grad), grad_scales, *(grad * scale for scale in scales)
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
