@@ -77,10 +77,11 @@ def naive_stage(stage: Stage, x: torch.Tensor, kind: str) -> torch.Tensor:
     return ys[-1]
 
 
-@pytest.mark.parametrize("name,kind", [("dsnet50", "dense"), ("ds2net50", "dense"), ("dsnet50_a", "dense_a")])
-def test_shared_normalisation_equals_the_equation(name, kind):
+@pytest.mark.parametrize("name,kind,weight", [("dsnet50", "dense", "channel"), ("ds2net50", "dense", "channel"),
+                                               ("dsnet50_a", "dense_a", "channel"), ("dsnet50", "dense", "scalar")])
+def test_shared_normalisation_equals_the_equation(name, kind, weight):
     torch.manual_seed(0)
-    model = dsnet.get_model(name, width=0.25).eval()
+    model = dsnet.get_model(name, width=0.25, weight=weight).eval()
     for block in model.modules():  # non-trivial weights, so a wrong index would show
         if hasattr(block, "dense_weight") and block.dense_weight is not None:
             nn.init.uniform_(block.dense_weight, 0.2, 1.5)
