@@ -27,21 +27,26 @@ MODELS = ("resnet50", "dsnet50", "ds2net50")
 GROUPS = ("convolution", "batch norm", "other")
 
 
-@dataclass
-class Traffic:
-    """Bytes moved and ops run, per group of ops."""
-
-    bytes: Counter = field(default_factory=Counter)
-    ops: Counter = field(default_factory=Counter)
-    by_op: Counter = field(default_factory=Counter)  # bytes per ATen op name, for the breakdown
-
-
-def _group(name: str) -> str:
-    if "convolution" in name:
+def _group(op: str) -> str:
+    if "convolution" in op:
         return "convolution"
-    if "batch_norm" in name:
+    if "batch_norm" in op:
         return "batch norm"
     return "other"
+
+
+@dataclass
+class Traffic:
+    """Bytes moved and ops run, per ATen op; totals per group of ops (or "all")."""
+
+    bytes_by_op: Counter = field(default_factory=Counter)
+    ops_by_op: Counter = field(default_factory=Counter)
+
+    def bytes(self, group: str = "all") -> int:
+        return sum(b for op, b in self.bytes_by_op.items() if group in ("all", _group(op)))
+
+    def ops(self, group: str = "all") -> int:
+        return sum(n for op, n in self.ops_by_op.items() if group in ("all", _group(op)))
 
 
 class TrafficMode(TorchDispatchMode):
@@ -55,11 +60,8 @@ class TrafficMode(TorchDispatchMode):
         tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
         # views, allocations and dtype arithmetic (promote_types) launch nothing and move nothing
         if tensors and not (_is_view(func) or name.startswith(("empty", "new_empty"))):
-            moved = sum(t.numel() * t.element_size() for t in tensors)
-            group = _group(name)
-            self.traffic.bytes[group] += moved
-            self.traffic.ops[group] += 1
-            self.traffic.by_op[name] += moved
+            self.traffic.bytes_by_op[name] += sum(t.numel() * t.element_size() for t in tensors)
+            self.traffic.ops_by_op[name] += 1
         return out
 
 
@@ -91,18 +93,11 @@ def main() -> None:
           f"GB moved (ops), ratio vs resnet50")
     print(f"{'group':<14}" + "".join(f"{n:>26}" for n in MODELS))
     for group in (*GROUPS, "all"):
-        def total(t: Traffic, counter: str) -> int:
-            c = getattr(t, counter)
-            return sum(c.values()) if group == "all" else c[group]
-
-        cells = []
-        for n in MODELS:
-            gb, ops = total(traffic[n], "bytes") / 1e9, total(traffic[n], "ops")
-            ratio = total(traffic[n], "bytes") / max(1, total(base, "bytes"))
-            cells.append(f"{gb:7.2f} ({ops:5d}) {ratio:5.2f}x")
+        cells = [f"{t.bytes(group) / 1e9:7.2f} ({t.ops(group):5d}) {t.bytes(group) / max(1, base.bytes(group)):5.2f}x"
+                 for t in traffic.values()]
         print(f"{group:<14}" + "".join(f"{c:>26}" for c in cells))
     for n in MODELS[1:]:
-        extra = traffic[n].by_op - base.by_op
+        extra = traffic[n].bytes_by_op - base.bytes_by_op
         top = ", ".join(f"{op} {b / 1e9:.2f}" for op, b in extra.most_common(6))
         print(f"{n}: extra GB by op: {top}")
 

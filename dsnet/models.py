@@ -184,7 +184,7 @@ class Stage(nn.Module):
 
 @dataclass(frozen=True)
 class Normalized:
-    """N(y) kept as ``y * scale + shift`` (scale, shift: N x C x 1 x 1, float32), never materialised.
+    """N(y) kept as ``y * scale + shift`` (scale, shift: N x C x 1 x 1, at least float32), never materialised.
 
     GroupNorm without affine is a per-(sample, channel) affine map of y, so a weighted shortcut
     W * N(y) is ``(W * scale) * y + W * shift``: one multiply-add over y, and the shifts of all

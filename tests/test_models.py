@@ -229,8 +229,8 @@ class _DtypeMixes(TorchDispatchMode):
 @pytest.mark.parametrize("name", ["dsnet50", "ds2net50"])
 def test_autocast_runs_the_shortcuts_in_the_activations_dtype(name):
     """Under autocast (bf16 here, fp16 on CUDA alike) no shortcut op mixes dtypes over an activation
-    and none makes a float32 copy of one: on the CPU every mixed op copies the activation (it once made
-    DSNet50 1.6x as slow as ResNet50 at batch 8 under autocast). BatchNorm's mixed-precision kernels
+    and none makes a float32 copy of one: on the CPU every mixed op copies the activation (README's
+    `benchmarks/models.py --amp` runs before and after). BatchNorm's mixed-precision kernels
     (float32 statistics) are PyTorch's own and ResNet50 has them too. The logits stay close to float32's."""
     torch.manual_seed(0)
     batch, x = 3, torch.randn(3, 3, 64, 64)

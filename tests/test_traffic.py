@@ -18,12 +18,12 @@ def test_bytes_are_operands_plus_results_and_views_are_free():
         c = a + b  # reads 2 x 400 bytes, writes 400
         c.view(100)  # a view moves nothing
         c.mul_(2)  # in place: reads and writes c
-    assert mode.traffic.bytes["other"] == 3 * 400 + 2 * 400
-    assert mode.traffic.ops["other"] == 2
+    assert mode.traffic.bytes("other") == mode.traffic.bytes() == 3 * 400 + 2 * 400
+    assert mode.traffic.ops("other") == 2
 
 
 def test_dense_shortcuts_add_no_convolution_or_batch_norm_traffic():
     resnet, dsnet50 = (traffic.training_step_traffic(n, batch=2, size=64, width=0.25) for n in ("resnet50", "dsnet50"))
     for group in ("convolution", "batch norm"):
-        assert dsnet50.bytes[group] == resnet.bytes[group] and dsnet50.ops[group] == resnet.ops[group]
-    assert dsnet50.bytes["other"] > resnet.bytes["other"]
+        assert dsnet50.bytes(group) == resnet.bytes(group) and dsnet50.ops(group) == resnet.ops(group)
+    assert dsnet50.bytes("other") > resnet.bytes("other")
