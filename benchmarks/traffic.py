@@ -9,15 +9,26 @@ and can be compared across commits (the README compares this commit with the one
 training step was measured). Caches are ignored: every operand counts as a trip to memory, which
 is what activations far larger than a GPU's L2 cost.
 
-    python benchmarks/traffic.py [--batch 8] [--size 224] [--width 1.0]
+``--compile`` counts the same step compiled by Inductor (``torch.compile``, fullgraph), with
+Inductor's own count: the bytes each kernel it launches reads and writes, library kernels
+(convolutions, matmuls) by name and every kernel Inductor generates (fused elementwise ops and
+reductions, BatchNorm included) as "generated kernel". Inductor fuses for the CPU here much as
+it does for CUDA (Triton kernels there), so this shows what fusion leaves of the dense shortcuts'
+traffic without a GPU; compiling three full models takes a few minutes.
+
+    python benchmarks/traffic.py [--batch 8] [--size 224] [--width 1.0] [--compile]
 """
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import Counter
+from typing import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -70,13 +81,49 @@ def _is_view(func) -> bool:
     return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
 
 
-def training_step_traffic(name: str, batch: int, size: int, width: float) -> Traffic:
+def eager_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], Tensor]) -> Traffic:
+    """Forward and backward of ``loss(module(x))``, counted op by op."""
+    with TrafficMode() as mode:
+        loss(module(x)).backward()
+    return mode.traffic
+
+
+def compiled_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], Tensor]) -> Traffic:
+    """Forward and backward of ``loss(module(x))`` compiled by Inductor, counted by Inductor's
+    scheduler kernel by kernel."""
+    from torch._inductor import compile_fx, ir, metrics
+    from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+
+    torch._dynamo.reset()
+    metrics.reset()
+    # Inductor counts only while its metrics log is enabled, and not for graphs it takes from a cache.
+    log = compile_fx.inductor_metrics_log
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.INFO)
+    log.propagate = False  # counted, not printed
+    try:
+        with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+            loss(torch.compile(module, fullgraph=True, dynamic=False)(x)).backward()
+    finally:
+        log.setLevel(level)
+        log.propagate = propagate
+    traffic = Traffic()
+    for node, _ in metrics.nodes_num_elem:
+        if isinstance(node, NopKernelSchedulerNode) or isinstance(node.node, ir.MultiOutput):
+            continue  # views, and the parts of a kernel's tuple result: nothing launched
+        kernel = "generated kernel"
+        if isinstance(node, ExternKernelSchedulerNode):  # a library kernel: aten::convolution -> "convolution"
+            kernel = node.node.op_overload._opname if node.node.op_overload else node.node.python_kernel_name.split(".")[-1]
+        traffic.bytes_by_op[kernel] += node.get_read_write_buffers_sizes()
+        traffic.ops_by_op[kernel] += 1
+    return traffic
+
+
+def training_step_traffic(name: str, batch: int, size: int, width: float, compiled: bool = False) -> Traffic:
     torch.manual_seed(0)
     model = dsnet.get_model(name, width=width).train()
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
-    with TrafficMode() as mode:
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-    return mode.traffic
+    return (compiled_traffic if compiled else eager_traffic)(model, x, lambda logits: F.cross_entropy(logits, y))
 
 
 def main() -> None:
@@ -85,14 +132,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="count the torch.compile'd step (Inductor's kernels)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    traffic = {n: training_step_traffic(n, args.batch, args.size, args.width) for n in MODELS}
+    traffic = {n: training_step_traffic(n, args.batch, args.size, args.width, args.compile) for n in MODELS}
     base = traffic["resnet50"]
-    print(f"one training step (forward + backward), batch {args.batch}, {args.size} px, width {args.width}; "
-          f"GB moved (ops), ratio vs resnet50")
+    print(f"one training step (forward + backward), {'compiled' if args.compile else 'eager'}, batch {args.batch}, "
+          f"{args.size} px, width {args.width}; GB moved ({'kernels' if args.compile else 'ops'}), ratio vs resnet50")
     print(f"{'group':<14}" + "".join(f"{n:>26}" for n in MODELS))
-    for group in (*GROUPS, "all"):
+    for group in (*(g for g in GROUPS if base.bytes(g)), "all"):  # compiled: BatchNorm is in generated kernels
         cells = [f"{t.bytes(group) / 1e9:7.2f} ({t.ops(group):5d}) {t.bytes(group) / max(1, base.bytes(group)):5.2f}x"
                  for t in traffic.values()]
         print(f"{group:<14}" + "".join(f"{c:>26}" for c in cells))

@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DSNET_CACHE", Path.home() / ".cache" / "dsnet")))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 autocast (default: on for CUDA)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="train the torch.compile'd model (backend: inductor); fusion removes most of the dense "
+                        "shortcuts' memory traffic (README, Benchmarks); compiling takes minutes")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class (quick runs, tests)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs of this run, resumable (training in time-boxed slices)")
@@ -305,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.world > 1 else model
+    if args.compile:  # the training step only: evaluation and checkpoints use the plain model
+        net = torch.compile(net, backend=args.compile)
 
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = args.out / "last.pt", args.out / "log.jsonl"
@@ -323,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"model": args.model, "kwargs": kwargs, "recipe": args.recipe, "resolved_recipe": dataclasses.asdict(recipe),
               "seed": args.seed, "data": str(data), "train_images": len(train_set), "val_images": len(val_set),
               "world_size": d.world, "device": device.type, "amp": amp, "channels_last": args.channels_last,
+              "compile": args.compile,
               "wnids": wnids, "torch": str(torch.__version__),
               "command": "python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv)}
 

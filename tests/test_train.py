@@ -62,6 +62,19 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert a["history"][-1]["val_top1"] == b["history"][-1]["val_top1"]
 
 
+def test_compiled_training_trains_the_same_model(tmp_path):
+    """--compile trains the step torch.compile traces (here with aot_eager: AOT autograd's forward and
+    backward graphs, without Inductor's minutes of code generation) to eager's weights."""
+    common = ["--model", "ds2net50", *TINY, "--epochs", "1", "--cache-dir", str(tmp_path / "cache")]
+    assert train_main([*common, "--out", str(tmp_path / "eager")]) == 0
+    assert train_main([*common, "--out", str(tmp_path / "compiled"), "--compile", "aot_eager"]) == 0
+    eager, compiled = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("eager", "compiled"))
+    assert compiled["config"]["compile"] == "aot_eager" and eager["config"]["compile"] is None
+    for name, tensor in eager["model"].items():
+        torch.testing.assert_close(compiled["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-5)
+
+
 def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_provenance(tmp_path, manifest_copy):
     """How the shipped zoo was made: trained on a GPU machine (on a packed copy), exported here."""
     out, cache = tmp_path / "run", str(tmp_path / "cache")
