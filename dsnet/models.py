@@ -75,8 +75,8 @@ def shortcut_weight(kind: WeightKind, terms: int, channels: int) -> nn.Parameter
 
 
 class MeanPool(nn.Module):
-    """``AvgPool2d(stride, stride, ceil_mode=True)``, as a depthwise convolution where the windows
-    tile the input exactly: PyTorch's CPU average pool takes 2-3x as long (benchmarks/cpu_details.py)."""
+    """``AvgPool2d(stride, stride, ceil_mode=True)``, in eager mode a depthwise convolution where the
+    windows tile the input exactly: PyTorch's CPU average pool takes 2-3x as long (benchmarks/cpu_details.py)."""
 
     def __init__(self, channels: int, stride: int) -> None:
         super().__init__()
@@ -84,7 +84,9 @@ class MeanPool(nn.Module):
         self.register_buffer("kernel", torch.full((channels, 1, stride, stride), 1 / stride**2), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:  # partial windows at the border
+        # Partial windows at the border; and compiled, where Inductor fuses a pool into the kernels
+        # around it but calls a convolution as a library kernel of its own.
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride or torch.compiler.is_compiling():
             return nn.functional.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
         return nn.functional.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
 
