@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.data:
         raise SystemExit("--data is required (a folder with train/ and val/)")
+    if args.compile and args.compile not in torch._dynamo.list_backends(exclude_tags=()):  # before any data work
+        raise SystemExit(f"unknown --compile backend {args.compile!r}; torch.compile has "
+                         f"{', '.join(torch._dynamo.list_backends())} (and debug backends such as aot_eager)")
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()
@@ -310,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         if d.world > 1 else model
     if args.compile:  # the training step only: evaluation and checkpoints use the plain model
         net = torch.compile(net, backend=args.compile)
+        if d.main:
+            print(f"torch.compile (backend {args.compile}): the first training step compiles, which takes minutes")
 
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = args.out / "last.pt", args.out / "log.jsonl"

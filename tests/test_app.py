@@ -99,9 +99,10 @@ def test_real_browser_upload_click_and_see_three_heatmaps(live_app, tmp_path):
         page.get_by_role("img").first.wait_for(timeout=30_000)
         page.get_by_role("button", name="Explain").click()
         page.get_by_text("Explains:").nth(2).wait_for(timeout=60_000)
-        heatmaps = page.evaluate("""Array.from(document.querySelectorAll('img'))
-            .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.complete).length""")
-        assert heatmaps >= 3
+        # The three heatmap files load after the captions appear: wait until all three are decoded.
+        page.wait_for_function("""Array.from(document.querySelectorAll('img'))
+            .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.complete).length >= 3""",
+                               timeout=30_000)
         for name in TRIO:
             assert page.get_by_text(f"{name} top-5").count() >= 1
         shot = Path(os.environ.get("DSNET_SCREENSHOT", tmp_path / "screenshot.png"))

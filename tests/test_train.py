@@ -73,6 +73,9 @@ def test_compiled_training_trains_the_same_model(tmp_path):
     for name, tensor in eager["model"].items():
         torch.testing.assert_close(compiled["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-5)
+    with pytest.raises(SystemExit, match="unknown --compile backend 'inductr'; torch.compile has .*inductor"):
+        train_main([*common, "--out", str(tmp_path / "typo"), "--compile", "inductr"])
+    assert not (tmp_path / "typo").exists()  # refused before any work
 
 
 def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_provenance(tmp_path, manifest_copy):
