@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from typing import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
