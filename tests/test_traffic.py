@@ -46,4 +46,5 @@ def test_inductor_fuses_the_dense_shortcut_sums():
         assert compiled[name].ops("convolution") == eager[name].ops("convolution")  # library kernels: counted alike
     extra_eager = eager["dsnet38"].bytes() - eager["resnet38"].bytes()
     extra_compiled = compiled["dsnet38"].bytes() - compiled["resnet38"].bytes()
+    print(f"\nFUSION compiled dense stage: {extra_compiled / extra_eager:.0%} of its eager extra traffic")
     assert 0 < extra_compiled < 0.4 * extra_eager
