@@ -9,22 +9,26 @@ and can be compared across commits (the README compares this commit with the one
 training step was measured). Caches are ignored: every operand counts as a trip to memory, which
 is what activations far larger than a GPU's L2 cost.
 
-``--compile`` counts the same step compiled by Inductor (``torch.compile``, fullgraph), with
-Inductor's own count: the bytes each kernel it launches reads and writes, library kernels
+``--compile`` counts the same step compiled by Inductor (``torch.compile``, fullgraph), as
+Inductor's scheduler fused it: the bytes each kernel reads and writes, library kernels
 (convolutions, matmuls) by name and every kernel Inductor generates (fused elementwise ops and
-reductions, BatchNorm included) as "generated kernel". Inductor fuses for the CPU here much as
-it does for CUDA (Triton kernels there), so this shows what fusion leaves of the dense shortcuts'
-traffic without a GPU; compiling three full models takes a few minutes.
+reductions, BatchNorm included) as "generated kernel". ``--compile triton`` counts the kernels of
+Inductor's Triton scheduling, the code path of a CUDA GPU, made on the CPU: so what fusion leaves
+of the dense shortcuts' traffic on a GPU shows without one. Compiling three full models takes a
+few minutes.
 
-    python benchmarks/traffic.py [--batch 8] [--size 224] [--width 1.0] [--compile]
+    python benchmarks/traffic.py [--batch 8] [--size 224] [--width 1.0] [--compile [cpp|triton]]
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import copy
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Callable, Literal
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -88,42 +92,88 @@ def eager_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], T
     return mode.traffic
 
 
-def compiled_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], Tensor]) -> Traffic:
-    """Forward and backward of ``loss(module(x))`` compiled by Inductor, counted by Inductor's
-    scheduler kernel by kernel."""
-    from torch._inductor import compile_fx, ir, metrics
-    from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+Scheduling = Literal["cpp", "triton"]
 
-    torch._dynamo.reset()
-    metrics.reset()
-    # Inductor counts only while its metrics log is enabled, and not for graphs it takes from a cache.
-    log = compile_fx.inductor_metrics_log
-    level, propagate = log.level, log.propagate
-    log.setLevel(logging.INFO)
-    log.propagate = False  # counted, not printed
-    try:
-        with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
-            loss(torch.compile(module, fullgraph=True, dynamic=False)(x)).backward()
-    finally:
-        log.setLevel(level)
-        log.propagate = propagate
+
+def compiled_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], Tensor],
+                     scheduling: Scheduling = "cpp") -> Traffic:
+    """Forward and backward of ``loss(module(x))`` compiled by Inductor, counted kernel by kernel
+    as Inductor's scheduler fused them.
+
+    ``scheduling="cpp"`` counts the kernels that run here (Inductor's C++ code generation for the
+    CPU). ``"triton"`` counts the kernels Inductor's Triton scheduling, its GPU code path, makes of
+    the same graphs: each graph is scheduled a second time for Triton (``cpu_backend="triton"``) and
+    counted, and its code generation stopped (there is no Triton for the CPU here); the step itself
+    still runs on the C++ kernels. What only a GPU turns on (mix-order reductions) is not in it.
+    """
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    from torch._inductor.scheduler import Scheduler
+
     traffic = Traffic()
-    for node, _ in metrics.nodes_num_elem:
-        if isinstance(node, NopKernelSchedulerNode) or isinstance(node.node, ir.MultiOutput):
-            continue  # views, and the parts of a kernel's tuple result: nothing launched
-        kernel = "generated kernel"
-        if isinstance(node, ExternKernelSchedulerNode):  # a library kernel: aten::convolution -> "convolution"
-            kernel = node.node.op_overload._opname if node.node.op_overload else node.node.python_kernel_name.split(".")[-1]
-        traffic.bytes_by_op[kernel] += node.get_read_write_buffers_sizes()
-        traffic.ops_by_op[kernel] += 1
+    codegen = Scheduler.codegen
+
+    def count_then_codegen(self, *args, **kwargs):
+        _count_kernels(self.nodes, traffic)
+        return codegen(self, *args, **kwargs)
+
+    def count_and_stop(self, *args, **kwargs):
+        _count_kernels(self.nodes, traffic)
+        raise _Counted
+
+    def schedule_for_triton_then_compile(gm, example_inputs, **kwargs):
+        with config.patch(cpu_backend="triton"), mock.patch.object(Scheduler, "codegen", count_and_stop):
+            try:
+                compile_fx_inner(copy.deepcopy(gm), example_inputs, **kwargs)  # lowering rewrites its graph
+            except Exception as error:  # Inductor wraps what the scheduler raises
+                if not _caused_by(error, _Counted):
+                    raise
+        return compile_fx_inner(gm, example_inputs, **kwargs)
+
+    if scheduling == "cpp":
+        backend, counting = "inductor", mock.patch.object(Scheduler, "codegen", count_then_codegen)
+    else:
+        backend, counting = partial(compile_fx, inner_compile=schedule_for_triton_then_compile), nullcontext()
+    torch._dynamo.reset()
+    # Graphs taken from a cache are never scheduled, so nothing would be counted.
+    with counting, config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        loss(torch.compile(module, backend=backend, fullgraph=True, dynamic=False)(x)).backward()
     return traffic
 
 
-def training_step_traffic(name: str, batch: int, size: int, width: float, compiled: bool = False) -> Traffic:
+class _Counted(Exception):
+    """Stops Inductor's code generation once the Triton schedule is counted."""
+
+
+def _caused_by(error: BaseException | None, kind: type) -> bool:
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__ or error.__context__
+    return error is not None
+
+
+def _count_kernels(nodes, traffic: Traffic) -> None:
+    """What each scheduled kernel reads and writes; library kernels (convolutions, matmuls) by name,
+    Inductor's own (fused elementwise ops and reductions, BatchNorm included) as "generated kernel"."""
+    from torch._inductor import ir
+    from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+
+    for node in nodes:
+        if isinstance(node, NopKernelSchedulerNode) or isinstance(node.node, ir.MultiOutput):
+            continue  # views, and the parts of a kernel's tuple result: nothing launched
+        kernel = "generated kernel"
+        if isinstance(node, ExternKernelSchedulerNode):  # aten::convolution -> "convolution"
+            kernel = node.node.op_overload._opname if node.node.op_overload else node.node.python_kernel_name.split(".")[-1]
+        traffic.bytes_by_op[kernel] += node.get_read_write_buffers_sizes()
+        traffic.ops_by_op[kernel] += 1
+
+
+def training_step_traffic(name: str, batch: int, size: int, width: float, compiled: Scheduling | None = None) -> Traffic:
+    """Eager (``compiled=None``) or compiled with the given Inductor scheduling."""
     torch.manual_seed(0)
     model = dsnet.get_model(name, width=width).train()
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
-    return (compiled_traffic if compiled else eager_traffic)(model, x, lambda logits: F.cross_entropy(logits, y))
+    loss = lambda logits: F.cross_entropy(logits, y)  # noqa: E731
+    return eager_traffic(model, x, loss) if compiled is None else compiled_traffic(model, x, loss, compiled)
 
 
 def main() -> None:
@@ -132,12 +182,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--compile", action="store_true", help="count the torch.compile'd step (Inductor's kernels)")
+    p.add_argument("--compile", nargs="?", const="cpp", choices=("cpp", "triton"),
+                   help="count the torch.compile'd step: the kernels that run here (cpp, the default) or "
+                        "those Inductor's Triton scheduling (its GPU code path) makes of it (triton)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     traffic = {n: training_step_traffic(n, args.batch, args.size, args.width, args.compile) for n in MODELS}
     base = traffic["resnet50"]
-    print(f"one training step (forward + backward), {'compiled' if args.compile else 'eager'}, batch {args.batch}, "
+    how = f"compiled ({args.compile} scheduling)" if args.compile else "eager"
+    print(f"one training step (forward + backward), {how}, batch {args.batch}, "
           f"{args.size} px, width {args.width}; GB moved ({'kernels' if args.compile else 'ops'}), ratio vs resnet50")
     print(f"{'group':<14}" + "".join(f"{n:>26}" for n in MODELS))
     for group in (*(g for g in GROUPS if base.bytes(g)), "all"):  # compiled: BatchNorm is in generated kernels

@@ -48,3 +48,20 @@ def test_inductor_fuses_the_dense_shortcut_sums():
     extra_compiled = compiled["dsnet38"].bytes() - compiled["resnet38"].bytes()
     print(f"\nFUSION compiled dense stage: {extra_compiled / extra_eager:.0%} of its eager extra traffic")
     assert 0 < extra_compiled < 0.4 * extra_eager
+
+
+def test_triton_count_is_the_triton_schedule_of_the_same_graphs():
+    """``--compile triton`` counts what Inductor's Triton scheduling (a GPU's code path) launches:
+    it computes N's statistics in the kernel that writes y (a reduction fused after an elementwise
+    op of the same size), where Inductor's C++ code generation reads y again in a kernel of its own."""
+    norm = torch.nn.GroupNorm(8, 32, affine=False)
+
+    class ReluThenStatistics(torch.nn.Module):
+        def forward(self, x):
+            return dsnet.models.normalized(norm, torch.relu(x * 2))  # y, and N's scale and shift
+
+    x = torch.randn(2, 32, 16, 16, requires_grad=True)
+    loss = lambda n: n.y.sum() + n.scale.sum() + n.shift.sum()  # noqa: E731
+    cpp, triton = (traffic.compiled_traffic(ReluThenStatistics(), x, loss, s) for s in ("cpp", "triton"))
+    activation = x.numel() * x.element_size()
+    assert 0 < triton.bytes() <= cpp.bytes() - 0.9 * activation  # one pass over y less
