@@ -79,6 +79,12 @@ def main() -> None:
           f"heap {heap}, amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}")
     print(f"{'measure':<28}" + "".join(f"{n:>12}" for n in MODELS) + "   ratios vs resnet50 (median of rounds)")
 
+    def warm_up(label: str, n: str, run) -> None:
+        """Compiling takes minutes a model: say how long each took, so a run cut short says where."""
+        seconds = timed(run, device)
+        if args.compile:
+            print(f"  (compiled {n} for {label} in {seconds:.0f} s)", flush=True)
+
     order = random.Random(0)
 
     def shuffled() -> list[str]:
@@ -103,9 +109,8 @@ def main() -> None:
         x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=memory_format)
         rounds: dict[str, list[float]] = {n: [] for n in MODELS}
         with torch.inference_mode(), autocast:
-            for _ in range(3):  # warm-up: oneDNN's primitive cache and the heap settle (and compilation)
-                for m in runners.values():
-                    m(x)
+            for n, m in runners.items():  # warm-up: oneDNN's primitive cache and the heap settle (and compilation)
+                warm_up(f"inference, batch {batch}", n, lambda: [m(x) for _ in range(3)])
             for _ in range(args.rounds):
                 for n in shuffled():
                     rounds[n].append(timed(lambda: runners[n](x), device))
@@ -123,9 +128,8 @@ def main() -> None:
         loss.backward()
         optimisers[n].step()
 
-    for _ in range(2):
-        for n in MODELS:
-            step(n)
+    for n in MODELS:
+        warm_up(f"training step, batch {args.train_batch}", n, lambda: [step(n) for _ in range(2)])
     rounds = {n: [] for n in MODELS}
     for _ in range(args.rounds):
         for n in shuffled():
