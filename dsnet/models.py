@@ -389,6 +389,20 @@ def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model.to(memory_format=torch.channels_last)``, but the shortcut weights (T x C x 1 x 1) get
+    their default strides back: for them the format changes only strides, not memory, and their
+    gradients come back with the default strides, which DDP then copies into its buckets at every
+    step (warning "Grad strides do not match bucket view strides")."""
+    model.to(memory_format=torch.channels_last)
+    for block in model.modules():
+        if isinstance(block, Bottleneck):
+            for weight in (block.dense_weight, getattr(block, "inner_weight", None)):
+                if weight is not None:
+                    weight.data = weight.data.clone(memory_format=torch.contiguous_format)
+    return model
+
+
 # --- builders -----------------------------------------------------------------------------------
 # Each registered builder is a thin wrapper; ``**kwargs`` reach DSNet (num_classes, width, ...).
 

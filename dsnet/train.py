@@ -29,7 +29,7 @@ from .data import (FileImages, TensorImages, cached_images, class_index, eval_tr
                    normalize, scan_labelled, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
                        label_set_for, write_entry)
-from .models import warm_start_from_resnet
+from .models import to_channels_last, warm_start_from_resnet
 from .weights import save_safetensors
 from .zoo import pick_device
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.summary())
     model.to(device)
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
 
     if recipe.cache:
         cache_size = max(recipe.eval_resize, recipe.train_crop)
