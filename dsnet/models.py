@@ -111,6 +111,7 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.stride = stride
         self.inner_norm: nn.Module | None = None
+        self.inner_weight: nn.Parameter | None = None
         self.inner_pool: MeanPool | None = None
         if spec.inner and not (stride > 1 and spec.ds2_strided == "skip"):
             self.inner_norm = shortcut_norm(spec.norm, width)
@@ -397,7 +398,7 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     model.to(memory_format=torch.channels_last)
     for block in model.modules():
         if isinstance(block, Bottleneck):
-            for weight in (block.dense_weight, getattr(block, "inner_weight", None)):
+            for weight in (block.dense_weight, block.inner_weight):
                 if weight is not None:
                     weight.data = weight.data.clone(memory_format=torch.contiguous_format)
     return model
