@@ -115,6 +115,7 @@ class CamResult:
     seconds: float
     faithfulness: Faithfulness | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    device: str = "cpu"  # where the model ran ("cpu", "cuda", "mps")
 
 
 class _Head(nn.Module):
@@ -245,7 +246,8 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
     return CamResult(zoo=zm.zoo, model=zm.name, method=method, view=view, cam=grayscale,
                      overlay=overlay(view, grayscale, opacity), top5=top5,
                      explained=Prediction(cls, names[cls], float(probs[cls])),
-                     seconds=time.perf_counter() - started, faithfulness=metrics, notes=image.notes)
+                     seconds=time.perf_counter() - started, faithfulness=metrics, notes=image.notes,
+                     device=zm.device.type)
 
 
 def explain(image, models: list[ZooModel], method: str = "gradcam", target: TargetPolicy | str = TargetPolicy(),
