@@ -1,0 +1,87 @@
+"""dsnet.stats on hand-made cases whose answers are known in closed form."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dsnet import stats
+
+
+def _pairs(both_right: int, only_a: int, only_b: int, both_wrong: int) -> tuple[list[bool], list[bool]]:
+    a = [True] * both_right + [True] * only_a + [False] * only_b + [False] * both_wrong
+    b = [True] * both_right + [False] * only_a + [True] * only_b + [False] * both_wrong
+    return a, b
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [
+    (1, 9, 2 * (1 + 10) / 2**10),  # two-sided binomial tail: 2 * P(X <= 1), X ~ Bin(10, 1/2)
+    (0, 6, 2 / 2**6),
+    (6, 0, 2 / 2**6),
+    (5, 5, 1.0),
+    (0, 0, 1.0),  # no discordant pair: nothing to test
+])
+def test_mcnemar_exact_is_the_binomial_test_on_discordant_pairs(only_a, only_b, p):
+    a, b = _pairs(7, only_a, only_b, 3)
+    r = stats.mcnemar(a, b)
+    assert (r.n, r.only_a, r.only_b) == (10 + only_a + only_b, only_a, only_b)
+    assert r.p_value == pytest.approx(p, rel=1e-12)
+
+
+def test_compare_accuracy_difference_points_and_interval():
+    a, b = _pairs(80, 1, 9, 10)  # 100 images: A 81 %, B 89 %
+    r = stats.compare_accuracy(a, b)
+    assert (r.n, r.mean_a, r.mean_b, r.test) == (100, 0.81, 0.89, "mcnemar-exact")
+    assert r.diff == pytest.approx(0.08)
+    assert r.p_value == pytest.approx(22 / 1024)
+    assert r.ci_low < r.diff < r.ci_high
+    # per-image differences: nine +1, one -1, 90 zeros -> standard error sqrt((0.10 - 0.08^2) / 100)
+    half = 1.96 * math.sqrt((0.10 - 0.08**2) / 100)
+    assert r.ci_low == pytest.approx(0.08 - half, abs=0.01) and r.ci_high == pytest.approx(0.08 + half, abs=0.01)
+    assert r.ci_low > 0  # 9 to 1 discordant: the bootstrap interval excludes 0, like McNemar's p < 0.05
+    d = r.as_dict(scale=100)
+    assert d["diff"] == pytest.approx(8.0) and d["mean_a"] == pytest.approx(81.0)
+
+
+def test_bootstrap_constant_difference_is_a_point():
+    assert stats.bootstrap_ci([0.25] * 30) == (0.25, 0.25)
+    assert all(math.isnan(x) for x in stats.bootstrap_ci([1.0]))
+
+
+def test_bootstrap_matches_the_normal_interval_on_a_large_sample():
+    d = np.random.default_rng(1).normal(0.3, 1.0, 4000)
+    low, high = stats.bootstrap_ci(d)
+    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
+    assert low == pytest.approx(d.mean() - half, abs=0.004)
+    assert high == pytest.approx(d.mean() + half, abs=0.004)
+    assert stats.bootstrap_ci(d) == (low, high)  # seeded: reproducible
+
+
+@pytest.mark.parametrize("diffs, p", [
+    ([1, 2, 3, 4, 5], 2 / 2**5),  # all signs positive: exact two-sided p = 2 / 2^n
+    ([-1, -2, -3, -4, -5], 2 / 2**5),
+    ([0.5, 1, 2, 3, 4, 5], 2 / 2**6),
+])
+def test_wilcoxon_exact_p_when_all_differences_share_a_sign(diffs, p):
+    a = [10.0] * len(diffs)
+    b = [10.0 + x for x in diffs]
+    r = stats.compare_metric(a, b)
+    assert r.test == "wilcoxon" and r.n == len(diffs)
+    assert r.p_value == pytest.approx(p)
+    assert r.diff == pytest.approx(np.mean(diffs))
+    assert r.ci_low <= r.diff <= r.ci_high
+
+
+def test_compare_metric_drops_missing_pairs_and_handles_no_difference():
+    r = stats.compare_metric([1.0, None, 3.0, float("nan"), 2.0], [2.0, 5.0, 4.0, 1.0, 3.0])
+    assert r.n == 3 and r.diff == pytest.approx(1.0) and (r.ci_low, r.ci_high) == (1.0, 1.0)
+    same = stats.compare_metric([1.0, 2.0], [1.0, 2.0])
+    assert same.p_value == 1.0 and same.diff == 0.0
+
+
+def test_unpaired_shapes_are_refused():
+    with pytest.raises(ValueError):
+        stats.mcnemar([True, False], [True])
+    with pytest.raises(ValueError):
+        stats.compare_metric([1.0, 2.0], [1.0, 2.0, 3.0])
