@@ -1,29 +1,52 @@
-"""Evaluate every model of a zoo, in the layout of the paper's Table 9 (plus accuracy).
+"""Evaluate every model of a zoo on the same images, in the layout of the paper's Table 9 (plus accuracy).
 
 ``python -m dsnet.evaluate --zoo imagenette --data ../shared/data/imagenette/val --json out.json``.
 ``--data`` is an ImageFolder (``<wnid>/*.JPEG``, e.g. ImageNet's val folder) or a flat folder of
 ``<wnid>_*.JPEG`` files; images of classes outside a model's label set are counted and left out.
+
+Every model sees the same images, and each image's top-1 correctness is kept, so models are
+compared *paired*: for every model against ``--baseline`` (resnet50) the difference of top-1 with
+a paired bootstrap 95 % interval and the exact McNemar test (``dsnet.stats``).
+
+``--crops 128,160,192,224`` evaluates at several test sizes (the resize scaled with the crop, in
+the ratio of the manifest's resize / crop, rounded half up), each size also compared, paired, with
+the first. ``--runs DIR`` adds more trained copies of the zoo's models (``DIR/<run>/<model>.safetensors``,
+e.g. one folder per seed); the shipped weights are the run ``seed<N>`` of their provenance. Within
+each run, every model is compared with that run's baseline. ``--pipeline export`` measures the way
+``dsnet.train --export`` does (torchvision: shorter side resized with antialiasing, centre-cropped
+to a ``resize`` square, then the centre ``crop``) instead of the app's PIL preprocessing.
+The ``--json`` artifact records the command, commit, date, image list and per-image correctness.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime
 import json
+import math
+import shlex
 import statistics
+import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from . import stats
 from .allocator import retain_freed_memory
-from .data import LabelledImage, scan_labelled
+from .data import LabelledImage, decode_square, normalize, scan_labelled
 from .images import model_view, open_image, to_tensor
 from .manifest import Preprocessing, load_manifest
-from .zoo import ZooModel, load_available
+from .weights import read_state_dict
+from .zoo import ZooModel, build, load_available, load_state
+
+PIPELINES = ("app", "export")
 
 
 @dataclass(frozen=True)
@@ -35,36 +58,62 @@ class ModelReport:
     top5: float
     params_m: float
     gmacs: float  # multiply-accumulates of one forward at the model's input size
-    latency_ms: float  # median CPU forward, batch 1
-    train_memory_mb: float  # one training step (batch 32): see ``train_step_memory``
+    latency_ms: float | None  # median CPU forward, batch 1 (None: not measured)
+    train_memory_mb: float | None  # one training step (batch 32): see ``train_step_memory``
+    run: str = "zoo"  # which trained copy (e.g. seed0 = the shipped weights)
+    weights: str = ""
+    crop: int = 0
+    resize: int = 0
+    correct: str = field(default="", repr=False)  # per used image, in order: "1" top-1 right, "0" wrong
+
+
+def scaled(pre: Preprocessing, crop: int) -> Preprocessing:
+    """The preprocessing at another test size: the resize keeps the manifest's resize / crop ratio."""
+    return replace(pre, crop=crop, resize=math.floor(crop * pre.resize / pre.crop + 0.5))
 
 
 class _Views(Dataset):
-    def __init__(self, items: list[LabelledImage], labels: list[int], pre: Preprocessing) -> None:
-        self.items, self.labels, self.pre = items, labels, pre
+    def __init__(self, items: list[LabelledImage], labels: list[int], pre: Preprocessing, pipeline: str = "app") -> None:
+        self.items, self.labels, self.pre, self.pipeline = items, labels, pre, pipeline
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
+        if self.pipeline == "export":  # = dsnet.train's cache (a resize square) + eval_transform's centre crop
+            image = TF.center_crop(decode_square(self.items[i].path, self.pre.resize), self.pre.crop)
+            return normalize(image[None], self.pre.mean, self.pre.std)[0], self.labels[i]
         view = model_view(open_image(self.items[i].path).image, self.pre)
         return to_tensor(view, self.pre)[0], self.labels[i]
 
 
+def predictions(models: list[ZooModel], items: list[LabelledImage], pre: Preprocessing, pipeline: str = "app",
+                batch_size: int = 64, workers: int = 2) -> list[tuple[list[bool], list[bool]]]:
+    """Per model, per image of ``items`` (all in every model's label set): (top-1 right, top-5 right).
+
+    Each image is decoded once and shown to every model (they share ``pre``).
+    """
+    wnids = models[0].labels.wnids
+    assert all(zm.labels.wnids == wnids for zm in models), "models compared on one loader share a label set"
+    lookup = {w: i for i, w in enumerate(wnids)}
+    loader = DataLoader(_Views(items, [lookup[it.wnid] for it in items], pre, pipeline),
+                        batch_size=batch_size, num_workers=workers)
+    out: list[tuple[list[bool], list[bool]]] = [([], []) for _ in models]
+    with torch.inference_mode():
+        for x, y in tqdm(loader, desc=f"{len(models)} model(s) at {pre.crop} px", unit="batch", leave=False):
+            for zm, (top1, top5) in zip(models, out):
+                top = zm.model(x.to(zm.device)).topk(min(5, len(lookup)), 1).indices.cpu()
+                top1 += (top[:, 0] == y).tolist()
+                top5 += (top == y[:, None]).any(1).tolist()
+    return out
+
+
 def accuracy(zm: ZooModel, items: list[LabelledImage], batch_size: int = 64, workers: int = 2) -> tuple[float, float, int, int]:
     """(top-1 %, top-5 %, images used, images skipped) with the model's own preprocessing."""
-    lookup = {w: i for i, w in enumerate(zm.labels.wnids)}
-    used = [it for it in items if it.wnid in lookup]
-    loader = DataLoader(_Views(used, [lookup[it.wnid] for it in used], zm.entry.preprocessing),
-                        batch_size=batch_size, num_workers=workers)
-    top1 = top5 = 0
-    with torch.inference_mode():
-        for x, y in tqdm(loader, desc=f"{zm.name} accuracy", unit="batch", leave=False):
-            top = zm.model(x.to(zm.device)).topk(min(5, len(lookup)), 1).indices.cpu()
-            top1 += (top[:, 0] == y).sum().item()
-            top5 += (top == y[:, None]).any(1).sum().item()
+    used = [it for it in items if it.wnid in set(zm.labels.wnids)]
+    [(top1, top5)] = predictions([zm], used, zm.entry.preprocessing, batch_size=batch_size, workers=workers)
     n = max(1, len(used))
-    return 100 * top1 / n, 100 * top5 / n, len(used), len(items) - len(used)
+    return 100 * sum(top1) / n, 100 * sum(top5) / n, len(used), len(items) - len(used)
 
 
 def gmacs(model: nn.Module, size: int) -> float:
@@ -75,8 +124,9 @@ def gmacs(model: nn.Module, size: int) -> float:
 
 
 def latency_ms(model: nn.Module, size: int, repeats: int = 20) -> float:
+    """Median CPU forward of one image, on a private CPU copy (the shared model stays where it is)."""
     x = torch.randn(1, 3, size, size)
-    model = model.cpu()
+    model = copy.deepcopy(model).cpu()
     times = []
     with torch.inference_mode():
         for i in range(repeats + 3):
@@ -93,8 +143,9 @@ def train_step_memory(model: nn.Module, size: int, batch: int = 32) -> float:
     On CUDA this is the allocator's peak; on the CPU it is counted exactly (unique storages),
     which is what dominates the paper's GPU memory column (Table 9) and does not depend on the
     allocator or on other processes.
+    The step runs on a private copy on the model's own device: the shared (served) model is never
+    moved or switched to training mode.
     """
-    import copy
     model = copy.deepcopy(model).train()
     device = next(model.parameters()).device
     x = torch.randn(batch, 3, size, size, device=device)
@@ -116,34 +167,115 @@ def train_step_memory(model: nn.Module, size: int, batch: int = 32) -> float:
     return (sum(saved.values()) + 2 * weights) / 2**20
 
 
-def evaluate_zoo(zoo: str, data: Path, models: list[str] | None = None, timing: bool = True) -> list[ModelReport]:
-    manifest = load_manifest()
-    names = models or list(manifest.zoo(zoo).entries)
-    loaded, missing = load_available(zoo, names)
+def load_runs(zoo: str, names: list[str], runs: Path | None = None,
+              device: str | None = None) -> list[tuple[str, ZooModel]]:
+    """(run, model) pairs: the zoo's shipped weights as run ``seed<N>``, then every ``runs/<run>/<model>.safetensors``."""
+    loaded, missing = load_available(zoo, names, device)
     for name, why in missing.items():
         print(f"skipped {zoo}/{name}: {why}", file=sys.stderr)
+    out = [(f"seed{zm.entry.provenance['seed']}" if "seed" in zm.entry.provenance else "zoo", zm) for zm in loaded]
+    for folder in sorted(p for p in (runs.iterdir() if runs else ()) if p.is_dir()):
+        for zm in loaded:
+            path = folder / f"{zm.name}.safetensors"
+            if path.is_file():
+                model = build(zm.entry)
+                load_state(model, read_state_dict(path, "safetensors"), str(path))
+                out.append((folder.name, replace(zm, model=model.eval().to(zm.device))))
+    return out
+
+
+def evaluate_zoo(zoo: str, data: Path, models: list[str] | None = None, timing: bool = True,
+                 crops: list[int] | None = None, runs: Path | None = None, pipeline: str = "app") -> list[ModelReport]:
+    """One report per (test size, run, model), in that order; latency and memory at the first size only."""
+    manifest = load_manifest()
+    loaded = load_runs(zoo, models or list(manifest.zoo(zoo).entries), runs)
     items = scan_labelled(data)
     reports = []
-    for zm in loaded:
-        top1, top5, used, skipped = accuracy(zm, items)
-        size = zm.entry.preprocessing.crop
-        reports.append(ModelReport(
-            zm.name, used, skipped, round(top1, 2), round(top5, 2), round(zm.num_params / 1e6, 3),
-            round(gmacs(zm.model, size), 3),
-            round(latency_ms(zm.model, size), 2) if timing else float("nan"),
-            round(train_step_memory(zm.model, size), 1) if timing else float("nan")))
+    for c, crop in enumerate(crops or [None]):
+        groups: dict[tuple, list[tuple[str, ZooModel]]] = {}  # models sharing a preprocessing share a loader
+        for run, zm in loaded:
+            pre = scaled(zm.entry.preprocessing, crop) if crop else zm.entry.preprocessing
+            groups.setdefault((pre, tuple(zm.labels.wnids)), []).append((run, zm))
+        done = {}
+        for (pre, wnids), members in groups.items():
+            used = [it for it in items if it.wnid in set(wnids)]
+            for (run, zm), (top1, top5) in zip(members, predictions([zm for _, zm in members], used, pre, pipeline)):
+                n = max(1, len(used))
+                timed = timing and c == 0
+                done[(run, zm.name)] = ModelReport(
+                    zm.name, len(used), len(items) - len(used), round(100 * sum(top1) / n, 2),
+                    round(100 * sum(top5) / n, 2), round(zm.num_params / 1e6, 3), round(gmacs(zm.model, pre.crop), 3),
+                    round(latency_ms(zm.model, pre.crop), 2) if timed else None,
+                    round(train_step_memory(zm.model, pre.crop), 1) if timed else None,
+                    run, _weights_label(zm, run, runs), pre.crop, pre.resize, "".join("01"[v] for v in top1))
+        reports += [done[(run, zm.name)] for run, zm in loaded]
     return reports
+
+
+def _weights_label(zm: ZooModel, run: str, runs: Path | None) -> str:
+    if runs and (runs / run / f"{zm.name}.safetensors").is_file():
+        return str(runs / run / f"{zm.name}.safetensors")
+    return f"{zm.entry.file} (sha256 {zm.entry.sha256})"
+
+
+def compare(reports: list[ModelReport], baseline: str = "resnet50") -> list[dict]:
+    """Every model against ``baseline`` at the same size and run, and every size against the first
+    size for the same model and run: top-1 difference in points, paired bootstrap 95 % interval, exact McNemar."""
+    out = []
+    first_crop = reports[0].crop if reports else None
+    index = {(r.crop, r.run, r.model): r for r in reports}
+    for r in reports:
+        pairs = []
+        if r.model != baseline and (r.crop, r.run, baseline) in index:
+            pairs.append(("model", index[(r.crop, r.run, baseline)]))
+        if r.crop != first_crop and (first_crop, r.run, r.model) in index:
+            pairs.append(("size", index[(first_crop, r.run, r.model)]))
+        for kind, a in pairs:
+            if a.images != r.images:
+                continue  # not the same images
+            a_right, b_right = [ch == "1" for ch in a.correct], [ch == "1" for ch in r.correct]
+            m = stats.mcnemar(a_right, b_right)
+            out.append({"kind": kind, "run": r.run, "a": {"model": a.model, "crop": a.crop},
+                        "b": {"model": r.model, "crop": r.crop}, "metric": "top1 (points)",
+                        **stats.compare_accuracy(a_right, b_right).as_dict(scale=100, digits=2),
+                        "only_a_right": m.only_a, "only_b_right": m.only_b})
+    return sorted(out, key=lambda c: c["kind"] != "model")  # models first, then sizes (stable)
+
+
+def describe(c: dict) -> str:
+    a, b = c["a"], c["b"]
+    what = (f"{b['model']} - {a['model']}" if c["kind"] == "model" else f"{b['model']} {b['crop']} px - {a['crop']} px")
+    return (f"{what:<28} {c['diff']:+6.2f} points [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]  McNemar p = "
+            f"{c['p_value']:.2g} (only {a['model'] if c['kind'] == 'model' else a['crop']} right: {c['only_a_right']}, "
+            f"only {b['model'] if c['kind'] == 'model' else b['crop']} right: {c['only_b_right']})")
+
+
+def artifact_header(argv: list[str] | None, tool: str) -> dict:
+    """What every saved artifact starts with: the command, the commit it ran at (and whether the
+    tracked files differed from it), the date."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                  text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"command": f"python -m {tool} " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "commit": git("rev-parse", "--short=7", "HEAD"), "dirty": bool(dirty),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def table(reports: list[ModelReport]) -> str:
     """Table 9's layout (memory, time) next to accuracy; ratios are relative to the first row."""
     base = reports[0]
-    lines = [f"{'Architecture':<12} {'Top-1':>6} {'Top-5':>6} {'Params(M)':>9} {'GMACs':>6} "
-             f"{'Train mem (MB)':>15} {'CPU latency (ms)':>17}"]
+
+    def ratio(v, b, unit_width):
+        return f"{v:>{unit_width}.{1 if unit_width == 8 else 2}f} ({v / b:.2f}x)" if v is not None and b else f"{'-':>{unit_width + 8}}"
+    lines = [f"{'Architecture':<12} {'run':<6} {'crop':>4} {'Top-1':>6} {'Top-5':>6} {'Params(M)':>9} {'GMACs':>6} "
+             f"{'Train mem (MB)':>16} {'CPU latency (ms)':>17}"]
     for r in reports:
-        lines.append(f"{r.model:<12} {r.top1:>6.2f} {r.top5:>6.2f} {r.params_m:>9.3f} {r.gmacs:>6.3f} "
-                     f"{r.train_memory_mb:>8.1f} ({r.train_memory_mb / base.train_memory_mb:.2f}x) "
-                     f"{r.latency_ms:>9.2f} ({r.latency_ms / base.latency_ms:.2f}x)")
+        lines.append(f"{r.model:<12} {r.run:<6} {r.crop:>4} {r.top1:>6.2f} {r.top5:>6.2f} {r.params_m:>9.3f} {r.gmacs:>6.3f} "
+                     f"{ratio(r.train_memory_mb, base.train_memory_mb, 8)} {ratio(r.latency_ms, base.latency_ms, 9)}")
     lines.append(f"images: {base.images} used" + (f", {base.skipped} skipped (class not in the label set)"
                                                   if base.skipped else ""))
     return "\n".join(lines)
@@ -155,18 +287,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zoo", default="imagenette")
     p.add_argument("--data", type=Path, required=True, help="labelled image folder")
     p.add_argument("--models", help="comma-separated (default: every model of the zoo)")
+    p.add_argument("--baseline", default="resnet50", help="the model every other is compared with")
+    p.add_argument("--crops", help="comma-separated test sizes, e.g. 128,160,192,224 (default: the manifest's)")
+    p.add_argument("--runs", type=Path, help="more trained copies: RUNS/<run>/<model>.safetensors")
+    p.add_argument("--pipeline", choices=PIPELINES, default="app",
+                   help="app: the app's PIL preprocessing; export: dsnet.train's (as the manifest metrics)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and memory measurements")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    header = artifact_header(argv, "dsnet.evaluate")
     retain_freed_memory()
-    reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing)
+    crops = [int(c) for c in args.crops.split(",")] if args.crops else None
+    reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing,
+                           crops, args.runs, args.pipeline)
     if not reports:
         print("error: no model of this zoo is available", file=sys.stderr)
         return 2
+    comparisons = compare(reports, args.baseline)
     print(table(reports))
+    for c in comparisons:
+        print(describe(c))
     if args.json:
-        args.json.write_text(json.dumps({"zoo": args.zoo, "data": str(args.data),
-                                         "models": [asdict(r) for r in reports]}, indent=1))
+        items = scan_labelled(args.data)
+        args.json.write_text(json.dumps({
+            **header, "zoo": args.zoo, "data": str(args.data), "pipeline": args.pipeline,
+            "baseline": args.baseline, "crops": sorted({r.crop for r in reports}, key=[r.crop for r in reports].index),
+            "runs": list(dict.fromkeys(r.run for r in reports)),
+            "models": [{k: v for k, v in asdict(r).items() if k != "correct"} for r in reports],
+            "comparisons": comparisons,
+            "per_image": {"images": [str(it.path.relative_to(args.data)) for it in items],
+                          "correct": {f"{r.run}/{r.model}/{r.crop}": r.correct for r in reports}},
+        }, indent=1))
         print(f"wrote {args.json}")
     return 0
 

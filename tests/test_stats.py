@@ -85,3 +85,78 @@ def test_unpaired_shapes_are_refused():
         stats.mcnemar([True, False], [True])
     with pytest.raises(ValueError):
         stats.compare_metric([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# --- dsnet.evaluate: paired comparisons, test sizes, the artifact ---------------------------------
+
+def _report(model: str, correct: str, crop: int = 128, run: str = "seed0"):
+    from dsnet.evaluate import ModelReport
+    return ModelReport(model, len(correct), 0, 100 * correct.count("1") / len(correct), 100.0, 1.0, 0.1, None, None,
+                       run, "", crop, 146, correct)
+
+
+def test_evaluate_compares_each_model_with_the_baseline_and_each_size_with_the_first():
+    from dsnet.evaluate import compare
+    base = "1" * 7 + "1" + "0" * 9 + "000"  # 20 images; vs other: 1 only-base-right, 9 only-other-right
+    other = "1" * 7 + "0" + "1" * 9 + "000"
+    comps = compare([_report("resnet50", base), _report("dsnet50", other), _report("dsnet50", base, crop=160)])
+    (m,) = [c for c in comps if c["kind"] == "model"]
+    assert (m["a"]["model"], m["b"]["model"], m["only_a_right"], m["only_b_right"]) == ("resnet50", "dsnet50", 1, 9)
+    assert m["diff"] == pytest.approx(40.0) and m["p_value"] == pytest.approx(22 / 1024, rel=1e-3)
+    (s,) = [c for c in comps if c["kind"] == "size"]
+    assert (s["a"]["crop"], s["b"]["crop"], s["only_a_right"], s["only_b_right"]) == (128, 160, 9, 1)
+    assert s["diff"] == pytest.approx(-40.0)
+
+
+def test_test_sizes_scale_the_resize_with_the_crop():
+    from dsnet.evaluate import scaled
+    from dsnet.manifest import Preprocessing
+    pre = Preprocessing(resize=146, crop=128)
+    assert [(scaled(pre, c).crop, scaled(pre, c).resize) for c in (128, 160, 192, 224)] == \
+        [(128, 146), (160, 183), (192, 219), (224, 256)]
+
+
+def test_timing_never_moves_or_retrains_the_shared_model(monkeypatch):
+    import torch
+    import dsnet
+    from dsnet.evaluate import latency_ms, train_step_memory
+    model = dsnet.get_model("dsnet50", width=0.125, num_classes=10).eval()
+    moved = []
+    for name in ("cpu", "to", "cuda", "train"):
+        original = getattr(torch.nn.Module, name)
+        monkeypatch.setattr(torch.nn.Module, name,
+                            lambda self, *a, _o=original, _n=name, **k: (moved.append((_n, id(self))), _o(self, *a, **k))[1])
+    latency_ms(model, 32, repeats=1)
+    train_step_memory(model, 32, batch=2)
+    assert id(model) not in {i for _, i in moved} and not model.training
+    assert moved  # the private copies were moved / switched
+
+
+def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, capsys):
+    import json
+    import os
+    from conftest import IMAGENETTE
+    from dsnet.evaluate import main
+    folder = tmp_path / "val"
+    for wnid_dir in sorted((IMAGENETTE / "val").iterdir()):
+        (folder / wnid_dir.name).mkdir(parents=True)
+        for p in sorted(wnid_dir.glob("*.JPEG"))[:2]:
+            os.symlink(p, folder / wnid_dir.name / p.name)
+    runs = tmp_path / "runs" / "seed7"
+    runs.mkdir(parents=True)
+    os.symlink(tiny_zoo.parent / "tiny" / "dsnet50.safetensors", runs / "dsnet50.safetensors")
+    os.symlink(tiny_zoo.parent / "tiny" / "resnet50.safetensors", runs / "resnet50.safetensors")
+    out = tmp_path / "e.json"
+    assert main(["--zoo", "tiny", "--data", str(folder), "--models", "resnet50,dsnet50", "--crops", "64,96",
+                 "--runs", str(runs.parent), "--no-timing", "--pipeline", "export", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert len(d["commit"]) >= 7 and d["date"].endswith("UTC") and d["command"].startswith("python -m dsnet.evaluate")
+    assert d["crops"] == [64, 96] and d["runs"] == ["seed0", "seed7"] and len(d["models"]) == 8
+    assert len(d["per_image"]["images"]) == 20
+    assert all(len(v) == 20 for v in d["per_image"]["correct"].values())
+    kinds = [(c["kind"], c["run"]) for c in d["comparisons"]]
+    assert kinds.count(("model", "seed0")) == 2 and kinds.count(("model", "seed7")) == 2
+    assert kinds.count(("size", "seed0")) == 2
+    # the same weights as another run: identical per-image answers
+    assert d["per_image"]["correct"]["seed0/dsnet50/64"] == d["per_image"]["correct"]["seed7/dsnet50/64"]
+    assert "McNemar p" in capsys.readouterr().out
