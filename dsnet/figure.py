@@ -3,15 +3,22 @@
 ``python -m dsnet.figure --images DIR_OR_FILES --out fig5.png [--stats out.csv]``: columns are
 images (titled with their class), rows are the input and one row per model. With ``--stats`` every
 image of the folder is explained and per-image focus/faithfulness numbers go to a CSV, plus a
-per-model summary (mean with a 95 % interval; how often each model's map is the most focused).
+per-model summary (mean with a 95 % interval; how often each model's map is the most focused) in
+OUT.summary.csv, and OUT.summary.json with the *paired* comparisons: for every number, each model
+against ``--baseline`` (resnet50) on the same images, the mean difference with a paired bootstrap
+95 % interval and the Wilcoxon signed-rank p (top-1 on those images: exact McNemar), plus the
+command, commit, date and seconds per image. ``--from-csv CSV`` recomputes both summaries from a
+saved per-image CSV without explaining anything.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from .data import IMAGE_SUFFIXES, WNID, limit_per_class, scan_labelled
 from .images import ImageError, open_image
 from .manifest import load_manifest
 from .render import grid
+from .stats import compare_accuracy, compare_metric
 from .zoo import DEFAULT_MODELS, load_available
 
 STAT_FIELDS = ("top10_mass", "entropy", "confidence_change", "road")
@@ -61,6 +69,68 @@ def summarise(rows: list[dict]) -> list[ModelSummary]:
     return out
 
 
+def paired(rows: list[dict], baseline: str = "resnet50") -> list[dict]:
+    """Each model against ``baseline`` on the images both explained: every number of STAT_FIELDS
+    (Wilcoxon signed-rank, paired bootstrap interval of the mean difference, model − baseline) and
+    top-1 where the label is known (exact McNemar, points)."""
+    by = {(r["image"], r["model"]): r for r in rows}
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    out = []
+    for m in dict.fromkeys(r["model"] for r in rows):
+        common = [i for i in images if (i, m) in by and (i, baseline) in by]
+        if m == baseline or not common:
+            continue
+        for f in STAT_FIELDS:
+            c = compare_metric([by[i, baseline][f] for i in common], [by[i, m][f] for i in common])
+            out.append({"a": baseline, "b": m, "metric": f, **c.as_dict()})
+        labelled = [i for i in common if by[i, m]["correct"] != "" and by[i, baseline]["correct"] != ""]
+        if labelled:
+            c = compare_accuracy([bool(by[i, baseline]["correct"]) for i in labelled],
+                                 [bool(by[i, m]["correct"]) for i in labelled])
+            out.append({"a": baseline, "b": m, "metric": "top1 (points)", **c.as_dict(scale=100, digits=2)})
+    return out
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A per-image CSV written by ``--stats``, with its numbers as numbers again."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["correct"] = int(r["correct"]) if r["correct"] != "" else ""
+        for k in ("probability", *STAT_FIELDS):
+            r[k] = float(r[k]) if r[k] not in ("", None) else None
+    return rows
+
+
+def write_summaries(rows: list[dict], stats_path: Path, header: dict, baseline: str = "resnet50") -> None:
+    """OUT.summary.csv (per model) and OUT.summary.json (per model + paired comparisons + provenance)."""
+    summary = summarise(rows)
+    summary_path = stats_path.with_suffix(".summary.csv")
+    with open(summary_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "images", "top1_accuracy", *(x for k in STAT_FIELDS for x in (k, k + "_ci95")),
+                    "most_focused"])
+        for s in summary:
+            w.writerow([s.model, s.images, s.top1_accuracy, *(round(x, 5) for k in STAT_FIELDS for x in s.means[k]),
+                        round(s.most_focused, 4)])
+    comparisons = paired(rows, baseline)
+    json_path = stats_path.with_suffix(".summary.json")
+    json_path.write_text(json.dumps({
+        **header, "per_image_csv": str(stats_path), "images": len({r["image"] for r in rows}), "baseline": baseline,
+        "models": [{"model": s.model, "images": s.images, "top1_accuracy": s.top1_accuracy,
+                    **{k: {"mean": round(s.means[k][0], 5), "ci95_t": round(s.means[k][1], 5)} for k in STAT_FIELDS},
+                    "most_focused": round(s.most_focused, 4)} for s in summary],
+        "comparisons": comparisons}, indent=1))
+    print(f"wrote {summary_path} and {json_path}")
+    for s in summary:
+        focus, ci = s.means["top10_mass"]
+        print(f"{s.model:<10} top10_mass {focus:.3f} ± {ci:.3f}  most focused on {100 * s.most_focused:.0f}% "
+              f"of images" + (f"  top-1 {s.top1_accuracy:.1f}%" if s.top1_accuracy is not None else ""))
+    for c in comparisons:
+        print(f"{c['b']} - {c['a']} {c['metric']:<18} {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
+              f"{c['test']} p = {c['p_value']:.2g} (n = {c['n']})")
+
+
 def collect_images(spec: list[str], per_class: int | None = None) -> list[Path]:
     paths: list[Path] = []
     for s in spec:
@@ -93,8 +163,8 @@ def image_wnid(path: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsnet.figure", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
-    p.add_argument("--out", type=Path, required=True, help="the grid PNG")
+    p.add_argument("--images", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", type=Path, help="the grid PNG")
     p.add_argument("--zoo", default="imagenette")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--method", default="gradcam", choices=list(METHODS))
@@ -105,7 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats", type=Path, help="CSV of per-image numbers (+ OUT.summary.csv)")
     p.add_argument("--tile", type=int, default=160)
     p.add_argument("--device")
+    p.add_argument("--baseline", default="resnet50", help="the model the paired comparisons are against")
+    p.add_argument("--from-csv", type=Path, help="only recompute the summaries of a saved per-image CSV")
     args = p.parse_args(argv)
+    from .evaluate import artifact_header
+    header = artifact_header(argv, "dsnet.figure")
+    if args.from_csv:
+        write_summaries(read_rows(args.from_csv), args.from_csv, header, args.baseline)
+        return 0
+    if not args.images or not args.out:
+        p.error("--images and --out are required (unless --from-csv)")
 
     paths = collect_images(args.images, args.per_class)[: args.limit]
     models, missing = load_available(args.zoo, args.models.split(","), args.device)
@@ -119,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         names.update(zip(ls.wnids, ls.names))
     todo = paths if args.stats else paths[: args.columns]
     columns, rows = [], []
+    started = time.perf_counter()
     for path in tqdm(todo, desc=f"explaining with {args.method}", unit="img"):
         wnid = image_wnid(path)
         known = wnid is not None and all(wnid in zm.labels.wnids for zm in models)
@@ -143,24 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     grid(tiles, [t for t, _ in columns], ["input"] + [zm.name for zm in models], args.tile).save(args.out)
     print(f"wrote {args.out} ({len(columns)} images x {len(models)} models)")
     if args.stats:
+        seconds = time.perf_counter() - started
         with open(args.stats, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        summary = summarise(rows)
-        summary_path = args.stats.with_suffix(".summary.csv")
-        with open(summary_path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["model", "images", "top1_accuracy", *(x for k in STAT_FIELDS for x in (k, k + "_ci95")),
-                        "most_focused"])
-            for s in summary:
-                w.writerow([s.model, s.images, s.top1_accuracy, *(round(x, 5) for k in STAT_FIELDS for x in s.means[k]),
-                            round(s.most_focused, 4)])
-        print(f"wrote {args.stats} and {summary_path}")
-        for s in summary:
-            focus, ci = s.means["top10_mass"]
-            print(f"{s.model:<10} top10_mass {focus:.3f} ± {ci:.3f}  most focused on {100 * s.most_focused:.0f}% "
-                  f"of images" + (f"  top-1 {s.top1_accuracy:.1f}%" if s.top1_accuracy is not None else ""))
+        print(f"wrote {args.stats}")
+        images = len({r["image"] for r in rows})
+        write_summaries(rows, args.stats, {**header, "method": args.method, "target": args.target,
+                                           "seconds": round(seconds), "seconds_per_image": round(seconds / max(1, images), 2),
+                                           "preprocessing": {zm.name: {"resize": zm.entry.preprocessing.resize,
+                                                                       "crop": zm.entry.preprocessing.crop} for zm in models}},
+                        args.baseline)
     return 0
 
 

@@ -160,3 +160,36 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     # the same weights as another run: identical per-image answers
     assert d["per_image"]["correct"]["seed0/dsnet50/64"] == d["per_image"]["correct"]["seed7/dsnet50/64"]
     assert "McNemar p" in capsys.readouterr().out
+
+
+# --- dsnet.figure --stats: the paired summaries ----------------------------------------------------
+
+def test_figure_pairs_every_number_with_the_baseline_on_the_same_images(tmp_path):
+    import csv
+    import json
+    from dsnet.figure import STAT_FIELDS, paired, read_rows, write_summaries
+    rows = []
+    for i in range(6):  # dsnet50's top10_mass is higher on all six images: exact Wilcoxon p = 2 / 2^6
+        for model, bump, correct in (("resnet50", 0.0, i % 2), ("dsnet50", 0.1 + 0.01 * i, 1)):
+            rows.append({"image": f"img{i}", "wnid": "n01440764", "model": model, "explained": "tench",
+                         "probability": 0.5, "correct": correct, "top10_mass": 0.2 + bump,
+                         "entropy": 0.9, "confidence_change": None if i == 0 else -0.1 * (model == "dsnet50"),
+                         "road": 0.1})
+    comps = {c["metric"]: c for c in paired(rows)}
+    assert set(comps) == {*STAT_FIELDS, "top1 (points)"}
+    assert comps["top10_mass"]["p_value"] == pytest.approx(2 / 2**6) and comps["top10_mass"]["n"] == 6
+    assert comps["top10_mass"]["diff"] == pytest.approx(0.125)
+    assert comps["entropy"]["p_value"] == 1.0 and comps["entropy"]["diff"] == 0
+    assert comps["confidence_change"]["n"] == 5 and comps["confidence_change"]["diff"] == pytest.approx(-0.1)
+    assert comps["top1 (points)"]["diff"] == pytest.approx(50.0)  # 3 of 6 vs 6 of 6
+    assert comps["top1 (points)"]["p_value"] == pytest.approx(0.25)  # 0 vs 3 discordant: 2 / 2^3
+    path = tmp_path / "focus.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert paired(read_rows(path)) == paired(rows)  # the CSV round trip keeps every number
+    write_summaries(read_rows(path), path, {"command": "test"})
+    summary = json.loads(path.with_suffix(".summary.json").read_text())
+    assert summary["images"] == 6 and summary["command"] == "test" and len(summary["comparisons"]) == 5
+    assert path.with_suffix(".summary.csv").is_file()
