@@ -1,16 +1,18 @@
 """Start the DSNet Explain web app: ``python app.py [--gallery DIR] [--zoo imagenette|imagenet]``.
 
-Hugging Face Spaces runs this file as is; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured.
+Hugging Face Spaces runs this file as is (repository root, no arguments); GRADIO_SERVER_NAME /
+GRADIO_SERVER_PORT and the DSNET_* settings in README are honoured.
 """
 import argparse
 
 from app import build_app, launch
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--gallery", help="labelled images: <wnid>/*.JPEG or <wnid>_*.JPEG (default: $DSNET_GALLERY)")
+parser.add_argument("--gallery", help="adds a sample of labelled images: <wnid>/*.JPEG or <wnid>_*.JPEG "
+                                      "(default: $DSNET_GALLERY; the shipped examples are always there)")
 parser.add_argument("--zoo", default="imagenette", help="the zoo selected at start")
 args, _ = parser.parse_known_args()
 demo = build_app(args.gallery, args.zoo)
 
 if __name__ == "__main__":
-    launch(demo)
+    launch(demo, handle_sigterm=True)

@@ -1,209 +1,465 @@
-"""The Gradio UI. It only wires widgets to the Grad-CAM service (``dsnet.cam``) and the zoo."""
+"""The Gradio UI. It wires widgets to the Grad-CAM service (``dsnet.cam``), the examples and the guards.
+
+Data path of a request: the image payload goes through ``Uploads.take`` (uploads, data: URLs) or the
+example set (by id), then ``dsnet.images.open_image``; the parameters through ``parse_params``; then
+``dsnet.cam.explain_zoo`` streams one result per model. The page keeps the last results in a
+per-session state, so moving the opacity slider re-blends the maps without running a model.
+"""
 from __future__ import annotations
 
+import logging
 import os
-import random
+import re
+import signal
+import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
 
 from dsnet.allocator import retain_freed_memory
-from dsnet.cam import METHODS, CamResult, ModelFailure, TargetPolicy, explain_zoo
-from dsnet.data import scan_labelled
-from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, enlarge, open_image
-from dsnet.manifest import load_manifest
+from dsnet.cam import METHODS, CamResult, ModelFailure, explain_zoo
+from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, enlarge, open_image, overlay
+from dsnet.manifest import LabelSet, Manifest, load_manifest
 from dsnet.render import comparison
-from dsnet.zoo import DEFAULT_MODELS
+from dsnet.zoo import DEFAULT_MODELS, entry_status, pick_device
 
-# Serving settings, chosen on purpose (README, "Serving settings").
-QUEUE_SIZE = int(os.environ.get("DSNET_QUEUE_SIZE", 24))  # waiting requests; more are refused as busy
-CONCURRENCY = int(os.environ.get("DSNET_CONCURRENCY", 2))  # requests computed at once (2 cores)
-TIME_LIMIT = float(os.environ.get("DSNET_TIME_LIMIT", 120))  # seconds per model for expensive methods
-GALLERY_SIZE = 40
-DISPLAY_SIDE = 256  # heatmaps are shown at least this large (the imagenette models see 128 px)
-# The classes of the paper's Figure 5: obelisk, knee pad, airship, bittern, langur, jacamar, wolf spider,
-# redshank, black widow, ground beetle.
-FIGURE5_WNIDS = ("n03837869", "n03623198", "n02692877", "n02011460", "n02488291", "n01843065", "n01775062",
-                 "n02028035", "n01774384", "n02167151")
-TARGET_CHOICES = {"each model's top-1": "top1", "one class for all": "class", "the true class": "label"}
+from .examples import ExampleSet, load_examples
+from .params import TARGETS, ExplainParams, ParameterError, parse_params, quote, target_policy
+from .security import (MAX_BODY_BYTES, BodyLimit, ClientLimit, Uploads, env_number, shape_inputs,
+                       sweep_upload_folder)
 
-
-class RawImage(gr.Image):
-    """gr.Image whose upload reaches the handler as the raw file, undecoded.
-
-    gr.Image would decode (and re-encode) every upload before the handler sees it, with no size
-    limit and a generic error for bad files; here ``dsnet.images.open_image`` does that, safely.
-    """
-
-    def get_block_name(self) -> str:
-        return "image"  # the same front-end component as gr.Image
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        return payload.path or payload.url  # an API client may send the bytes as a data: URL
+log = logging.getLogger("dsnet.app")
 
 
 @dataclass(frozen=True)
-class GalleryItem:
-    path: str
-    caption: str
-    wnid: str | None
+class ServingSettings:
+    """Serving limits, chosen on purpose (README, "Serving settings"); each has an environment variable."""
+
+    queue_size: int = 24  # DSNET_QUEUE_SIZE: waiting requests for everyone; more are refused as busy
+    concurrency: int = 2  # DSNET_CONCURRENCY: requests computed at once (two cores)
+    per_client: int = 3  # DSNET_PER_CLIENT: queued + running requests per visitor (session and IP)
+    trusted_proxies: int = 1  # DSNET_TRUSTED_PROXIES: X-Forwarded-For hops added by proxies we trust
+    time_limit: float = 120  # DSNET_TIME_LIMIT: seconds per model for AblationCAM / ScoreCAM
+    cache_seconds: int = 600  # DSNET_CACHE_SECONDS: outputs and unused uploads are deleted after this
+
+    @classmethod
+    def from_env(cls) -> "ServingSettings":
+        d = cls()
+        return cls(env_number("DSNET_QUEUE_SIZE", d.queue_size, int), env_number("DSNET_CONCURRENCY", d.concurrency, int),
+                   env_number("DSNET_PER_CLIENT", d.per_client, int),
+                   env_number("DSNET_TRUSTED_PROXIES", d.trusted_proxies, int),
+                   env_number("DSNET_TIME_LIMIT", d.time_limit), env_number("DSNET_CACHE_SECONDS", d.cache_seconds, int))
 
 
-def gallery_items(folder: str | None, zoo: str) -> list[GalleryItem]:
-    """A labelled folder's images (Figure 5's classes first for the imagenet zoo), else gradio's photos."""
-    if folder:
-        names: dict[str, str] = {}
-        for ls in load_manifest().label_sets.values():
-            names.update(zip(ls.wnids, ls.names))
-        items = scan_labelled(folder)
-        first = [it for it in items if it.wnid in FIGURE5_WNIDS] if zoo == "imagenet" else []
-        rest = [it for it in items if it not in first]
-        random.Random(0).shuffle(rest)  # a spread of classes, the same on every start
-        return [GalleryItem(str(it.path), names.get(it.wnid, it.wnid), it.wnid) for it in (first + rest)[:GALLERY_SIZE]]
-    from gradio.media import get_image
-    return [GalleryItem(get_image(n), Path(n).stem, None) for n in ("cheetah.jpg", "lion.jpg", "bus.png", "tower.jpg")]
+SETTINGS = ServingSettings.from_env()
+DISPLAY_SIDE = 256  # maps are shown at least this large (the imagenette models see 128 px)
+DOWNLOAD_TILE = 320
+N_OUT = 2 + 3 * len(DEFAULT_MODELS) + 1  # status, model view, (heatmap, summary, top-5) per model, download
+# Jet, as pytorch-grad-cam's show_cam_on_image colours the maps (OpenCV's COLORMAP_JET).
+COLOUR_SCALE = ("<div style='display:flex;align-items:center;gap:8px;font-size:0.85em'>"
+                "<span>low</span><div style='flex:1;height:12px;border-radius:3px;background:linear-gradient("
+                "to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)'></div>"
+                "<span>high</span></div><div style='font-size:0.8em;opacity:0.75'>how much each region raised the "
+                "explained class's score (each map is scaled to its own maximum)</div>")
+METHOD_HELP = {
+    "gradcam": "weights layer4's channels by their average gradient: the standard, fast choice",
+    "gradcam++": "like Grad-CAM, with weights that favour several instances of the object",
+    "xgradcam": "Grad-CAM with weights scaled by the activations (axiom-based)",
+    "hirescam": "gradient times activation per cell: follows the model's computation exactly",
+    "layercam": "keeps only positive gradients, per cell: sharper maps",
+    "eigencam": "the first principal component of layer4 (class-agnostic)",
+    "eigengradcam": "the principal component of gradient times activation (class-aware)",
+    "ablationcam": "how much the score drops when each channel is removed",
+    "scorecam": "how much each channel's mask raises the score: slow, whole network per channel",
+}
 
 
-def _caption(r: CamResult) -> str:
-    lines = [f"**Explains:** {r.explained.name} ({100 * r.explained.probability:.1f}%)",
-             f"**Time:** {1000 * r.seconds:.0f} ms · {r.method}"]
+class RawInput:
+    """Mixin: the component hands its raw payload to the handler, which validates it (``params``)."""
+
+    def get_block_name(self) -> str:
+        return type(self).__mro__[2].__name__.lower()  # the same front-end component as the Gradio base
+
+    def preprocess(self, payload):
+        return payload
+
+
+class RawImage(RawInput, gr.Image):
+    """gr.Image whose payload reaches the handler undecoded: ``Uploads.take`` decides what is accepted."""
+
+
+class RawDropdown(RawInput, gr.Dropdown):
+    pass
+
+
+class RawRadio(RawInput, gr.Radio):
+    pass
+
+
+class RawCheckbox(RawInput, gr.Checkbox):
+    pass
+
+
+class RawSlider(RawInput, gr.Slider):
+    pass
+
+
+@dataclass
+class Session:
+    """One visitor's page: the image last explained (bytes, never a file) and the last results."""
+
+    upload_path: str | None = None  # the upload this image came from (deleted from disk already)
+    upload_data: bytes | str | None = None
+    results: dict[str, CamResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the three columns show; ``values()`` is the order of the output components."""
+
+    status: str = ""
+    view: object = None
+    columns: tuple = tuple((None, "", None) for _ in DEFAULT_MODELS)
+    download: str | None = None
+
+    def values(self) -> list:
+        return [self.status, self.view, *[v for col in self.columns for v in col], self.download]
+
+
+def zoo_label(manifest: Manifest, zoo: str) -> str:
+    """The zoo selector's text: how many classes, which models it has, what downloads on first use."""
+    entries = list(manifest.zoo(zoo).entries.values())
+    n = len(manifest.labels(entries[0]).names) if entries else 0
+    ready, download, none = [], [], []
+    for e in entries:
+        st = entry_status(zoo, e, manifest.path.parent)
+        (ready if st.verified else download if e.unavailable is None and (e.sources.hub or e.sources.url)
+         else none).append(e.name)
+    parts = [f"{zoo} ({n} classes)"]
+    if ready:
+        parts.append(", ".join(ready))
+    if download:
+        parts.append(f"{', '.join(download)} downloads on first use")
+    if none:
+        parts.append(f"no weights yet: {', '.join(none)}")
+    return " · ".join(parts)
+
+
+def label_notice(manifest: Manifest, zoo: str) -> str:
+    """A visible line for a small label set: anything else is forced into one of its classes."""
+    entries = list(manifest.zoo(zoo).entries.values())
+    names = manifest.labels(entries[0]).names if entries else []
+    if len(names) >= 1000 or not names:
+        return f"These models know the {len(names)} ImageNet classes."
+    return (f"⚠️ **These models know only {len(names)} classes:** {', '.join(names)}. "
+            "A photo of anything else is still forced into one of them, often with high confidence.")
+
+
+def _caption(r: CamResult, labels: LabelSet, true_wnid: str | None) -> str:
+    lines = [f"**{r.explained.name}** {100 * r.explained.probability:.1f}% (explained)"]
+    if true_wnid in labels.wnids:
+        true = labels.wnids.index(true_wnid)
+        lines.append(f"✓ top-1 is the true class ({labels.names[true]})" if r.top5[0].index == true
+                     else f"✗ top-1 is {r.top5[0].name}; the true class is {labels.names[true]}")
+    lines.append(f"{1000 * r.seconds:.0f} ms · {r.method} · {r.device}")
     if r.faithfulness:
         f = r.faithfulness
-        lines.append(f"**Focus:** top-10% mass {f.top10_mass:.2f} · entropy {f.entropy:.3f}  \n"
-                     f"**Faithfulness:** confidence change {f.confidence_change:+.3f} · ROAD {f.road:+.3f}")
+        lines.append(f"focus: top-10% mass {f.top10_mass:.2f} · entropy {f.entropy:.3f}  \n"
+                     f"faithfulness: confidence change {f.confidence_change:+.3f} · ROAD {f.road:+.3f}")
     lines += [f"_{n}_" for n in r.notes]
     return "  \n".join(lines)
 
 
-def explain_handler(image_path, zoo, method, target_mode, target_class, opacity, with_metrics, true_wnid,
-                    progress=gr.Progress(track_tqdm=True)):
-    """Validate, then yield the three columns as each model finishes (streaming)."""
-    if not image_path:
-        raise gr.Error("Upload an image or pick one from the gallery first.")
-    if method not in METHODS:
-        raise gr.Error(f"Unknown CAM method {method!r}; choose one of {', '.join(METHODS)}.")
-    try:
-        manifest = load_manifest()
-        manifest.zoo(zoo)  # unknown zoo: a clear error before anything is decoded
-        image = open_image(image_path)
-        policy = {"top1": lambda: TargetPolicy(), "class": lambda: TargetPolicy("class", target_class),
-                  "label": lambda: TargetPolicy.parse("label", true_wnid or None)}[TARGET_CHOICES.get(target_mode, target_mode)]()
-        if policy.kind == "class":
-            if not target_class:
-                raise ValueError("pick the class to explain")
-            for entry in manifest.zoo(zoo).entries.values():  # fail before any model runs
-                manifest.labels(entry).index(target_class)
-        opacity = float(opacity)
-    except KeyError:
-        raise gr.Error(f"Unknown target mode {target_mode!r}; choose one of {', '.join(TARGET_CHOICES)}.")
-    except (ImageError, ValueError, TypeError) as e:
-        raise gr.Error(str(e))
-    slow = METHODS[method].whole_network or method == "ablationcam"
-    columns: list = [None, "_waiting…_", None] * len(DEFAULT_MODELS)
-    results: list[CamResult] = []
-    progress(0, desc=METHODS[method].cost if slow else "computing")
-    stream = explain_zoo(image, zoo, DEFAULT_MODELS, method, policy, opacity, bool(with_metrics),
-                         TIME_LIMIT if slow else None)
-    for i, item in enumerate(stream):
-        if isinstance(item, ModelFailure):
-            title = "Not available." if item.unavailable else "Failed:"
-            columns[3 * i: 3 * i + 3] = [None, f"**{title}** {item.reason}", None]
+def _agreement(results: list[CamResult], true_name: str | None) -> str:
+    if not results:
+        return ""
+    said = {r.model: r.top5[0].name for r in results}
+    if len(set(said.values())) == 1:
+        text = f"{'All three models' if len(said) == 3 else 'The models'} say **{next(iter(said.values()))}**."
+    else:
+        text = "The models disagree: " + ", ".join(f"{m} says **{n}**" for m, n in said.items()) + "."
+    if true_name:
+        text += f" True class: **{true_name}**."
+    return text
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
+
+
+class ExplainApp:
+    """The handlers behind the page and the API; one instance per ``build_app``."""
+
+    def __init__(self, manifest: Manifest, examples: ExampleSet, uploads: Uploads, settings: ServingSettings) -> None:
+        self.manifest, self.examples, self.uploads, self.settings = manifest, examples, uploads, settings
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def _image(self, payload, params: ExplainParams, session: Session | None) -> tuple[LoadedImage, str | None]:
+        """The image to explain and its true wnid (examples only)."""
+        if params.example:
+            example = self.examples.get(params.example)
+            return open_image(example.path.read_bytes()), example.wnid
+        if payload is None:
+            raise ParameterError("Upload an image or pick an example first.")
+        path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+        if session is not None and path and path == session.upload_path:
+            data = session.upload_data  # the same upload again (another method or class): kept in memory only
         else:
-            results.append(item)
-            top5 = {p.name: p.probability for p in item.top5}
-            columns[3 * i: 3 * i + 3] = [enlarge(item.overlay, DISPLAY_SIDE), _caption(item), top5]
-        progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
-        yield *columns, None
-    yield *columns, save_download(comparison(results), f"dsnet-{zoo}-{method}") if results else None
+            upload_path, data = self.uploads.take(payload)
+            if session is not None:
+                session.upload_path, session.upload_data = upload_path, data
+        return open_image(data), None
+
+    # -- the run -------------------------------------------------------------------------------------------
+    def stream(self, payload, zoo, method, target, class_name, opacity, with_metrics, example,
+               session: Session | None, progress):
+        """Yield an ``Outcome`` as each model finishes; ParameterError / ImageError / PermissionError for bad input."""
+        params = parse_params(self.manifest, zoo, method, target, class_name, opacity, with_metrics, example)
+        image, true_wnid = self._image(payload, params, session)
+        policy = target_policy(params, true_wnid)
+        slow = METHODS[params.method].whole_network or params.method == "ablationcam"
+        progress(0, desc=METHODS[params.method].cost if slow else "computing")
+        columns = [(None, "_waiting…_", None) for _ in DEFAULT_MODELS]
+        results: list[CamResult] = []
+        true_name = None
+        outcome = Outcome(status="", columns=tuple(columns))
+        yield outcome
+        for i, item in enumerate(explain_zoo(image, params.zoo, DEFAULT_MODELS, params.method, policy, params.opacity,
+                                             params.with_metrics, self.settings.time_limit if slow else None)):
+            if isinstance(item, ModelFailure):
+                log.warning("%s/%s failed: %s", params.zoo, item.model, item.reason)
+                title = "Not available." if item.unavailable else "Failed."
+                columns[i] = (None, f"**{title}** {item.summary}", None)
+            else:
+                log.info("explained %s/%s %s on %s in %.0f ms", params.zoo, item.model, params.method, item.device,
+                         1000 * item.seconds)
+                labels = self.manifest.labels(self.manifest.entry(params.zoo, item.model))
+                results.append(item)
+                if session is not None:
+                    session.results[item.model] = item
+                if true_wnid in labels.wnids:
+                    true_name = labels.names[labels.wnids.index(true_wnid)]
+                columns[i] = (enlarge(item.overlay, DISPLAY_SIDE), _caption(item, labels, true_wnid),
+                              {p.name: p.probability for p in item.top5})
+            progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
+            view = enlarge((results[0].view * 255).round().astype("uint8"), DISPLAY_SIDE) if results else None
+            outcome = Outcome(_agreement(results, true_name), view, tuple(columns))
+            yield outcome
+        if results:
+            yield replace(outcome, download=self._download(results, params))
+
+    def _download(self, results: list[CamResult], params: ExplainParams) -> str:
+        explained = {r.explained.name for r in results}
+        what = next(iter(explained)) if len(explained) == 1 else "each-top-1"
+        title = f"DSNet Explain · zoo {params.zoo} · {params.method} · explains: " + \
+                (next(iter(explained)) if len(explained) == 1 else "each model's top-1")
+        return save_download(comparison(results, tile=DOWNLOAD_TILE, title=title),
+                             f"dsnet-{_slug(params.zoo)}-{_slug(params.method)}-{_slug(what)}",
+                             self.settings.cache_seconds)
+
+    # -- the two doors: the page (messages stay in the page) and the API (errors are errors) ------------------
+    def page(self, image, zoo, method, target, class_name, opacity, metrics, example, session: Session,
+             progress=gr.Progress()):
+        session = session or Session()
+        session.results = {}
+        try:
+            for outcome in self.stream(image, zoo, method, target, class_name, opacity, metrics, example, session,
+                                       progress):
+                yield *outcome.values(), session
+        except (ParameterError, ImageError, PermissionError) as e:
+            yield *Outcome(status=f"⚠️ {e}").values(), session
+
+    def api(self, image=None, zoo: str = "imagenette", method: str = "gradcam", explain: str = "each model's top-1",
+            class_name: str = "", opacity: float = 0.5, metrics: bool = False, example: str = "",
+            progress=gr.Progress()):
+        try:
+            outcome = Outcome()
+            for outcome in self.stream(image, zoo, method, explain, class_name, opacity, metrics, example, None,
+                                       progress):
+                pass
+            return tuple(outcome.values())
+        except (ParameterError, ImageError, PermissionError) as e:
+            raise gr.Error(str(e)) from None
+
+    def reblend(self, session: Session, opacity):
+        """New opacity: blend the cached maps again; no model runs."""
+        session = session or Session()
+        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+            raise gr.Error(f"opacity must be a number from 0 to 1; got {quote(opacity)}")
+        out = []
+        for name in DEFAULT_MODELS:
+            r = session.results.get(name)
+            out.append(enlarge(overlay(r.view, r.cam, float(opacity)), DISPLAY_SIDE) if r else gr.skip())
+        return out
+
+    def pick(self, evt: gr.SelectData):
+        """A gallery click: the example's id goes to the (hidden) example box; the picture is shown."""
+        from PIL import Image
+        example = self.examples.get(evt.index)
+        with Image.open(example.path) as im:
+            picture = im.convert("RGB")
+        return (picture, example.id, f"True class: **{example.caption}** (`{example.wnid}`, from the example's label)",
+                gr.Radio(choices=list(TARGETS)))
+
+    def example_list(self) -> list[dict]:
+        """The example ids with their true classes (send one as `example` to /explain)."""
+        return [{"id": e.id, "wnid": e.wnid, "class": e.caption} for e in self.examples.examples]
 
 
 DOWNLOADS = Path(tempfile.gettempdir()) / f"dsnet-downloads-{os.getpid()}"
 
 
-def save_download(image, stem: str, keep_seconds: float = 900) -> str:
+def save_download(image, stem: str, keep_seconds: float = 600) -> str:
     """Write a PNG for the download button; files older than ``keep_seconds`` are removed."""
     DOWNLOADS.mkdir(exist_ok=True)
     now = time.time()
     for old in DOWNLOADS.glob("*.png"):
         if now - old.stat().st_mtime > keep_seconds:
             old.unlink(missing_ok=True)
-    path = DOWNLOADS / f"{stem}-{uuid.uuid4().hex[:12]}.png"
+    path = DOWNLOADS / f"{stem}-{uuid.uuid4().hex[:8]}.png"
     image.save(path)
     return str(path)
 
 
-def build_app(gallery_dir: str | None = None, zoo: str = "imagenette") -> gr.Blocks:
-    manifest = load_manifest()
-    gallery_dir = gallery_dir or os.environ.get("DSNET_GALLERY")
-    items = gallery_items(gallery_dir, zoo)
+def serving_device() -> str:
+    return pick_device().type
 
-    # Uploads and outputs in Gradio's cache are deleted once older than DSNET_CACHE_SECONDS (an hour).
-    ttl = int(os.environ.get("DSNET_CACHE_SECONDS", 3600))
-    with gr.Blocks(title="DSNet Explain", delete_cache=(ttl, ttl)) as demo:
-        gr.Markdown("# DSNet Explain\nWhere do **ResNet50**, **DSNet50** and **DS2Net50** look? "
-                    "Upload an image or pick one below; each model's class activation map and top-5 appear "
-                    "side by side ([paper](https://arxiv.org/abs/2010.12496)).")
+
+CSS = """
+#explain-button {margin-top: 4px}
+.dsnet-footer {font-size: 0.8em; opacity: 0.75}
+"""
+
+
+def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
+              settings: ServingSettings | None = None) -> gr.Blocks:
+    settings = settings or SETTINGS
+    manifest = load_manifest()
+    if zoo not in manifest.zoos:
+        raise SystemExit(f"unknown zoo {zoo!r}; the manifest has {', '.join(manifest.zoos)}")
+    gallery_dir = gallery_dir or os.environ.get("DSNET_GALLERY") or None
+    examples = load_examples(manifest, gallery_dir, zoo)
+    ttl = settings.cache_seconds
+    with gr.Blocks(title="DSNet Explain", delete_cache=(min(60, ttl), ttl)) as demo:
+        handlers = ExplainApp(manifest, examples, Uploads(demo.upload_file_set), settings)
+        session = gr.State(Session(), time_to_live=ttl)
+        gr.Markdown("# DSNet Explain\nWhere do **ResNet50**, **DSNet50** and **DS2Net50** look when they classify "
+                    "an image? Pick an example or upload a photo, then press **Explain**: each model's class "
+                    "activation map and top-5 appear side by side ([paper](https://arxiv.org/abs/2010.12496)).")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 image = RawImage(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
-                                 height=300)
-                true_wnid = gr.Textbox(label="True class (wnid, from the gallery)", interactive=False,
-                                       placeholder="unknown for uploads")
-                gallery = gr.Gallery([(it.path, it.caption) for it in items], label="Examples", columns=5,
-                                     height=260, allow_preview=False)
+                                 height=280)
+                true_class = gr.Markdown("", label="true class")
+                run = gr.Button("Explain", variant="primary", elem_id="explain-button")
+                gr.Markdown(f"<small>Images up to {MAX_BYTES // 2**20} MB, {MAX_PIXELS // 10**6} MP, aspect ratio "
+                            f"{MAX_ASPECT:.0f}:1. Nothing you upload is kept: the file is deleted as soon as it is "
+                            f"read.</small>")
+                gallery = gr.Gallery(handlers.examples.thumbnails(), label="Examples (click one)", columns=3,
+                                     height=330, allow_preview=False, object_fit="cover")
             with gr.Column(scale=2):
                 with gr.Row():
-                    zoo_box = gr.Dropdown(list(manifest.zoos), value=zoo, label="Zoo")
-                    method = gr.Dropdown(list(METHODS), value="gradcam", label="CAM method")
-                    target_mode = gr.Radio(list(TARGET_CHOICES), value="each model's top-1", label="Explain")
+                    zoo_box = RawDropdown([(zoo_label(manifest, z), z) for z in manifest.zoos], value=zoo,
+                                          label="Model zoo")
+                    target_mode = RawRadio(["each model's top-1", "one class for all"], value="each model's top-1",
+                                           label="Explain")
+                notice = gr.Markdown(label_notice(manifest, zoo))
+                target_class = RawDropdown(_class_names(manifest, zoo), label="Class to explain (searchable)",
+                                           filterable=True, value="", allow_custom_value=True,
+                                           info="a name, an index or a wnid", visible=False)
                 with gr.Row():
-                    target_class = gr.Dropdown(_class_names(manifest, zoo), label="Class (searchable)",
-                                               filterable=True, value=None, allow_custom_value=True,
-                                               info="a name, an index or a wnid")
-                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
-                    with_metrics = gr.Checkbox(label="Faithfulness numbers (slower)")
-                method_cost = gr.Markdown(f"_{METHODS['gradcam'].cost}_")
-                gr.Markdown(f"<small>Images up to {MAX_BYTES // 2**20} MB, {MAX_PIXELS // 10**6} MP, aspect ratio "
-                            f"{MAX_ASPECT:.0f}:1. Nothing you upload is kept.</small>")
-                run = gr.Button("Explain", variant="primary")
-                outputs = []
+                    opacity = RawSlider(0, 1, value=0.5, step=0.05, label="Heatmap opacity",
+                                        info="changes the maps at once, without running the models")
+                    gr.HTML(COLOUR_SCALE)
+                with gr.Accordion("Advanced: CAM method and faithfulness numbers", open=False):
+                    method = RawDropdown([(f"{m} — {METHOD_HELP[m]}", m) for m in METHODS], value="gradcam",
+                                         label="CAM method", info=f"cost: {METHODS['gradcam'].cost}")
+                    with_metrics = RawCheckbox(label="Faithfulness numbers (slower)", value=False,
+                                               info="focus (how concentrated a map is) and faithfulness (does "
+                                                    "removing the hot pixels hurt the score?): README explains each")
+                status = gr.Markdown(label="status")
+                with gr.Row(equal_height=True):
+                    view = gr.Image(label="What the models see (centre crop)", type="numpy", format="png",
+                                    interactive=False, height=220, min_width=160)
+                outputs = [status, view]
                 with gr.Row(equal_height=True):
                     for name in DEFAULT_MODELS:
                         with gr.Column(min_width=200):
-                            outputs += [gr.Image(label=name, type="numpy", format="png", interactive=False, height=260),
-                                        gr.Markdown(),
+                            outputs += [gr.Image(label=f"{name} heatmap", type="numpy", format="png",
+                                                 interactive=False, height=256),
+                                        gr.Markdown(label=f"{name} summary"),
                                         gr.Label(num_top_classes=5, label=f"{name} top-5")]
-                download = gr.DownloadButton("Download the comparison (PNG)")
+                download = gr.DownloadButton("Download the comparison (PNG)", label="comparison PNG")
+                outputs.append(download)
+        example_id = RawDropdown(handlers.examples.ids(), value="", allow_custom_value=True, label="example",
+                                 visible=False)
+        gr.Markdown(f"Running on **{serving_device()}** · {len(examples)} examples · queue bound "
+                    f"{settings.queue_size}, at most {settings.per_client} requests per visitor · "
+                    "[source and docs](https://huggingface.co/spaces) · API: `/explain` (see \"Use via API\")",
+                    elem_classes="dsnet-footer")
 
-        def pick(evt: gr.SelectData):
-            it = items[evt.index]
-            return it.path, it.wnid or ""
-
-        gallery.select(pick, None, [image, true_wnid], api_name=False)
-        image.upload(lambda: "", None, true_wnid, api_name=False)
-        zoo_box.change(lambda z: gr.Dropdown(choices=_class_names(manifest, z), value=None), zoo_box, target_class,
-                       api_name=False)
-        method.change(lambda m: f"_{METHODS[m].cost}_", method, method_cost, api_name=False)
-        run.click(explain_handler, [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, true_wnid],
-                  outputs + [download], api_name="explain")
+        inputs = [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, example_id]
+        run.click(handlers.page, inputs + [session], outputs + [session], api_visibility="private",
+                  concurrency_id="explain")
+        api_door = gr.Button(visible=False)
+        api_door.click(handlers.api, inputs, outputs, api_name="explain", concurrency_id="explain",
+                       api_description="Explain one image with the three models: for each, the heatmap over the "
+                                       "image as the model saw it, a summary and the top-5. Send an image "
+                                       "(uploaded file or data: URL) or an example id (see /examples).")
+        gr.api(handlers.example_list, api_name="examples", queue=False)
+        gallery.select(handlers.pick, None, [image, example_id, true_class, target_mode], api_visibility="private")
+        gr.on([image.upload, image.clear, image.input], _forget_example, None,
+              [example_id, true_class, target_mode], api_visibility="private", queue=False)
+        target_mode.change(lambda t: gr.Dropdown(visible=t == "one class for all"), target_mode, target_class,
+                           api_visibility="private", queue=False)
+        zoo_box.change(lambda z: (gr.Dropdown(choices=_class_names(manifest, z), value=""), label_notice(manifest, z)),
+                       zoo_box, [target_class, notice], api_visibility="private", queue=False)
+        method.change(lambda m: gr.Dropdown(info=f"cost: {METHODS[m].cost}" if m in METHODS else None), method,
+                      method, api_visibility="private", queue=False)
+        opacity.release(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)],
+                        api_visibility="private", queue=False)
+    demo.dsnet_handlers = handlers
     return demo
 
 
-def _class_names(manifest, zoo: str) -> list[str]:
+def _forget_example():
+    return "", "", gr.Radio(choices=["each model's top-1", "one class for all"], value="each model's top-1")
+
+
+def _class_names(manifest: Manifest, zoo: str) -> list[str]:
     entries = list(manifest.zoo(zoo).entries.values())
     return list(manifest.label_sets[entries[0].labels].names) if entries else []
 
 
-def launch(demo: gr.Blocks, **kwargs):
-    """Queue bound, concurrency, upload limit and visible errors, chosen on purpose; a heap that
-    keeps freed memory (no page faults per request)."""
+def launch(demo: gr.Blocks, settings: ServingSettings | None = None, handle_sigterm: bool = False, **kwargs):
+    """Start serving with the limits above; ``handle_sigterm`` (``python app.py``) cleans up on SIGTERM."""
+    settings = settings or SETTINGS
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log.info("serving on %s (DSNET_DEVICE overrides)", serving_device())
     retain_freed_memory()
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
-    return demo.launch(max_file_size=MAX_BYTES, show_error=True, **kwargs)
+    sweep_upload_folder()
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    shape_inputs(demo._queue, (RawImage,))
+    ClientLimit(settings.per_client, settings.trusted_proxies).install(demo._queue)
+    if handle_sigterm:
+        def stop(signum, frame):
+            log.info("SIGTERM: closing and deleting uploads and outputs")
+            demo.close()
+            sweep_upload_folder(before=time.time() + 1)
+            raise SystemExit(0)
+        signal.signal(signal.SIGTERM, stop)
+    kwargs.setdefault("enable_monitoring", False)
+    app_kwargs = {"middleware": [_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)], **kwargs.pop("app_kwargs", {})}
+    # show_error=False: only gr.Error messages (written for visitors) reach a client, never an exception's text.
+    return demo.launch(max_file_size=MAX_BYTES, show_error=False, app_kwargs=app_kwargs, **kwargs)
 
+
+def _middleware(cls, **options):
+    from starlette.middleware import Middleware
+    return Middleware(cls, **options)

@@ -25,7 +25,7 @@ from torch import nn
 
 from .images import LoadedImage, model_view, open_image, overlay, to_tensor
 from .weights import ChecksumError
-from .zoo import DEFAULT_MODELS, ZooError, ZooModel, load_available
+from .zoo import DEFAULT_MODELS, ZooError, ZooModel, load
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,9 @@ class ModelFailure:
     """A model that gave no result: its weights are unavailable, or its run failed (the reason says)."""
 
     model: str
-    reason: str
+    reason: str  # the whole story, for logs and developers (may name server paths)
     unavailable: bool  # True: no weights to load; False: the run itself failed
+    summary: str = ""  # one line without paths, for the people using a public app
 
 
 def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_MODELS, method: str = "gradcam",
@@ -272,11 +273,13 @@ def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_M
                 time_limit: float | None = None) -> Iterator[CamResult | ModelFailure]:
     """One result per model, yielded as each finishes (for streaming UIs); never a stand-in model."""
     for name in names:
-        models, missing = load_available(zoo, [name])
-        if missing:
-            yield ModelFailure(name, missing[name], unavailable=True)
+        try:
+            zm = load(zoo, name)
+        except (ZooError, ChecksumError) as e:
+            yield ModelFailure(name, str(e), True, getattr(e, "summary", "Its weights failed verification."))
             continue
         try:
-            yield explain_model(image, models[0], method, target, opacity, with_metrics, time_limit)
+            yield explain_model(image, zm, method, target, opacity, with_metrics, time_limit)
         except (ValueError, CamTimeout, ZooError, ChecksumError) as e:
-            yield ModelFailure(name, str(e), unavailable=False)
+            yield ModelFailure(name, str(e), False, str(e) if isinstance(e, (ValueError, CamTimeout)) else
+                               getattr(e, "summary", "The model failed."))

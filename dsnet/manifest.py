@@ -43,7 +43,8 @@ class LabelSet:
             return partial[0]
         close = [self.names[i] for i in partial[:8]] or difflib.get_close_matches(str(query), self.names, n=5, cutoff=0.6)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown class {query!r} for this label set of {len(self.names)} classes{hint}")
+        shown = str(query) if len(str(query)) <= 100 else str(query)[:100] + "…"
+        raise ValueError(f"unknown class {shown!r} for this label set of {len(self.names)} classes{hint}")
 
 
 @dataclass(frozen=True)

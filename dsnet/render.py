@@ -40,9 +40,18 @@ def _wrap(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def comparison(results: list[CamResult], tile: int = 224) -> Image.Image:
-    """One row: the input as the first model saw it, then each model's overlay, titled with its class."""
+def comparison(results: list[CamResult], tile: int = 224, title: str | None = None) -> Image.Image:
+    """One row: the input as the first model saw it, then each model's overlay, titled with its class;
+    ``title`` (e.g. zoo, method and class) goes on a line above."""
     titles = ["input"] + [
         f"{r.model}\n{_wrap(r.explained.name, 22)} {100 * r.explained.probability:.0f}%\ntop-1: "
         f"{_wrap(r.top5[0].name, 16)}" for r in results]
-    return grid([[results[0].view] + [r.overlay for r in results]], titles, [], tile)
+    body = grid([[results[0].view] + [r.overlay for r in results]], titles, [], tile)
+    if not title:
+        return body
+    font = _font(max(12, tile // 14))
+    head = font.size + 12
+    canvas = Image.new("RGB", (body.width, body.height + head), "white")
+    ImageDraw.Draw(canvas).text((6, 6), title, fill="black", font=font)
+    canvas.paste(body, (0, head))
+    return canvas

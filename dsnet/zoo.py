@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,12 @@ __all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "load"
 
 
 class ZooError(RuntimeError):
-    """A zoo model cannot be served; the message says why and what to do."""
+    """A zoo model cannot be served; the message says why and what to do (for logs and developers),
+    ``summary`` says it in one line without paths (for the people using a public app)."""
+
+    def __init__(self, message: str, summary: str = "This model cannot be served right now.") -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class WeightsUnavailable(ZooError):
@@ -93,8 +99,30 @@ def how_to_get(entry: Entry, root: Path) -> str:
     return "; ".join(ways)
 
 
+def retry_seconds() -> float:
+    """How long a failed download is remembered: requests to a server cannot trigger downloads at will."""
+    return float(os.environ.get("DSNET_DOWNLOAD_RETRY_SECONDS", 600))
+
+
+_FAILED_DOWNLOADS: dict[str, tuple[float, str]] = {}  # sha256 -> (when it failed, why)
+
+
 def download(entry: Entry) -> Path:
-    """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's."""
+    """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's.
+
+    A failure is remembered for ``retry_seconds()``; until then the download is not tried again."""
+    failed = _FAILED_DOWNLOADS.get(entry.sha256)
+    if failed and time.monotonic() - failed[0] < retry_seconds():
+        raise WeightsUnavailable(f"download failed {time.monotonic() - failed[0]:.0f} s ago and is not retried "
+                                 f"for {retry_seconds():.0f} s (DSNET_DOWNLOAD_RETRY_SECONDS): {failed[1]}")
+    try:
+        return _download(entry)
+    except WeightsUnavailable as e:
+        _FAILED_DOWNLOADS[entry.sha256] = (time.monotonic(), str(e))
+        raise
+
+
+def _download(entry: Entry) -> Path:
     target_dir = cache_dir() / entry.sha256[:16]
     errors = []
     if entry.sources.hub:
@@ -119,21 +147,23 @@ def resolve(entry: Entry, zoo: str, root: Path = CHECKPOINTS_DIR, allow_download
     """Path of the entry's verified weight file; raises WeightsUnavailable / ChecksumError."""
     label = f"{zoo}/{entry.name}"
     if entry.unavailable:
-        raise WeightsUnavailable(f"{label}: {entry.unavailable}")
+        raise WeightsUnavailable(f"{label}: {entry.unavailable}", f"No {zoo} weights exist for {entry.name} yet.")
     if not entry.file or not entry.sha256:
-        raise WeightsUnavailable(f"{label}: the manifest gives no file and SHA-256; weights are never loaded unverified")
+        raise WeightsUnavailable(f"{label}: the manifest gives no file and SHA-256; weights are never loaded unverified",
+                                 f"{entry.name} has no verifiable weights.")
     for path in candidate_paths(entry, root):
         if path.is_file():
             verify(path, entry.sha256)
             return path
     if not allow_download or os.environ.get("DSNET_OFFLINE") or not (entry.sources.hub or entry.sources.url):
         raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found and not downloaded; "
-                                 + how_to_get(entry, root))
+                                 + how_to_get(entry, root), f"The {entry.name} weights are not installed on this server.")
     try:
         path = download(entry)
     except WeightsUnavailable as e:
         raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found locally and {e}. "
-                                 + how_to_get(entry, root)) from None
+                                 + how_to_get(entry, root),
+                                 f"The {entry.name} weights could not be downloaded; try again later.") from None
     verify(path, entry.sha256)
     return path
 
@@ -152,7 +182,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> 
         def show(xs): return ", ".join(xs[:6]) + (f" (+{len(xs) - 6} more)" if len(xs) > 6 else "")
         raise ZooError(f"{label}: the weights do not fit the architecture in the manifest. "
                        f"missing keys: [{show(missing)}]; unexpected keys: [{show(unexpected)}]; "
-                       f"shape mismatches: [{show(shapes)}]")
+                       f"shape mismatches: [{show(shapes)}]", "The weights do not fit this model.")
     model.load_state_dict(state, strict=True)
 
 

@@ -1,0 +1,239 @@
+"""What makes the app safe to host publicly (README, "Security"); each guard is one small piece.
+
+* ``BodyLimit``: an ASGI middleware that refuses a request body over a limit with HTTP 413 before it
+  is read into memory (Content-Length checked up front, streamed bytes counted).
+* ``ClientLimit``: at most N queued + running requests per client (Gradio session, and client IP as
+  a proxy forwards it), on top of the queue bound for everyone; refused at once with HTTP 429.
+* ``Uploads``: the image input accepts only a file that this server's upload route wrote (taken
+  into memory, then deleted from disk at once), a ``data:`` URL, or an example picked by id; anything
+  else gets one refusal whose text does not depend on what the client named.
+* ``sweep_upload_folder``: leftovers of earlier runs are deleted at start-up and at SIGTERM.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsnet.images import MAX_BYTES
+
+log = logging.getLogger("dsnet.app")
+
+# base64 is 4/3 of the bytes; 1 MB of slack for JSON, multipart headers and the other parameters.
+MAX_BODY_BYTES = MAX_BYTES * 4 // 3 + 2**20
+REFUSED_INPUT = ("This image input is not accepted: upload a file, send the image as a data: URL, or pick "
+                 "an example by its id.")
+PROCESS_START = time.time()
+
+
+class BodyLimit:
+    """ASGI middleware: HTTP 413 for a request body over ``max_bytes``, without reading it."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:  # the server holds the client to its declared length
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        # No declared length (chunked): buffer up to the limit, then replay to the app.
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                return await self._refuse(send)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        body = (f"Request body too large: the limit is {self.max_bytes / 1e6:.0f} MB "
+                f"(images up to {MAX_BYTES / 1e6:.0f} MB).").encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def client_ip(request, trusted_proxies: int) -> str:
+    """The client's address: the entry the nearest trusted proxy added to X-Forwarded-For, else the peer."""
+    forwarded = [h.strip() for h in (request.headers.get("x-forwarded-for") or "").split(",") if h.strip()]
+    if trusted_proxies > 0 and forwarded:
+        return forwarded[-min(trusted_proxies, len(forwarded))]
+    return request.client.host if request.client else "unknown"
+
+
+def shape_inputs(queue, image_types: tuple[type, ...]) -> None:
+    """Give every request the same shape before Gradio looks at it.
+
+    * Raw HTTP callers may send only the first inputs (e.g. just the image): the rest get the
+      components' defaults, as gradio_client fills them; more inputs than the endpoint has are
+      refused. (Gradio would otherwise answer with an error that echoes every value, in full.)
+    * An image payload that is not a file this server's upload route wrote loses its ``meta``, and a
+      payload of the wrong type becomes an empty one: Gradio's own file handling never sees it, and
+      ``Uploads.take`` gives the one refusal for every such case.
+    """
+    push = queue.push
+
+    async def shaped_push(body, request, username):
+        from fastapi import HTTPException
+        from gradio import route_utils
+        try:
+            fn = route_utils.get_fn(queue.blocks, None, body)
+        except Exception:  # noqa: BLE001 - an unknown endpoint: Gradio's own answer follows
+            return await push(body=body, request=request, username=username)
+        inputs = list(fn.inputs)
+        data = body.data if isinstance(body.data, list) else None
+        if data is None or len(data) > len(inputs):
+            raise HTTPException(422, f"this endpoint takes a list of at most {len(inputs)} input values")
+        data = data + [getattr(c, "value", None) for c in inputs[len(data):]]
+        uploaded = queue.blocks.upload_file_set
+        for i, component in enumerate(inputs):
+            if isinstance(component, image_types) and data[i] is not None:
+                data[i] = _image_payload(data[i], uploaded)
+        body.data = data
+        return await push(body=body, request=request, username=username)
+
+    queue.push = shaped_push
+
+
+def _image_payload(value, uploaded: set) -> dict:
+    if not isinstance(value, dict):
+        return {"path": None, "url": None, "orig_name": "refused"}
+    path, url = value.get("path"), value.get("url")
+    if isinstance(path, str) and path in uploaded:
+        return value
+    return {"path": path if isinstance(path, str) else None, "url": url if isinstance(url, str) else None}
+
+
+@dataclass
+class ClientLimit:
+    """At most ``per_client`` queued + running requests per session and per client IP."""
+
+    per_client: int
+    trusted_proxies: int = 1
+
+    def install(self, queue) -> None:
+        """Wrap Gradio's ``Queue.push`` (the one door of both /queue/join and /call/<api>)."""
+        push = queue.push
+
+        async def limited_push(body, request, username):
+            ip = client_ip(request, self.trusted_proxies)
+            mine = sum(1 for ev in self._outstanding(queue)
+                       if ev.session_hash == body.session_hash or getattr(ev, "client_ip", None) == ip)
+            if mine >= self.per_client:
+                from fastapi import HTTPException
+                raise HTTPException(429, f"You already have {mine} requests waiting or running; "
+                                         f"wait until one finishes (at most {self.per_client} per visitor).")
+            result = await push(body=body, request=request, username=username)
+            ok, event_id = result[0], result[1]
+            if ok and isinstance(event_id, str) and event_id in queue.event_ids_to_events:
+                queue.event_ids_to_events[event_id].client_ip = ip
+            return result
+
+        queue.push = limited_push
+
+    @staticmethod
+    def _outstanding(queue):
+        for event_queue in queue.event_queue_per_concurrency_id.values():
+            yield from event_queue.queue
+        for job in queue.active_jobs:
+            yield from (job or [])
+
+
+class Uploads:
+    """The only ways a client's image reaches the service (see the module docstring)."""
+
+    def __init__(self, uploaded: set) -> None:
+        self.uploaded = uploaded  # Gradio's record of the files its upload route wrote (Blocks.upload_file_set)
+
+    def take(self, payload) -> tuple[str | None, bytes | str]:
+        """(upload path or None, image data): an upload is read into memory and deleted from disk."""
+        if payload is None:
+            raise ValueError("no image")
+        url, path = _field(payload, "url"), _field(payload, "path")
+        if path and isinstance(path, str) and path in self.uploaded:
+            self.uploaded.discard(path)
+            try:
+                p = Path(path)
+                if p.is_symlink() or not p.is_file():
+                    raise OSError("not a regular file")
+                if p.stat().st_size > MAX_BYTES:
+                    return path, b"\0" * (MAX_BYTES + 1)  # open_image states the limit
+                return path, p.read_bytes()
+            except OSError:
+                log.warning("upload %s vanished before use", path)
+                raise PermissionError(REFUSED_INPUT) from None
+            finally:
+                remove_upload(path)
+        if isinstance(url, str) and url.startswith("data:") and not path:
+            if len(url) > MAX_BODY_BYTES:
+                raise PermissionError(REFUSED_INPUT)
+            return None, url
+        log.info("refused image payload path=%.200r url=%.200r", path, url)
+        raise PermissionError(REFUSED_INPUT)
+
+
+def _field(payload, name: str):
+    return payload.get(name) if isinstance(payload, dict) else getattr(payload, name, None)
+
+
+def remove_upload(path: str) -> None:
+    """Delete an uploaded file and its (per-upload) parent folder if that is now empty."""
+    p = Path(path)
+    try:
+        p.unlink(missing_ok=True)
+        p.parent.rmdir()
+    except OSError:
+        pass
+
+
+def upload_folder() -> Path:
+    from gradio.utils import get_upload_folder
+    return Path(get_upload_folder())
+
+
+def sweep_upload_folder(before: float | None = None) -> int:
+    """Delete files in Gradio's upload/cache folder created before ``before`` (default: this process's start)."""
+    before = PROCESS_START if before is None else before
+    root, removed = upload_folder(), 0
+    if not root.is_dir():
+        return 0
+    for path in sorted(root.rglob("*"), reverse=True):  # files before their folders
+        try:
+            if path.is_file() or path.is_symlink():
+                if path.lstat().st_ctime < before:
+                    path.unlink()
+                    removed += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            continue
+    if removed:
+        log.info("swept %d leftover files from the upload folder", removed)
+    return removed
+
+
+def env_number(name: str, default: float, kind=float):
+    """A numeric setting from the environment; a bad value is a start-up error that names it."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return kind(default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
