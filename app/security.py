@@ -61,8 +61,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
-        body = (f"Request body too large: the limit is {self.max_bytes / 1e6:.0f} MB "
-                f"(images up to {MAX_BYTES / 1e6:.0f} MB).").encode()
+        body = (f"Request body too large: the limit is {self.max_bytes / 2**20:.0f} MB "
+                f"(images up to {MAX_BYTES / 2**20:.0f} MB).").encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})

@@ -74,13 +74,36 @@ class LiveApp:
 
 @pytest.fixture(scope="session")
 def live_app():
-    """The real app on 127.0.0.1 with the shipped zoo (or $DSNET_MANIFEST's first zoo), offline."""
+    """The real app on 127.0.0.1 with the shipped zoo (or $DSNET_MANIFEST's first zoo), offline, in this
+    process; its per-visitor limit is raised so one test client can send many requests at once (the
+    limit itself is tested against ``python app.py`` in test_security.py)."""
+    from dataclasses import replace
     from app import build_app, launch
+    from app.ui import SETTINGS
     from dsnet.manifest import load_manifest
     zoos = list(load_manifest().zoos)
     zoo_name = "imagenette" if "imagenette" in zoos else zoos[0]
-    demo = build_app(None, zoo_name)
+    settings = replace(SETTINGS, per_client=1000)
+    demo = build_app(None, zoo_name, settings)
     port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(demo, settings, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield LiveApp(f"http://127.0.0.1:{port}/", zoo_name, port)
     demo.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without the shared data, the tests that read it skip with the reason (under CI they must not)."""
+    if (SAMPLES.is_dir() and IMAGENETTE.is_dir()) or not items:
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"the shared data is missing at {DATA} (set DSNET_DATA); CI needs it")
+    skip = pytest.mark.skip(reason=f"needs the shared data at {DATA} (set DSNET_DATA to the folder holding "
+                                   "imagenet-samples/ and imagenette/)")
+    readers: dict[str, bool] = {}
+    for item in items:
+        path = str(item.fspath)
+        if path not in readers:
+            text = Path(path).read_text()
+            readers[path] = any(w in text for w in ("sample(", "IMAGENETTE", "SAMPLES", "DATA"))
+        if readers[path]:
+            item.add_marker(skip)

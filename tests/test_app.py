@@ -1,111 +1,156 @@
-import shutil
+"""The app's handlers in this process: the page and API doors, examples, states, labels (no browser)."""
+import base64
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import os
-
-from app.ui import FIGURE5_WNIDS, build_app, explain_handler, gallery_items
+from app.examples import FIGURE5_WNIDS, SHIPPED, load_examples
+from app.params import ParameterError
+from app.ui import N_OUT, Session, build_app
+from dsnet.manifest import load_manifest
 
 from conftest import IMAGENETTE, SAMPLES, TRIO, sample, write_tiny_zoo
 
 TOP1 = "each model's top-1"
 
 
-def run_handler(*args):
-    """All yields of the streaming handler; the last one is the final state."""
-    return list(explain_handler(*args))
+def data_url(path: Path) -> dict:
+    return {"path": None, "url": "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()}
 
 
-def test_blocks_build_with_a_named_api(tiny_zoo):
-    demo = build_app(str(SAMPLES), "tiny")
-    api = demo.get_api_info()
-    assert "/explain" in api["named_endpoints"]
-    assert len(api["named_endpoints"]["/explain"]["parameters"]) == 8
+def stream(handlers, image=None, zoo="tiny", method="gradcam", explain=TOP1, cls="", opacity=0.5, metrics=False,
+           example="", session=None):
+    return list(handlers.stream(image, zoo, method, explain, cls, opacity, metrics, example, session,
+                                lambda *a, **k: None))
 
 
-def test_handler_streams_three_results_for_a_real_image(tiny_zoo):
-    steps = run_handler(str(sample("golf_ball")), "tiny", "gradcam", TOP1, None, 0.5, True, "")
-    assert len(steps) == 4  # one update per model as it finishes, then the download
+@pytest.fixture
+def tiny_app(tiny_zoo):
+    return build_app(None, "tiny")
+
+
+def test_the_api_needs_only_the_image_and_names_every_output(tiny_app):
+    api = tiny_app.get_api_info()["named_endpoints"]
+    explain = api["/explain"]
+    names = [p["parameter_name"] for p in explain["parameters"]]
+    assert names == ["image", "zoo", "method", "explain", "class_name", "opacity", "metrics", "example"]
+    assert all(p["parameter_has_default"] for p in explain["parameters"])
+    labels = [r["label"] for r in explain["returns"]]
+    assert len(labels) == N_OUT and all(label and not label.startswith("value_") for label in labels), labels
+    assert "Hello" not in str(explain)
+    fn = next(f for f in tiny_app.fns.values() if f.api_name == "explain")
+    assert "example id" in fn.api_description
+    assert "/examples" in api
+    example_param = explain["parameters"][-1]
+    assert example_param["example_input"] in load_examples(load_manifest()).ids()
+
+
+def test_streams_one_column_per_model_for_a_data_url(tiny_app):
+    handlers = tiny_app.dsnet_handlers
+    steps = stream(handlers, data_url(sample("golf_ball")), metrics=True)
+    assert len(steps) == 1 + 3 + 1  # cleared, one per model as it finishes, then the download
+    assert steps[0].columns[0][1] == "_waiting…_" and steps[1].columns[1][1] == "_waiting…_"
     final = steps[-1]
-    for i in range(3):
-        overlay, caption, top5 = final[3 * i: 3 * i + 3]
-        assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8  # 128 px view, shown at 256
-        assert caption.startswith("**Explains:**") and "Focus:" in caption
+    for heatmap, summary, top5 in final.columns:
+        assert heatmap.shape == (256, 256, 3) and heatmap.dtype == np.uint8  # 128 px view, shown at 256
+        assert "(explained)" in summary and "focus:" in summary and " · cpu" in summary
         assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.2
-    assert steps[0][3] is None and steps[1][3] is not None  # column 2 arrived after column 1
-    with Image.open(final[-1]) as im:
-        assert im.format == "PNG"
+    assert final.view.shape == (256, 256, 3)
+    assert "say" in final.status or "disagree" in final.status
+    with Image.open(final.download) as im:
+        assert im.format == "PNG" and im.width >= 4 * 320
+    assert "dsnet-tiny-gradcam-" in Path(final.download).name
 
 
-def test_one_class_for_all_and_true_class(tiny_zoo):
-    final = run_handler(str(sample("golf_ball")), "tiny", "gradcam", "one class for all", "golf ball", 0.5, False, "")[-1]
-    assert all("golf ball" in final[3 * i + 1] for i in range(3))
-    final = run_handler(str(sample("golf_ball")), "tiny", "gradcam", "the true class", None, 0.5, False, "n03888257")[-1]
-    assert all("parachute" in final[3 * i + 1] for i in range(3))
+def test_an_example_is_picked_by_id_and_marked_right_or_wrong(tiny_app):
+    handlers = tiny_app.dsnet_handlers
+    example = next(e for e in handlers.examples.examples if e.caption == "parachute")
+    final = stream(handlers, None, example=example.id)[-1]
+    assert "True class: **parachute**" in final.status
+    for _, summary, _ in final.columns:
+        assert ("✓ top-1 is the true class (parachute)" in summary) or ("✗ top-1 is" in summary
+                                                                          and "the true class is parachute" in summary)
+    final = stream(handlers, None, explain="the true class", example=example.id)[-1]
+    assert all(summary.startswith("**parachute**") for _, summary, _ in final.columns)
+    with pytest.raises(ValueError, match="unknown example"):
+        stream(handlers, None, example="../../etc/passwd")
 
 
-def test_a_missing_model_degrades_to_a_message_in_its_column(tmp_path, monkeypatch):
+def test_one_class_for_all_and_bad_parameters(tiny_app):
+    handlers = tiny_app.dsnet_handlers
+    final = stream(handlers, data_url(sample("golf_ball")), explain="one class for all", cls="tench")[-1]
+    assert all(summary.startswith("**tench**") for _, summary, _ in final.columns)
+    for kwargs, message in [({"method": "nomethod"}, "method must be one of"),
+                            ({"metrics": "false"}, "metrics must be true or false"),
+                            ({"opacity": "0.5"}, "opacity must be a number"),
+                            ({"explain": "the true class"}, "true class is known only for the examples"),
+                            ({"explain": "one class for all", "cls": "x" * 10_000}, "unknown class")]:
+        with pytest.raises(ParameterError, match=message) as e:
+            stream(handlers, data_url(sample("tench")), **kwargs)
+        assert len(str(e.value)) < 400
+
+
+def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_model(tiny_app, monkeypatch):
+    handlers = tiny_app.dsnet_handlers
+    session = Session()
+    no_progress = lambda *a, **k: None  # noqa: E731
+    steps = list(handlers.page(data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
+                               no_progress))
+    assert set(session.results) == set(TRIO)
+    first = steps[-1][2]
+    import app.ui as ui
+    monkeypatch.setattr(ui, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
+    reblended = handlers.reblend(session, 0.9)
+    assert len(reblended) == 3 and not np.array_equal(reblended[0], first)
+    bad = list(handlers.page({"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
+                             no_progress))
+    assert len(bad) == 1 and bad[0][0].startswith("⚠️ This image input is not accepted")
+    assert all(v is None for v in bad[0][1:N_OUT - 1:3])  # old maps cleared
+
+
+def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, monkeypatch):
     from dsnet import zoo
     monkeypatch.setenv("DSNET_MANIFEST", str(write_tiny_zoo(tmp_path, unavailable=("dsnet50",))))
     zoo._LOADED.clear()
-    final = run_handler(str(sample("tench")), "tiny", "gradcam", TOP1, None, 0.5, False, "")[-1]
-    assert final[3] is None and final[4].startswith("**Not available.**") and "withheld" in final[4]
-    assert final[0] is not None and final[6] is not None
+    handlers = build_app(None, "tiny").dsnet_handlers
+    final = stream(handlers, data_url(sample("tench")))[-1]
+    assert final.columns[1] == (None, "**Not available.** No tiny weights exist for dsnet50 yet.", None)
+    assert final.columns[0][0] is not None and final.columns[2][0] is not None
+    assert str(tmp_path) not in str(final.values())
     zoo._LOADED.clear()
 
 
-def test_gallery_reads_labelled_folders_and_falls_back_to_gradio_photos(tmp_path):
-    items = gallery_items(str(SAMPLES), "imagenet")
-    assert {it.wnid for it in items[:10]} == set(FIGURE5_WNIDS)  # Figure 5's classes first
-    assert {it.caption for it in items[:10]} >= {"obelisk", "knee pad", "airship", "ground beetle"}
-    nette = gallery_items(str(IMAGENETTE / "val"), "imagenette")
-    assert all(it.wnid and it.caption for it in nette)
-    fallback = gallery_items(None, "imagenette")
-    assert fallback and all(Path(it.path).is_file() and it.wnid is None for it in fallback)
+def test_examples_ship_with_the_app_and_a_gallery_adds_a_sample():
+    manifest = load_manifest()
+    shipped = load_examples(manifest)
+    assert len(shipped) == len(list(SHIPPED.glob("*.JPEG"))) and 20 <= len(shipped) <= 30
+    assert sum(p.stat().st_size for p in SHIPPED.glob("*")) < 2_000_000
+    assert {e.caption for e in shipped.examples} == set(manifest.label_sets["imagenette10"].names)
+    for e in shipped.examples:
+        with Image.open(e.path) as im:
+            assert max(im.size) <= 256
+    with_gallery = load_examples(manifest, str(SAMPLES), "imagenet")
+    extra = with_gallery.examples[len(shipped):]
+    assert {e.wnid for e in extra[:10]} == set(FIGURE5_WNIDS)  # Figure 5's classes first
+    assert all(e.id.startswith("gallery:") and not e.id.startswith("gallery:/") for e in extra)
+    assert with_gallery.get(extra[0].id) == extra[0] and with_gallery.get(len(shipped)) == extra[0]
+    nette = load_examples(manifest, str(IMAGENETTE / "val"))
+    assert len(nette) == len(shipped) + 30
 
 
-def test_gradio_client_end_to_end(live_app):
+def test_gradio_client_one_argument_call(live_app):
     from gradio_client import Client, handle_file
     client = Client(live_app.url, verbose=False)
-    out = client.predict(handle_file(str(sample("golf_ball"))), live_app.zoo, "gradcam", TOP1, None, 0.5, False, "",
-                         api_name="/explain")
-    assert len(out) == 10
-    for i in range(3):
-        with Image.open(out[3 * i]) as im:
+    out = client.predict(handle_file(str(sample("golf_ball"))), api_name="/explain")
+    assert len(out) == N_OUT
+    for i in (2, 5, 8):
+        with Image.open(out[i]) as im:
             assert im.size == (256, 256) and np.asarray(im).std() > 5
-        assert out[3 * i + 1].startswith("**Explains:**")
-        assert len(out[3 * i + 2]["confidences"]) == 5
+        assert "(explained)" in out[i + 1]
+        assert len(out[i + 2]["confidences"]) == 5
     assert Path(out[-1]).stat().st_size > 10_000
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (apt-get install chromium)")
-def test_real_browser_upload_click_and_see_three_heatmaps(live_app, tmp_path):
-    """$DSNET_SCREENSHOT keeps the screenshot (README's picture is made this way)."""
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(live_app.url)
-        page.locator("input[type=file]").first.set_input_files(str(sample("golf_ball")))
-        page.get_by_role("img").first.wait_for(timeout=30_000)
-        page.get_by_role("button", name="Explain").click()
-        page.get_by_text("Explains:").nth(2).wait_for(timeout=60_000)
-        # The three heatmap files load after the captions appear: wait until all three are decoded.
-        page.wait_for_function("""Array.from(document.querySelectorAll('img'))
-            .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.complete).length >= 3""",
-                               timeout=30_000)
-        for name in TRIO:
-            assert page.get_by_text(f"{name} top-5").count() >= 1
-        shot = Path(os.environ.get("DSNET_SCREENSHOT", tmp_path / "screenshot.png"))
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert shot.stat().st_size > 50_000
+    ids = client.predict(api_name="/examples")
+    out = client.predict(None, example=ids[0]["id"], method="gradcam++", opacity=0.3, api_name="/explain")
+    assert f"True class: **{ids[0]['class']}**" in out[0]
