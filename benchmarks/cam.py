@@ -37,27 +37,24 @@ from dsnet.manifest import load_manifest
 from dsnet.zoo import ZooModel
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
+FLOOR, SERVICE = "floor: 3 inference forwards", "service: explain (GradCAM)"
+STOCK, ABLATION = "stock GradCAM recipe", "service: explain (AblationCAM)"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--image", default=None, help="default: an imagenet-samples photo")
-    args = p.parse_args()
-    retain_freed_memory()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+def default_image() -> str:
+    return str(Path(os.environ.get("DSNET_DATA", "../shared/data")) / "imagenet-samples" / "n03445777_golf_ball.JPEG")
+
+
+def measure(device: str | torch.device, rounds: int = 10, image_path: str | None = None) -> dict:
+    """Interleaved rounds of the four cases; times (seconds) per case, their medians and the ratios."""
+    device = torch.device(device)
     manifest = load_manifest()
     torch.manual_seed(0)
     zoo = []
     for name in MODELS:
         entry = manifest.entry("imagenet", name)
         zoo.append(ZooModel("imagenet", name, dsnet.get_model(name).eval().to(device), entry, manifest.labels(entry), device))
-    image_path = args.image or str(Path(os.environ.get("DSNET_DATA", "../shared/data")) / "imagenet-samples" /
-                                   "n03445777_golf_ball.JPEG")
-    image = open_image(image_path)
+    image = open_image(image_path or default_image())
     pre = zoo[0].entry.preprocessing
 
     def sync():
@@ -86,30 +83,48 @@ def main() -> None:
             for prm in zm.model.parameters():  # the stock call leaves .grad filled; reset like a server would
                 prm.grad = None
 
-    cases = {"floor: 3 inference forwards": floor, "service: explain (GradCAM)": service,
-             "stock GradCAM recipe": stock, "service: explain (AblationCAM)": lambda: service("ablationcam")}
+    cases = {FLOOR: floor, SERVICE: service, STOCK: stock, ABLATION: lambda: service("ablationcam")}
     times: dict[str, list[float]] = {k: [] for k in cases}
     for fn in cases.values():  # warm-up
         fn()
-    for r in range(args.rounds):
+    for r in range(rounds):
         for label, fn in cases.items():
-            if "Ablation" in label and r >= max(2, args.rounds // 3):
+            if label == ABLATION and r >= max(2, rounds // 3):
                 continue
             sync()
             started = time.perf_counter()
             fn()
             sync()
             times[label].append(time.perf_counter() - started)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    n = min(len(times["service: explain (AblationCAM)"]), len(times["floor: 3 inference forwards"]))
+    n = min(len(times[ABLATION]), len(times[FLOOR]))
     ratio = lambda a, b, k=None: statistics.median(x / y for x, y in zip(times[a][:k], times[b][:k]))  # noqa: E731
-    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
-          f"full-width 1000-class models, one 224 px image")
-    for k, v in med.items():
-        print(f"{k:<34} {1000 * v:>9.1f} ms (median of {len(times[k])})")
-    print(f"service / floor                    {ratio('service: explain (GradCAM)', 'floor: 3 inference forwards'):.3f}  (target <= 1.25)")
-    print(f"stock / service (speed-up)         {ratio('stock GradCAM recipe', 'service: explain (GradCAM)'):.2f}x  (target >= 2.5x)")
-    print(f"AblationCAM / GradCAM, service     {ratio('service: explain (AblationCAM)', 'service: explain (GradCAM)', n):.2f}x")
+    return {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": rounds,
+            "image": str(image_path or default_image()), "times_s": times,
+            "median_s": {k: statistics.median(v) for k, v in times.items()},
+            "service_over_floor": ratio(SERVICE, FLOOR), "stock_over_service": ratio(STOCK, SERVICE),
+            "ablation_over_gradcam": ratio(ABLATION, SERVICE, n)}
+
+
+def report(m: dict) -> str:
+    lines = [f"device {m['device']}, threads {m['threads']}, torch {m['torch']}, {m['rounds']} rounds, "
+             f"full-width 1000-class models, one 224 px image"]
+    lines += [f"{k:<34} {1000 * v:>9.1f} ms (median of {len(m['times_s'][k])})" for k, v in m["median_s"].items()]
+    lines += [f"service / floor                    {m['service_over_floor']:.3f}  (target <= 1.25)",
+              f"stock / service (speed-up)         {m['stock_over_service']:.2f}x  (target >= 2.5x)",
+              f"AblationCAM / GradCAM, service     {m['ablation_over_gradcam']:.2f}x"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--image", default=None, help="default: an imagenet-samples photo")
+    args = p.parse_args()
+    retain_freed_memory()
+    torch.set_num_threads(args.threads)
+    print(report(measure(args.device, args.rounds, args.image)))
 
 
 if __name__ == "__main__":
