@@ -32,7 +32,9 @@ def on_gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
     """Decorator: ``spaces.GPU(duration=duration)`` on ZeroGPU, else the identity.
 
     ``duration``: seconds the call may hold the GPU (or a function of the call's arguments that
-    returns them). Plain and generator functions are supported; async functions are not.
+    returns them). Plain and generator functions are supported; async functions are not. On ZeroGPU
+    the call runs in a forked worker: its arguments and results cross by pickle (pass images and
+    options, not models or locks; ``CamResult`` pickles), and models should be loaded before launch.
     """
     if on_zerogpu():
         import spaces
