@@ -244,7 +244,8 @@ def compare(reports: list[ModelReport], baseline: str = "resnet50") -> list[dict
 
 def describe(c: dict) -> str:
     a, b = c["a"], c["b"]
-    what = (f"{b['model']} - {a['model']}" if c["kind"] == "model" else f"{b['model']} {b['crop']} px - {a['crop']} px")
+    what = (f"{b['model']} - {a['model']} ({a['crop']} px)" if c["kind"] == "model"
+            else f"{b['model']} {b['crop']} px - {a['crop']} px")
     return (f"{what:<28} {c['diff']:+6.2f} points [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]  McNemar p = "
             f"{c['p_value']:.2g} (only {a['model'] if c['kind'] == 'model' else a['crop']} right: {c['only_a_right']}, "
             f"only {b['model'] if c['kind'] == 'model' else b['crop']} right: {c['only_b_right']})")
