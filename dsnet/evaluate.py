@@ -185,8 +185,10 @@ def load_runs(zoo: str, names: list[str], runs: Path | None = None,
 
 
 def evaluate_zoo(zoo: str, data: Path, models: list[str] | None = None, timing: bool = True,
-                 crops: list[int] | None = None, runs: Path | None = None, pipeline: str = "app") -> list[ModelReport]:
-    """One report per (test size, run, model), in that order; latency and memory at the first size only."""
+                 crops: list[int] | None = None, runs: Path | None = None, pipeline: str = "app",
+                 latency: bool = True) -> list[ModelReport]:
+    """One report per (test size, run, model), in that order; latency (unless ``latency`` is false)
+    and memory at the first size only, when ``timing``."""
     manifest = load_manifest()
     loaded = load_runs(zoo, models or list(manifest.zoo(zoo).entries), runs)
     items = scan_labelled(data)
@@ -205,7 +207,7 @@ def evaluate_zoo(zoo: str, data: Path, models: list[str] | None = None, timing: 
                 done[(run, zm.name)] = ModelReport(
                     zm.name, len(used), len(items) - len(used), round(100 * sum(top1) / n, 2),
                     round(100 * sum(top5) / n, 2), round(zm.num_params / 1e6, 3), round(gmacs(zm.model, pre.crop), 3),
-                    round(latency_ms(zm.model, pre.crop), 2) if timed else None,
+                    round(latency_ms(zm.model, pre.crop), 2) if timed and latency else None,
                     round(train_step_memory(zm.model, pre.crop), 1) if timed else None,
                     run, _weights_label(zm, run, runs), pre.crop, pre.resize, "".join("01"[v] for v in top1))
         reports += [done[(run, zm.name)] for run, zm in loaded]
@@ -267,16 +269,21 @@ def artifact_header(argv: list[str] | None, tool: str) -> dict:
 
 
 def table(reports: list[ModelReport]) -> str:
-    """Table 9's layout (memory, time) next to accuracy; ratios are relative to the first row."""
+    """Table 9's layout (memory, time) next to accuracy; ratios are relative to the first row.
+    A column nothing was measured for is left out."""
     base = reports[0]
+    timed = [(title, key, width, digits) for title, key, width, digits in
+             (("Train mem (MB)", "train_memory_mb", 8, 1), ("CPU latency (ms)", "latency_ms", 9, 2))
+             if any(getattr(r, key) is not None for r in reports)]
 
-    def ratio(v, b, unit_width):
-        return f"{v:>{unit_width}.{1 if unit_width == 8 else 2}f} ({v / b:.2f}x)" if v is not None and b else f"{'-':>{unit_width + 8}}"
-    lines = [f"{'Architecture':<12} {'run':<6} {'crop':>4} {'Top-1':>6} {'Top-5':>6} {'Params(M)':>9} {'GMACs':>6} "
-             f"{'Train mem (MB)':>16} {'CPU latency (ms)':>17}"]
+    def cell(r, key, width, digits):
+        v, b = getattr(r, key), getattr(base, key)
+        return f"{v:>{width}.{digits}f} ({v / b:.2f}x)" if v is not None and b else f"{'-':>{width + 8}}"
+    lines = [f"{'Architecture':<12} {'run':<6} {'crop':>4} {'Top-1':>6} {'Top-5':>6} {'Params(M)':>9} {'GMACs':>6}"
+             + "".join(f" {title:>{width + 8}}" for title, _, width, _ in timed)]
     for r in reports:
-        lines.append(f"{r.model:<12} {r.run:<6} {r.crop:>4} {r.top1:>6.2f} {r.top5:>6.2f} {r.params_m:>9.3f} {r.gmacs:>6.3f} "
-                     f"{ratio(r.train_memory_mb, base.train_memory_mb, 8)} {ratio(r.latency_ms, base.latency_ms, 9)}")
+        lines.append(f"{r.model:<12} {r.run:<6} {r.crop:>4} {r.top1:>6.2f} {r.top5:>6.2f} {r.params_m:>9.3f} {r.gmacs:>6.3f}"
+                     + "".join(f" {cell(r, key, width, digits)}" for _, key, width, digits in timed))
     lines.append(f"images: {base.images} used" + (f", {base.skipped} skipped (class not in the label set)"
                                                   if base.skipped else ""))
     return "\n".join(lines)
@@ -294,13 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline", choices=PIPELINES, default="app",
                    help="app: the app's PIL preprocessing; export: dsnet.train's (as the manifest metrics)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and memory measurements")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip the latency (one CPU image, noise-dominated on a shared machine); keep memory")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     header = artifact_header(argv, "dsnet.evaluate")
     retain_freed_memory()
     crops = [int(c) for c in args.crops.split(",")] if args.crops else None
     reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing,
-                           crops, args.runs, args.pipeline)
+                           crops, args.runs, args.pipeline, not args.no_latency)
     if not reports:
         print("error: no model of this zoo is available", file=sys.stderr)
         return 2
