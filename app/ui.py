@@ -25,10 +25,11 @@ from dsnet.cam import METHODS, CamResult, ModelFailure, explain_zoo
 from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, enlarge, open_image, overlay
 from dsnet.manifest import LabelSet, Manifest, load_manifest
 from dsnet.render import comparison
-from dsnet.zoo import DEFAULT_MODELS, entry_status, pick_device
+from dsnet.zoo import DEFAULT_MODELS, entry_status, load_available
 
 from .examples import ExampleSet, load_examples
 from .params import TARGETS, ExplainParams, ParameterError, parse_params, quote, target_policy
+from .zerogpu import on_gpu, on_zerogpu, serving_device
 from .security import (MAX_BODY_BYTES, BodyLimit, ClientLimit, Uploads, env_number, shape_inputs,
                        sweep_upload_folder)
 
@@ -187,6 +188,14 @@ def _agreement(results: list[CamResult], true_name: str | None) -> str:
     return text
 
 
+@on_gpu(duration=lambda *args, **kwargs: 60 if args[3] in ("gradcam", "gradcam++", "xgradcam", "hirescam",
+                                                             "layercam", "eigencam", "eigengradcam") else 300)
+def explain_on_device(image, zoo, names, method, policy, opacity, with_metrics, time_limit):
+    """A request's GPU work, the three models' forwards and CAMs: one ``@spaces.GPU`` call on a ZeroGPU
+    Space (arguments and results cross by pickle), a plain generator everywhere else."""
+    yield from explain_zoo(image, zoo, names, method, policy, opacity, with_metrics, time_limit)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
 
@@ -201,7 +210,10 @@ class ExplainApp:
     def _image(self, payload, params: ExplainParams, session: Session | None) -> tuple[LoadedImage, str | None]:
         """The image to explain and its true wnid (examples only)."""
         if params.example:
-            example = self.examples.get(params.example)
+            try:
+                example = self.examples.get(params.example)
+            except ValueError as e:
+                raise ParameterError(str(e)) from None
             return open_image(example.path.read_bytes()), example.wnid
         if payload is None:
             raise ParameterError("Upload an image or pick an example first.")
@@ -228,8 +240,9 @@ class ExplainApp:
         true_name = None
         outcome = Outcome(status="", columns=tuple(columns))
         yield outcome
-        for i, item in enumerate(explain_zoo(image, params.zoo, DEFAULT_MODELS, params.method, policy, params.opacity,
-                                             params.with_metrics, self.settings.time_limit if slow else None)):
+        for i, item in enumerate(explain_on_device(image, params.zoo, DEFAULT_MODELS, params.method, policy,
+                                                   params.opacity, params.with_metrics,
+                                                   self.settings.time_limit if slow else None)):
             if isinstance(item, ModelFailure):
                 log.warning("%s/%s failed: %s", params.zoo, item.model, item.reason)
                 title = "Not available." if item.unavailable else "Failed."
@@ -325,10 +338,6 @@ def save_download(image, stem: str, keep_seconds: float = 600) -> str:
     return str(path)
 
 
-def serving_device() -> str:
-    return pick_device().type
-
-
 CSS = """
 #explain-button {margin-top: 4px}
 .dsnet-footer {font-size: 0.8em; opacity: 0.75}
@@ -343,6 +352,8 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
         raise SystemExit(f"unknown zoo {zoo!r}; the manifest has {', '.join(manifest.zoos)}")
     gallery_dir = gallery_dir or os.environ.get("DSNET_GALLERY") or None
     examples = load_examples(manifest, gallery_dir, zoo)
+    if on_zerogpu():  # ZeroGPU moves models to the GPU at start-up, never inside a request
+        load_available(zoo)
     ttl = settings.cache_seconds
     with gr.Blocks(title="DSNet Explain", delete_cache=(min(60, ttl), ttl)) as demo:
         handlers = ExplainApp(manifest, examples, Uploads(demo.upload_file_set), settings)
@@ -420,7 +431,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                        zoo_box, [target_class, notice], api_visibility="private", queue=False)
         method.change(lambda m: gr.Dropdown(info=f"cost: {METHODS[m].cost}" if m in METHODS else None), method,
                       method, api_visibility="private", queue=False)
-        opacity.release(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)],
+        opacity.change(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)],
                         api_visibility="private", queue=False)
     demo.dsnet_handlers = handlers
     return demo
