@@ -371,7 +371,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                             f"{MAX_ASPECT:.0f}:1. Nothing you upload is kept: the file is deleted as soon as it is "
                             f"read.</small>")
                 gallery = gr.Gallery(handlers.examples.thumbnails(), label="Examples (click one)", columns=3,
-                                     height=330, allow_preview=False, object_fit="cover")
+                                     height=330, allow_preview=False, object_fit="cover", buttons=[])
             with gr.Column(scale=2):
                 with gr.Row():
                     zoo_box = RawDropdown([(zoo_label(manifest, z), z) for z in manifest.zoos], value=zoo,
@@ -393,13 +393,13 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                                info="focus (how concentrated a map is) and faithfulness (does "
                                                     "removing the hot pixels hurt the score?): README explains each")
                 status = gr.Markdown(label="status")
-                with gr.Row(equal_height=True):
-                    view = gr.Image(label="What the models see (centre crop)", type="numpy", format="png",
-                                    interactive=False, height=220, min_width=160)
-                outputs = [status, view]
-                with gr.Row(equal_height=True):
+                outputs = [status]
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=140):
+                        outputs.append(gr.Image(label="what the models see", type="numpy", format="png",
+                                                interactive=False, height=256))
                     for name in DEFAULT_MODELS:
-                        with gr.Column(min_width=200):
+                        with gr.Column(min_width=140):
                             outputs += [gr.Image(label=f"{name} heatmap", type="numpy", format="png",
                                                  interactive=False, height=256),
                                         gr.Markdown(label=f"{name} summary"),
@@ -410,7 +410,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                  visible=False)
         gr.Markdown(f"Running on **{serving_device()}** · {len(examples)} examples · queue bound "
                     f"{settings.queue_size}, at most {settings.per_client} requests per visitor · "
-                    "[source and docs](https://huggingface.co/spaces) · API: `/explain` (see \"Use via API\")",
+                    "API: `/explain` and `/examples` (\"Use via API\" at the bottom of the page)",
                     elem_classes="dsnet-footer")
 
         inputs = [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, example_id]

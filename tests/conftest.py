@@ -107,3 +107,60 @@ def pytest_collection_modifyitems(config, items):
             readers[path] = any(w in text for w in ("sample(", "IMAGENETTE", "SAMPLES", "DATA"))
         if readers[path]:
             item.add_marker(skip)
+
+
+@dataclass
+class SpawnedApp:
+    """``python app.py`` as a Space starts it: repository root, no arguments unless given."""
+
+    url: str
+    port: int
+    proc: "subprocess.Popen"
+    temp_dir: Path  # GRADIO_TEMP_DIR: uploads and outputs
+    log: Path  # the server's stdout + stderr
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig=None) -> int:
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def spawn_app(folder: Path, *args: str, env: dict | None = None, timeout: float = 120) -> SpawnedApp:
+    """Start ``python app.py`` in the repository root on a free port and wait until it serves."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    port = free_port()
+    temp_dir = folder / "gradio-tmp"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    log = folder / "server.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DSNET_MANIFEST", "GRADIO_"))}
+    full_env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(temp_dir),
+                     "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    app = SpawnedApp(f"http://127.0.0.1:{port}/", port, proc, temp_dir, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{app.log_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(app.url, timeout=5) as r:
+                if r.status == 200:
+                    return app
+        except OSError:
+            time.sleep(0.5)
+    app.stop()
+    raise RuntimeError(f"app.py did not serve within {timeout} s:\n{app.log_text()[-3000:]}")

@@ -74,7 +74,7 @@ def test_an_example_is_picked_by_id_and_marked_right_or_wrong(tiny_app):
                                                                           and "the true class is parachute" in summary)
     final = stream(handlers, None, explain="the true class", example=example.id)[-1]
     assert all(summary.startswith("**parachute**") for _, summary, _ in final.columns)
-    with pytest.raises(ValueError, match="unknown example"):
+    with pytest.raises(ParameterError, match="unknown example"):
         stream(handlers, None, example="../../etc/passwd")
 
 

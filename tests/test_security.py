@@ -1,0 +1,169 @@
+"""Issue 14 as an attacker tries it: raw HTTP against ``python app.py`` started as a Space starts it."""
+import base64
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.security import MAX_BODY_BYTES, REFUSED_INPUT
+from conftest import ROOT, sample, spawn_app
+
+TOP1 = "each model's top-1"
+EXAMPLE = sorted((ROOT / "app" / "examples").glob("*.JPEG"))[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("security")
+    stale = folder / "gradio-tmp" / "0123abcd" / "left-over-upload.jpg"  # from an earlier run that was killed
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old upload")
+    app = spawn_app(folder, env={"DSNET_CACHE_SECONDS": "6", "DSNET_PER_CLIENT": "3"})
+    app.stale = stale
+    yield app
+    app.stop()
+
+
+def call(server, data, headers=None, timeout=120) -> tuple[str, dict | list | None]:
+    """POST /gradio_api/call/explain, then read its event stream: (event, data)."""
+    r = httpx.post(server.url + "gradio_api/call/explain", json={"data": data}, headers=headers or {}, timeout=30)
+    if r.status_code != 200:
+        return f"http {r.status_code}", r.text
+    stream = httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=timeout).text
+    lines = stream.strip().splitlines()
+    return lines[-2].removeprefix("event: "), json.loads(lines[-1].removeprefix("data: "))
+
+
+def upload(server, path: Path, headers=None) -> str:
+    with open(path, "rb") as f:
+        r = httpx.post(server.url + "gradio_api/upload", files={"files": (path.name, f, "image/jpeg")},
+                       headers=headers or {}, timeout=30)
+    r.raise_for_status()
+    return r.json()[0]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_no_server_file_is_read_whatever_the_payload(server, tmp_path):
+    image = str(ROOT / "docs" / "screenshot.png")
+    link = tmp_path / "link.png"
+    link.symlink_to(image)
+    in_cache = server.temp_dir / "planted" / "x.jpg"  # in the upload folder, but not written by the upload route
+    in_cache.parent.mkdir(exist_ok=True)
+    in_cache.write_bytes(sample("tench").read_bytes())
+    meta = {"_type": "gradio.FileData"}
+    payloads = [{"path": image}, {"path": image, "meta": meta}, {"url": image}, {"url": image, "meta": meta},
+                {"url": "file://" + image}, {"path": "docs/screenshot.png"}, {"path": "../" + Path(image).name},
+                {"path": str(link), "meta": meta}, {"path": "/no/such/file.png"}, {"path": "/etc/hostname"},
+                {"path": str(ROOT / "checkpoints" / "manifest.json"), "meta": meta}, {"path": str(in_cache)},
+                {"url": "http://127.0.0.1:1/x.jpg"}, {"path": str(EXAMPLE)}, "/etc/passwd", 42, ["x"]]
+    answers = {json.dumps(call(server, [p])) for p in payloads}
+    assert answers == {json.dumps(["error", {"error": REFUSED_INPUT, "duration": 10, "visible": True,
+                                             "title": "Error"}])}, answers
+    assert in_cache.exists()  # refused, not touched
+
+
+def test_legitimate_inputs_still_work(server):
+    from gradio_client import Client, handle_file
+    client = Client(server.url, verbose=False)
+    out = client.predict(handle_file(str(sample("golf_ball"))), api_name="/explain")  # upload
+    assert "(explained)" in out[3]
+    good = "data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode()
+    event, data = call(server, [{"url": good, "meta": {"_type": "gradio.FileData"}}])  # data: URL
+    assert event == "complete" and "(explained)" in data[3]
+    event, data = call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE.stem])  # example id
+    assert event == "complete" and "True class:" in data[0]
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    pid = server.proc.pid
+    before = rss_mb(pid)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:  # declares 300 MB, sends 1 KB
+        s.sendall(b"POST /gradio_api/call/explain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 300000000\r\n\r\n" + b"{" * 1024)
+        head = s.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413") and "too large" in head.lower()
+
+    def chunks():  # no Content-Length: 200 MB streamed
+        for _ in range(200):
+            yield b"x" * 2**20
+    r = httpx.post(server.url + "gradio_api/call/explain", content=chunks(), timeout=60,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and f"{MAX_BODY_BYTES / 2**20:.0f} MB" in r.text
+    growth = rss_mb(pid) - before
+    assert growth < MAX_BODY_BYTES / 2**20 + 40, f"a refused request cost {growth:.0f} MB"
+    print(f"\nSECURITY refused bodies (300 MB declared, 200 MB streamed): server memory {growth:+.0f} MB")
+
+
+def test_uploads_are_deleted_when_used_and_expire_when_not(server):
+    assert not server.stale.exists()  # swept at start-up
+    used = [upload(server, sample(name)) for name in ("tench", "golf_ball", "church")]
+    for path in used:
+        assert Path(path).is_file()
+        event, data = call(server, [{"path": path, "meta": {"_type": "gradio.FileData"}}])
+        assert event == "complete"
+        assert not Path(path).exists()  # deleted once read
+    unused = Path(upload(server, sample("parachute")))
+    deadline = time.monotonic() + 30
+    while unused.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not unused.exists(), "an upload nobody used is still on disk"
+
+
+def test_one_client_cannot_take_the_queue(server):
+    slow = [None, "imagenette", "scorecam", TOP1, "", 0.5, False, EXAMPLE.stem]
+    flooder = {"X-Forwarded-For": "198.51.100.7"}
+    answers = [httpx.post(server.url + "gradio_api/call/explain", json={"data": slow}, headers=flooder, timeout=30)
+               for _ in range(8)]
+    codes = [a.status_code for a in answers]
+    assert codes[:3] == [200, 200, 200] and set(codes[3:]) == {429}, codes
+    assert "You already have 3 requests waiting or running" in answers[-1].json()["detail"]
+    other = call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE.stem],
+                 headers={"X-Forwarded-For": "198.51.100.8"}, timeout=300)
+    assert other[0] == "complete"  # another visitor is still served
+    for a in answers[:3]:  # let the flood finish before the next test
+        httpx.get(f"{server.url}gradio_api/call/explain/{a.json()['event_id']}", timeout=300)
+    print(f"\nSECURITY one client sent 8 at once: 3 accepted, 5 refused with HTTP 429; another client was served")
+
+
+@pytest.mark.parametrize("data,message", [
+    ([None, "imagenette", "x" * 1_000_000], "method must be one of"),
+    ([None, "imagenette", "gradcam", TOP1, "", 0.5, "false"], "metrics must be true or false"),
+    ([None, "imagenette", "gradcam", TOP1, "", "0.5"], "opacity must be a number"),
+    ([None, "imagenette", "gradcam", TOP1, "", 1.5], "opacity must be a number"),
+    ([None, "imagenette", "gradcam", "one class for all", "y" * 100_000, 0.5, False, EXAMPLE.stem], "unknown class"),
+    ([None, "z" * 5000], "zoo must be one of"),
+    ([None, "imagenette", "gradcam", TOP1, "", 0.5, False, "../../etc/passwd"], "unknown example"),
+    ([None] * 9, "at most 8 input values"),
+])
+def test_error_texts_are_short_and_name_no_server_path(server, data, message):
+    event, answer = call(server, data)
+    text = json.dumps(answer)
+    assert message in text and len(text) < 500, text[:600]
+    assert str(ROOT) not in text and "/tmp" not in text and "Traceback" not in text
+
+
+def test_monitoring_is_off_and_files_are_not_served(server):
+    assert httpx.get(server.url + "monitoring", timeout=10).status_code in (403, 404)
+    for target in ("/etc/passwd", str(ROOT / "app.py"), str(ROOT / "checkpoints" / "manifest.json")):
+        r = httpx.get(server.url + "gradio_api/file=" + target, timeout=10)
+        assert r.status_code in (403, 404), target
+
+
+def test_zz_sigterm_leaves_no_upload_or_output_behind(server):
+    path = Path(upload(server, sample("tench")))
+    assert path.is_file()
+    assert server.stop() == 0
+    left = [p for p in server.temp_dir.rglob("*") if p.is_file()]
+    assert not left, left
+    assert "SIGTERM" in server.log_text()

@@ -1,0 +1,161 @@
+"""A visitor's first minutes, in real Chromium, against ``python app.py`` started as a Space starts it.
+
+$DSNET_SCREENSHOT_DIR keeps the desktop and phone screenshots (README's pictures are made this way).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGENETTE, ROOT, sample, spawn_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")]
+ERROR_WORDS = ("Error", "Traceback", str(ROOT), "/tmp/", ".pth", "allowed_paths")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    """No arguments, no settings: what a Space visitor gets."""
+    app = spawn_app(tmp_path_factory.mktemp("space"))
+    yield app
+    app.stop()
+
+
+def explained_count(app) -> int:
+    return app.log_text().count(" INFO explained ")
+
+
+def wait_for_three_maps(page, previous: set[str] = frozenset(), timeout=120_000) -> set[str]:
+    """Until three heatmaps (256 px, loaded) are shown that were not there before; their URLs."""
+    page.wait_for_function("""prev => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.src.includes('/file=') && i.src.endsWith('.png') && i.naturalWidth === 256 && i.complete
+                && !prev.includes(i.src)).length >= 4""", arg=list(previous), timeout=timeout)  # view + 3 maps
+    return set(page.evaluate("""() => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.src.endsWith('.png')).map(i => i.src)"""))
+
+
+def page_text(page) -> str:
+    return page.locator("body").inner_text()
+
+
+def assert_no_error_text(page):
+    text = page_text(page)
+    for word in ERROR_WORDS:
+        assert word not in text, (word, text[:3000])
+
+
+def test_a_visitor_journey(space, browser, tmp_path):
+    shots = Path(os.environ.get("DSNET_SCREENSHOT_DIR", tmp_path))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(space.url)
+    # 1. click an example, then Explain: three maps, top-5, ✓/✗, no error anywhere
+    page.get_by_role("button", name="Thumbnail 1 of").first.click()
+    page.get_by_text("True class:").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.get_by_text("(explained)").nth(2).wait_for(timeout=120_000)
+    maps = wait_for_three_maps(page)
+    text = page_text(page)
+    assert text.count("✓ top-1 is the true class") + text.count("✗ top-1 is") == 3
+    assert "These models know only 10 classes" in text and ("say **" not in text)
+    assert_no_error_text(page)
+    page.screenshot(path=str(shots / "screenshot.png"), full_page=True)
+    runs = explained_count(space)
+    assert runs == 3
+
+    # 2. opacity: the maps change at once, no model runs
+    box = page.get_by_label("number input for Heatmap opacity")
+    box.fill("0.9")
+    box.press("Enter")
+    page.wait_for_function("""prev => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.src.endsWith('.png') && i.naturalWidth === 256 && i.complete && !prev.includes(i.src))
+        .length >= 3""", arg=list(maps), timeout=30_000)
+    assert explained_count(space) == runs
+
+    # 3. another method, from the Advanced section
+    page.get_by_text("Advanced: CAM method").click()
+    method = page.get_by_label("CAM method")
+    method.click()
+    page.get_by_role("option", name="layercam").first.click()
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.wait_for_function("() => document.body.innerText.split('· layercam ·').length - 1 >= 3", timeout=120_000)
+    assert explained_count(space) == runs + 3
+
+    # 4. a photo outside the label set: the notice is on the page, no true class is claimed
+    page.locator("input[type=file]").first.set_input_files(str(sample("zebra")))
+    page.wait_for_function("() => !document.body.innerText.includes(\"from the example's label\")", timeout=30_000)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.wait_for_function("() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
+                           "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')",
+                           timeout=120_000)
+    assert "These models know only 10 classes" in page_text(page)
+    assert page.get_by_label("the true class").count() == 0  # offered for examples only
+
+    # 5. a file that is not an image: a sentence in the page, old maps gone
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("these are notes, not a photo\n")
+    page.locator("input[type=file]").first.set_input_files(str(not_image))
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.get_by_text("this is not a supported image (a text file)").wait_for(timeout=60_000)
+    assert "(explained)" not in page_text(page)
+
+    # 6. the imagenet zoo, offline: one friendly line per column, no server path
+    page.get_by_role("button", name="Thumbnail 2 of").first.click()
+    page.get_by_label("Model zoo").click()
+    page.get_by_role("option", name="imagenet (1000 classes)").first.click()
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.wait_for_function("() => document.body.innerText.split('Not available.').length - 1 >= 3",
+                           timeout=120_000)
+    text = page_text(page)
+    assert "could not be downloaded" in text and "No imagenet weights exist for dsnet50 yet" in text
+    for word in (str(ROOT), "/tmp/", ".pth", "http", "sha256", "URLError"):
+        assert word not in text.split("Running on")[0], word
+    page.close()
+
+
+def test_on_a_phone_explain_is_right_under_the_image(space, browser, tmp_path):
+    shots = Path(os.environ.get("DSNET_SCREENSHOT_DIR", tmp_path))
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                             has_touch=True)
+    phone.goto(space.url)
+    upload = phone.get_by_text("Drop Image Here").bounding_box()
+    button = phone.get_by_role("button", name="Explain", exact=True).bounding_box()
+    assert upload["y"] < button["y"] < 844, "Explain is not right under the image on the first screen"
+    phone.get_by_role("button", name="Thumbnail 1 of").first.tap()
+    phone.get_by_text("True class:").wait_for(timeout=30_000)
+    phone.get_by_role("button", name="Explain", exact=True).tap()
+    phone.get_by_text("(explained)").nth(2).wait_for(timeout=120_000)
+    phone.get_by_text("All three models say").or_(phone.get_by_text("The models disagree")).first.scroll_into_view_if_needed()
+    phone.wait_for_timeout(1000)
+    phone.screenshot(path=str(shots / "screenshot-phone.png"))
+    phone.close()
+
+
+def test_a_gallery_outside_the_working_directory(browser, tmp_path):
+    """``--gallery`` on a folder elsewhere: its photos are picked by id too, and explained."""
+    app = spawn_app(tmp_path, "--gallery", str(IMAGENETTE / "val"))
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app.url)
+        page.get_by_role("button", name="Thumbnail 31 of 60").click()
+        page.get_by_text("True class:").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Explain", exact=True).click()
+        page.get_by_text("(explained)").nth(2).wait_for(timeout=120_000)
+        assert_no_error_text(page)
+        page.close()
+    finally:
+        app.stop()
