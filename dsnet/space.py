@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The allow-list: exactly these files (when present) ...
 ALLOW_FILES = ("app.py", "requirements.txt", "README.md", "checkpoints/manifest.json",
+               "docs/screenshot.png", "docs/screenshot-phone.png", "docs/figure4-imagenette.png",
+               "docs/figure5-imagenette.png",  # the pictures README shows on the Space's page
                "LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "LICENCE.md", "LICENCE.txt")
 # ... these patterns (``*`` stays inside one folder, ``**`` crosses folders) ...
 ALLOW_PATTERNS = ("app/*.py", "dsnet/*.py",

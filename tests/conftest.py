@@ -54,8 +54,10 @@ def tiny_zoo(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DSNET_MANIFEST", str(path))
     monkeypatch.setenv("DSNET_CACHE", str(tmp_path / "cache"))
     zoo._LOADED.clear()
+    zoo._FAILED_DOWNLOADS.clear()
     yield path
     zoo._LOADED.clear()
+    zoo._FAILED_DOWNLOADS.clear()
 
 
 def free_port() -> int:
@@ -164,3 +166,21 @@ def spawn_app(folder: Path, *args: str, env: dict | None = None, timeout: float 
             time.sleep(0.5)
     app.stop()
     raise RuntimeError(f"app.py did not serve within {timeout} s:\n{app.log_text()[-3000:]}")
+
+
+def record(artifact: str, key: str, value) -> None:
+    """A measured value for README: kept in $DSNET_RECORD_DIR/<artifact>.json (with commit and date)
+    when that variable is set, e.g. ``DSNET_RECORD_DIR=docs python -m pytest tests/test_security.py``."""
+    import datetime
+    import subprocess
+    folder = os.environ.get("DSNET_RECORD_DIR")
+    print(f"\n{artifact.upper()} {key}: {value}")
+    if not folder:
+        return
+    path = Path(folder) / f"{artifact}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    data.update({"commit": commit.strip(), "date": datetime.date.today().isoformat(),
+                 "command": f"DSNET_RECORD_DIR={folder} python -m pytest tests/test_{artifact}.py -q"})
+    data.setdefault("values", {})[key] = value
+    path.write_text(json.dumps(data, indent=1) + "\n")

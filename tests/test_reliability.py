@@ -12,7 +12,7 @@ from PIL import Image
 
 from badimages import EXPECTED, awkward_inputs, bad_inputs
 from app.security import REFUSED_INPUT
-from conftest import IMAGENETTE, ROOT, sample
+from conftest import IMAGENETTE, ROOT, record, sample
 
 TOP1 = "each model's top-1"
 HEATMAPS, CAPTIONS = (2, 5, 8), (3, 6, 9)  # /explain returns status, model view, then per model heatmap, summary, top-5
@@ -53,7 +53,7 @@ def test_every_bad_image_gets_its_message_and_the_server_keeps_serving(client, l
             call(client, live_app, path)
     out = call(client, live_app, sample("golf_ball"))
     assert "(explained)" in out[3]
-    print(f"\nRELIABILITY bad inputs refused with their own message: {len(bad_inputs())} ({', '.join(bad_inputs())})")
+    record("reliability", "bad_inputs_refused", sorted(bad_inputs()))
 
 
 def test_awkward_images_work_over_the_api_and_say_what_was_done(client, live_app, tmp_path):
@@ -64,7 +64,7 @@ def test_awkward_images_work_over_the_api_and_say_what_was_done(client, live_app
         assert all("(explained)" in out[i] for i in CAPTIONS), name
         if note:
             assert note in out[3], (name, out[3])
-    print(f"\nRELIABILITY awkward inputs served: {len(awkward_inputs())} ({', '.join(awkward_inputs())})")
+    record("reliability", "awkward_inputs_served", sorted(awkward_inputs()))
 
 
 def test_data_url_in_the_payload_is_validated_in_the_handler(live_app):
@@ -120,7 +120,7 @@ def test_16_simultaneous_requests_each_get_their_lone_result(client, live_app):
     submitted = [client.submit(*_args(live_app, *job), api_name="/explain") for job in jobs]
     together = [_fingerprint(job.result(timeout=300)) for job in submitted]
     assert together == lone
-    print(f"\nRELIABILITY {len(jobs)} simultaneous requests (8 methods, 5 targets): maps and top-5 equal to lone requests")
+    record("reliability", "simultaneous_equal_to_lone", len(jobs))
 
 
 def _args(live_app, image, method, mode, cls):
@@ -155,8 +155,7 @@ def test_a_flood_beyond_the_queue_bound_is_refused_as_busy(live_app):
     assert len(accepted) <= QUEUE_SIZE + 8  # a few may have left the queue while the flood was posted
     with urllib.request.urlopen(f"{live_app.url}gradio_api/call/explain/{accepted[-1]}", timeout=300) as r:
         assert b"event: complete" in r.read()  # the accepted ones are served, and so is the next one
-    print(f"\nRELIABILITY flood of {len(threads)} simultaneous requests: {len(accepted)} queued and served, "
-          f"{len(refused)} refused at once with HTTP 503 'Queue is full'")
+    record("reliability", "flood", {"sent": len(threads), "queued_and_served": len(accepted), "refused_503": len(refused)})
 
 
 def _rss_mb() -> float:
@@ -178,8 +177,8 @@ def test_300_sequential_requests_leave_memory_flat(live_app):
         assert http_call(live_app, [file_data(payloads[i % len(payloads)]), *rest])[0] == "complete"
     growth = _rss_mb() - before
     assert growth < 40, f"resident memory grew by {growth:.0f} MB over 300 requests"
-    print(f"\nRELIABILITY resident memory after 40 warm-up requests {before:.0f} MB, after 300 more "
-          f"{before + growth:.0f} MB (growth {growth:+.1f} MB; the test allows < 40 MB)")
+    record("reliability", "memory_mb", {"after_40_warm_up": round(before), "after_300_more": round(before + growth),
+                                        "growth": round(growth, 1)})
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", str(ROOT / "app.py"), str(ROOT / "checkpoints" / "manifest.json"),

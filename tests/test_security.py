@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.security import MAX_BODY_BYTES, REFUSED_INPUT
-from conftest import ROOT, sample, spawn_app
+from conftest import ROOT, record, sample, spawn_app
 
 TOP1 = "each model's top-1"
 EXAMPLE = sorted((ROOT / "app" / "examples").glob("*.JPEG"))[0]
@@ -102,7 +102,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(server):
     assert r.status_code == 413 and f"{MAX_BODY_BYTES / 2**20:.0f} MB" in r.text
     growth = rss_mb(pid) - before
     assert growth < MAX_BODY_BYTES / 2**20 + 40, f"a refused request cost {growth:.0f} MB"
-    print(f"\nSECURITY refused bodies (300 MB declared, 200 MB streamed): server memory {growth:+.0f} MB")
+    record("security", "refused_body_memory_mb", round(growth, 1))
 
 
 def test_uploads_are_deleted_when_used_and_expire_when_not(server):
@@ -133,7 +133,8 @@ def test_one_client_cannot_take_the_queue(server):
     assert other[0] == "complete"  # another visitor is still served
     for a in answers[:3]:  # let the flood finish before the next test
         httpx.get(f"{server.url}gradio_api/call/explain/{a.json()['event_id']}", timeout=300)
-    print(f"\nSECURITY one client sent 8 at once: 3 accepted, 5 refused with HTTP 429; another client was served")
+    record("security", "one_client_flood", {"sent": 8, "accepted": codes.count(200), "refused_429": codes.count(429),
+                                            "other_client_served": True})
 
 
 @pytest.mark.parametrize("data,message", [

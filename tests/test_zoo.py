@@ -123,6 +123,23 @@ def test_offline_error_says_which_file_where_and_how(tiny_zoo, http_root):
     assert str(tiny_zoo.parent / "imagenet" / "resnet50-test.pth") in text and "DSNET_WEIGHTS_DIR" in text
 
 
+def test_a_failed_download_is_not_retried_for_a_while(tiny_zoo, http_root, monkeypatch):
+    """A public server's requests must not trigger outbound downloads at will (README, Security)."""
+    root, base = http_root
+    hits = []
+    monkeypatch.setattr(_Files, "do_GET", lambda self: (hits.append(self.path), self.send_error(503)))
+    _torchvision_entry(tiny_zoo, "1" * 64, f"{base}/resnet50-test.pth")
+    for _ in range(3):
+        with pytest.raises(zoo.WeightsUnavailable) as err:
+            zoo.load("imagenet", "resnet50")
+    assert len(hits) == 1 and "not retried for 600 s" in str(err.value)
+    assert err.value.summary == "The resnet50 weights could not be downloaded; try again later."
+    monkeypatch.setenv("DSNET_DOWNLOAD_RETRY_SECONDS", "0")
+    with pytest.raises(zoo.WeightsUnavailable):
+        zoo.load("imagenet", "resnet50")
+    assert len(hits) == 2
+
+
 def test_hub_source_fails_clearly_offline(tiny_zoo, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = json.loads(tiny_zoo.read_text())
