@@ -121,7 +121,13 @@ def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
 # --- checkpoints --------------------------------------------------------------------------------
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """temp file + fsync + rename: a kill at any moment leaves the previous checkpoint intact."""
+    """temp file + fsync + rename: a kill at any moment leaves the previous checkpoint intact.
+
+    A writer killed mid-write leaves its temp file behind; the next write removes it."""
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -131,6 +137,16 @@ def save_atomic(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:

@@ -21,10 +21,11 @@ def trio(tiny_zoo):
 
 
 def test_cam_shape_range_and_top5(trio):
+    crop = trio[0].entry.preprocessing.crop  # the zoo's test size (the manifest's)
     for r in explain(sample("golf_ball"), trio):
-        assert r.cam.shape == r.view.shape[:2] == (128, 128) and r.cam.dtype == np.float32
+        assert r.cam.shape == r.view.shape[:2] == (crop, crop) and r.cam.dtype == np.float32
         assert 0.0 <= r.cam.min() and r.cam.max() <= 1.0 and r.cam.max() > 0.5
-        assert r.overlay.shape == (128, 128, 3) and r.overlay.dtype == np.uint8
+        assert r.overlay.shape == (crop, crop, 3) and r.overlay.dtype == np.uint8
         probs = [p.probability for p in r.top5]
         assert len(r.top5) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
         assert r.explained == r.top5[0]  # default policy: the model's own top-1

@@ -96,9 +96,12 @@ def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_prov
 
 
 WRITER = """
-import sys, torch
+import sys
+from pathlib import Path
+import torch
 from dsnet.train import save_atomic
-i = 0
+print("writing", flush=True)
+i = int(sys.argv[2])
 while True:
     i += 1
     save_atomic({"version": i, "blob": torch.full((8_000_000,), float(i))}, Path(sys.argv[1]))
@@ -108,13 +111,19 @@ while True:
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic({"version": 0, "blob": torch.zeros(8_000_000)}, path)
-    for delay in (0.3, 0.7, 1.1):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT)
+    version = 0
+    for delay in (0.05, 0.2, 0.45):  # after the child has started writing: mid-write at some point
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(version)], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "writing"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = torch.load(path, weights_only=True)
         assert torch.all(state["blob"] == float(state["version"]))
+        assert state["version"] >= version  # never older than what was there
+        version = state["version"]
+    assert version >= 2, "the child never completed a write: the kill tested nothing"
     with pytest.raises(Exception):
         save_atomic({"bad": lambda: None}, path)  # a failing write ...
     assert torch.load(path, weights_only=True)["version"] == state["version"]  # ... changes nothing
