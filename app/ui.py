@@ -66,17 +66,6 @@ COLOUR_SCALE = ("<div style='display:flex;align-items:center;gap:8px;font-size:0
                 "to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)'></div>"
                 "<span>high</span></div><div style='font-size:0.8em;opacity:0.75'>how much each region raised the "
                 "explained class's score (each map is scaled to its own maximum)</div>")
-METHOD_HELP = {
-    "gradcam": "weights layer4's channels by their average gradient: the standard, fast choice",
-    "gradcam++": "like Grad-CAM, with weights that favour several instances of the object",
-    "xgradcam": "Grad-CAM with weights scaled by the activations (axiom-based)",
-    "hirescam": "gradient times activation per cell: follows the model's computation exactly",
-    "layercam": "keeps only positive gradients, per cell: sharper maps",
-    "eigencam": "the first principal component of layer4 (class-agnostic)",
-    "eigengradcam": "the principal component of gradient times activation (class-aware)",
-    "ablationcam": "how much the score drops when each channel is removed",
-    "scorecam": "how much each channel's mask raises the score: slow, whole network per channel",
-}
 
 
 class RawInput:
@@ -188,8 +177,7 @@ def _agreement(results: list[CamResult], true_name: str | None) -> str:
     return text
 
 
-@on_gpu(duration=lambda *args, **kwargs: 60 if args[3] in ("gradcam", "gradcam++", "xgradcam", "hirescam",
-                                                             "layercam", "eigencam", "eigengradcam") else 300)
+@on_gpu(duration=lambda *args, **kwargs: 300 if METHODS[args[3]].slow else 60)
 def explain_on_device(image, zoo, names, method, policy, opacity, with_metrics, time_limit):
     """A request's GPU work, the three models' forwards and CAMs: one ``@spaces.GPU`` call on a ZeroGPU
     Space (arguments and results cross by pickle), a plain generator everywhere else."""
@@ -233,7 +221,7 @@ class ExplainApp:
         params = parse_params(self.manifest, zoo, method, target, class_name, opacity, with_metrics, example)
         image, true_wnid = self._image(payload, params, session)
         policy = target_policy(params, true_wnid)
-        slow = METHODS[params.method].whole_network or params.method == "ablationcam"
+        slow = METHODS[params.method].slow
         progress(0, desc=METHODS[params.method].cost if slow else "computing")
         columns = [(None, "_waiting…_", None) for _ in DEFAULT_MODELS]
         results: list[CamResult] = []
@@ -387,7 +375,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                         info="changes the maps at once, without running the models")
                     gr.HTML(COLOUR_SCALE)
                 with gr.Accordion("Advanced: CAM method and faithfulness numbers", open=False):
-                    method = RawDropdown([(f"{m} — {METHOD_HELP[m]}", m) for m in METHODS], value="gradcam",
+                    method = RawDropdown([(f"{m} — {spec.summary}", m) for m, spec in METHODS.items()], value="gradcam",
                                          label="CAM method", info=f"cost: {METHODS['gradcam'].cost}")
                     with_metrics = RawCheckbox(label="Faithfulness numbers (slower)", value=False,
                                                info="focus (how concentrated a map is) and faithfulness (does "

@@ -30,24 +30,37 @@ from .zoo import DEFAULT_MODELS, ZooError, ZooModel, load
 
 @dataclass(frozen=True)
 class Method:
+    """One CAM method: the one table the service, the app and the tests read."""
+
     name: str
     cam_class: type
     whole_network: bool  # True: needs forwards of the full model (cannot use the head shortcut)
+    slow: bool  # seconds or more: runs under the time limit, with progress
     cost: str  # shown to users before they run it
+    summary: str  # what the map means, in one line
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("gradcam", pgc.GradCAM, False, "one forward + a backward through the head"),
-    Method("gradcam++", pgc.GradCAMPlusPlus, False, "one forward + a backward through the head"),
-    Method("xgradcam", pgc.XGradCAM, False, "one forward + a backward through the head"),
-    Method("hirescam", pgc.HiResCAM, False, "one forward + a backward through the head"),
-    Method("layercam", pgc.LayerCAM, False, "one forward + a backward through the head"),
-    Method("eigencam", pgc.EigenCAM, False, "one forward + an SVD of the layer4 activation"),
-    Method("eigengradcam", pgc.EigenGradCAM, False, "one forward + a backward + an SVD"),
-    Method("ablationcam", pgc.AblationCAM, False,
-           "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes"),
-    Method("scorecam", pgc.ScoreCAM, True,
-           "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)"),
+    Method("gradcam", pgc.GradCAM, False, False, "one forward + a backward through the head",
+           "weights layer4's channels by their average gradient: the standard, fast choice"),
+    Method("gradcam++", pgc.GradCAMPlusPlus, False, False, "one forward + a backward through the head",
+           "like Grad-CAM, with weights that favour several instances of the object"),
+    Method("xgradcam", pgc.XGradCAM, False, False, "one forward + a backward through the head",
+           "Grad-CAM with weights scaled by the activations (axiom-based)"),
+    Method("hirescam", pgc.HiResCAM, False, False, "one forward + a backward through the head",
+           "gradient times activation per cell: follows the model's computation exactly"),
+    Method("layercam", pgc.LayerCAM, False, False, "one forward + a backward through the head",
+           "keeps only positive gradients, per cell: sharper maps"),
+    Method("eigencam", pgc.EigenCAM, False, False, "one forward + an SVD of the layer4 activation",
+           "the first principal component of layer4 (the same map whatever the class)"),
+    Method("eigengradcam", pgc.EigenGradCAM, False, False, "one forward + a backward + an SVD",
+           "the principal component of gradient times activation (class-aware)"),
+    Method("ablationcam", pgc.AblationCAM, False, True,
+           "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes",
+           "how much the score drops when each channel is removed"),
+    Method("scorecam", pgc.ScoreCAM, True, True,
+           "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)",
+           "how much each channel's mask raises the score: slow, whole network per channel"),
 ]}
 
 
