@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsnet.files import pid_alive
 from dsnet.images import MAX_BYTES
 
 log = logging.getLogger("dsnet.app")
@@ -28,45 +31,116 @@ REFUSED_INPUT = ("This image input is not accepted: upload a file, send the imag
 PROCESS_START = time.time()
 
 
-class BodyLimit:
-    """ASGI middleware: HTTP 413 for a request body over ``max_bytes``, without reading it."""
+class PublicGate:
+    """ASGI middleware in front of every route: what a public server refuses before any handler runs.
 
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    * a request body over ``max_body`` bytes: HTTP 413, without reading it (the declared length is
+      checked up front; a body without one is buffered up to the limit and counted);
+    * uploads beyond ``upload_budget`` bytes per client, or ``upload_total`` for everyone, within
+      ``window`` seconds (the time an unused upload may stay on disk): HTTP 429 / 503;
+    * routes a public demo does not need (screen-recording processing, vibe editing): HTTP 404;
+    * a 422 answer that would echo a large invalid body back: cut to one sentence.
+    """
+
+    BLOCKED = ("/gradio_api/process_recording", "/gradio_api/vibe-", "/gradio_api/undo-vibe-")
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES, upload_budget: int = 100 * 2**20,
+                 upload_total: int = 1000 * 2**20, window: float = 600, trusted_proxies: int = 0) -> None:
+        self.app, self.max_body = app, max_body
+        self.upload_budget, self.upload_total, self.window = upload_budget, upload_total, window
+        self.trusted_proxies = trusted_proxies
+        self.uploads: list[tuple[float, str, int]] = []  # (when, client, bytes) within the window
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:  # the server holds the client to its declared length
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                return await self._refuse(send)
-            return await self.app(scope, receive, send)
-        # No declared length (chunked): buffer up to the limit, then replay to the app.
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                return await self._refuse(send)
-            if not message.get("more_body", False):
-                break
+        path = scope.get("path", "")
+        if path.startswith(self.BLOCKED):
+            return await _answer(send, 404, "Not found.")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            return await self._too_large(send)
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            messages, seen = [], 0  # no declared length (chunked): buffer up to the limit, then replay
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    return await self._too_large(send)
+                if not message.get("more_body", False):
+                    break
+            size = seen
 
-        async def replay():
-            return messages.pop(0) if messages else await receive()
+            async def replay():
+                return messages.pop(0) if messages else await receive()
+            receive_next = replay
+        else:
+            size, receive_next = int(declared or 0), receive
+        if scope.get("method") == "POST" and path.rstrip("/").endswith("/gradio_api/upload"):
+            refusal = self._upload_refusal(_scope_ip(scope, self.trusted_proxies), size)
+            if refusal:
+                return await _answer(send, *refusal)
+        await self.app(scope, receive_next, _short_422(send))
 
-        await self.app(scope, replay, send)
+    def _upload_refusal(self, client: str, size: int) -> tuple[int, str] | None:
+        now = time.monotonic()
+        self.uploads = [u for u in self.uploads if now - u[0] < self.window]
+        mine = sum(b for _, c, b in self.uploads if c == client)
+        if mine + size > self.upload_budget:
+            return 429, (f"You uploaded {mine / 2**20:.0f} MB in the last {self.window / 60:.0f} minutes; the limit "
+                         f"is {self.upload_budget / 2**20:.0f} MB per visitor. Wait a few minutes.")
+        if sum(b for *_, b in self.uploads) + size > self.upload_total:
+            return 503, "The server is busy with uploads; try again in a few minutes."
+        self.uploads.append((now, client, size))
+        return None
 
-    async def _refuse(self, send) -> None:
-        body = (f"Request body too large: the limit is {self.max_bytes / 2**20:.0f} MB "
-                f"(images up to {MAX_BYTES / 2**20:.0f} MB).").encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, send) -> None:
+        await _answer(send, 413, f"Request body too large: the limit is {self.max_body / 2**20:.0f} MB "
+                                 f"(images up to {MAX_BYTES / 2**20:.0f} MB).")
+
+
+async def _answer(send, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _short_422(send, limit: int = 2000):
+    """A send() that replaces a long 422 body (FastAPI echoes invalid input in full) by one sentence."""
+    state = {"cut": False}
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start" and message["status"] == 422:
+            length = dict(message.get("headers") or []).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > limit:
+                state["cut"] = True
+                body = b'{"detail":"the request does not match this endpoint\'s parameters"}'
+                await send({**message, "headers": [(b"content-type", b"application/json"),
+                                                   (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        if state["cut"]:
+            return  # the original body is dropped
+        await send(message)
+
+    return wrapped
+
+
+def _scope_ip(scope, trusted_proxies: int) -> str:
+    headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope.get("headers") or []}
+
+    class _Request:  # the two attributes client_ip reads
+        pass
+    request = _Request()
+    request.headers = headers
+    request.client = type("C", (), {"host": (scope.get("client") or ("unknown",))[0]})()
+    return client_ip(request, trusted_proxies)
 
 
 def client_ip(request, trusted_proxies: int) -> str:
@@ -200,6 +274,21 @@ def remove_upload(path: str) -> None:
         p.parent.rmdir()
     except OSError:
         pass
+
+
+def use_private_upload_folder() -> Path:
+    """Gradio's upload and cache folder is /tmp/gradio unless GRADIO_TEMP_DIR says otherwise, shared by
+    every Gradio app on the machine: give this process a folder of its own (and remove those of app
+    processes that are gone), so its sweeps touch only its own files. A GRADIO_TEMP_DIR that is set is
+    taken as this app's own. Call before Gradio is imported (some of its modules read it at import)."""
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        base = Path(tempfile.gettempdir())
+        for old in base.glob("dsnet-explain-gradio-*"):
+            pid = old.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        os.environ["GRADIO_TEMP_DIR"] = str(base / f"dsnet-explain-gradio-{os.getpid()}")
+    return Path(os.environ["GRADIO_TEMP_DIR"])
 
 
 def upload_folder() -> Path:

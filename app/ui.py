@@ -30,7 +30,7 @@ from dsnet.zoo import DEFAULT_MODELS, entry_status, load_available
 from .examples import ExampleSet, load_examples
 from .params import TARGETS, ExplainParams, ParameterError, parse_params, quote, target_policy
 from .zerogpu import on_gpu, on_zerogpu, serving_device
-from .security import (MAX_BODY_BYTES, BodyLimit, ClientLimit, Uploads, env_number, shape_inputs,
+from .security import (MAX_BODY_BYTES, ClientLimit, PublicGate, Uploads, env_number, shape_inputs,
                        sweep_upload_folder)
 
 log = logging.getLogger("dsnet.app")
@@ -43,7 +43,11 @@ class ServingSettings:
     queue_size: int = 24  # DSNET_QUEUE_SIZE: waiting requests for everyone; more are refused as busy
     concurrency: int = 2  # DSNET_CONCURRENCY: requests computed at once (two cores)
     per_client: int = 3  # DSNET_PER_CLIENT: queued + running requests per visitor (session and IP)
-    trusted_proxies: int = 1  # DSNET_TRUSTED_PROXIES: X-Forwarded-For hops added by proxies we trust
+    # DSNET_TRUSTED_PROXIES: X-Forwarded-For entries added by proxies we trust: 1 on a Space (its proxy
+    # adds one), 0 elsewhere (a client could otherwise forge its address)
+    trusted_proxies: int = 1 if os.environ.get("SPACE_ID") else 0
+    upload_mb_per_client: int = 100  # DSNET_UPLOAD_MB_PER_CLIENT: upload bytes per visitor per cache_seconds
+    upload_mb_total: int = 1000  # DSNET_UPLOAD_MB_TOTAL: upload bytes for everyone per cache_seconds
     time_limit: float = 120  # DSNET_TIME_LIMIT: seconds per model for AblationCAM / ScoreCAM
     cache_seconds: int = 600  # DSNET_CACHE_SECONDS: outputs and unused uploads are deleted after this
 
@@ -53,6 +57,8 @@ class ServingSettings:
         return cls(env_number("DSNET_QUEUE_SIZE", d.queue_size, int), env_number("DSNET_CONCURRENCY", d.concurrency, int),
                    env_number("DSNET_PER_CLIENT", d.per_client, int),
                    env_number("DSNET_TRUSTED_PROXIES", d.trusted_proxies, int),
+                   env_number("DSNET_UPLOAD_MB_PER_CLIENT", d.upload_mb_per_client, int),
+                   env_number("DSNET_UPLOAD_MB_TOTAL", d.upload_mb_total, int),
                    env_number("DSNET_TIME_LIMIT", d.time_limit), env_number("DSNET_CACHE_SECONDS", d.cache_seconds, int))
 
 
@@ -105,6 +111,7 @@ class Session:
     upload_path: str | None = None  # the upload this image came from (deleted from disk already)
     upload_data: bytes | str | None = None
     results: dict[str, CamResult] = field(default_factory=dict)
+    params: ExplainParams | None = None  # the last run's (for the download after an opacity change)
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,8 @@ class ExplainApp:
         """Yield an ``Outcome`` as each model finishes; ParameterError / ImageError / PermissionError for bad input."""
         params = parse_params(self.manifest, zoo, method, target, class_name, opacity, with_metrics, example)
         image, true_wnid = self._image(payload, params, session)
+        if session is not None:
+            session.params = params
         policy = target_policy(params, true_wnid)
         slow = METHODS[params.method].slow
         progress(0, desc=METHODS[params.method].cost if slow else "computing")
@@ -248,7 +257,9 @@ class ExplainApp:
                               {p.name: p.probability for p in item.top5})
             progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
             view = enlarge((results[0].view * 255).round().astype("uint8"), DISPLAY_SIDE) if results else None
-            outcome = Outcome(_agreement(results, true_name), view, tuple(columns))
+            status = _agreement(results, true_name) if results else (
+                "No model of this zoo could run here: each column says why." if i == len(DEFAULT_MODELS) - 1 else "")
+            outcome = Outcome(status, view, tuple(columns))
             yield outcome
         if results:
             yield replace(outcome, download=self._download(results, params))
@@ -291,11 +302,16 @@ class ExplainApp:
         session = session or Session()
         if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
             raise gr.Error(f"opacity must be a number from 0 to 1; got {quote(opacity)}")
-        out = []
+        out, blended = [], []
         for name in DEFAULT_MODELS:
             r = session.results.get(name)
-            out.append(enlarge(overlay(r.view, r.cam, float(opacity)), DISPLAY_SIDE) if r else gr.skip())
-        return out
+            if r is None:
+                out.append(gr.skip())
+                continue
+            blended.append(replace(r, overlay=overlay(r.view, r.cam, float(opacity))))
+            out.append(enlarge(blended[-1].overlay, DISPLAY_SIDE))
+        download = self._download(blended, session.params) if blended and session.params else gr.skip()
+        return *out, download
 
     def pick(self, evt: gr.SelectData):
         """A gallery click: the example's id goes to the (hidden) example box; the picture is shown."""
@@ -385,11 +401,11 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                 with gr.Row(equal_height=False):
                     with gr.Column(min_width=140):
                         outputs.append(gr.Image(label="what the models see", type="numpy", format="png",
-                                                interactive=False, height=256))
+                                                interactive=False, height=256, buttons=["fullscreen"]))
                     for name in DEFAULT_MODELS:
                         with gr.Column(min_width=140):
                             outputs += [gr.Image(label=f"{name} heatmap", type="numpy", format="png",
-                                                 interactive=False, height=256),
+                                                 interactive=False, height=256, buttons=["fullscreen"]),
                                         gr.Markdown(label=f"{name} summary"),
                                         gr.Label(num_top_classes=5, label=f"{name} top-5")]
                 download = gr.DownloadButton("Download the comparison (PNG)", label="comparison PNG")
@@ -403,7 +419,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
 
         inputs = [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, example_id]
         run.click(handlers.page, inputs + [session], outputs + [session], api_visibility="private",
-                  concurrency_id="explain")
+                  concurrency_id="explain", scroll_to_output=True)
         api_door = gr.Button(visible=False)
         api_door.click(handlers.api, inputs, outputs, api_name="explain", concurrency_id="explain",
                        api_description="Explain one image with the three models: for each, the heatmap over the "
@@ -412,21 +428,23 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
         gr.api(handlers.example_list, api_name="examples", queue=False)
         gallery.select(handlers.pick, None, [image, example_id, true_class, target_mode], api_visibility="private")
         gr.on([image.upload, image.clear, image.input], _forget_example, None,
-              [example_id, true_class, target_mode], api_visibility="private", queue=False)
+              [example_id, true_class, target_mode, gallery], api_visibility="private", queue=False)
         target_mode.change(lambda t: gr.Dropdown(visible=t == "one class for all"), target_mode, target_class,
                            api_visibility="private", queue=False)
         zoo_box.change(lambda z: (gr.Dropdown(choices=_class_names(manifest, z), value=""), label_notice(manifest, z)),
                        zoo_box, [target_class, notice], api_visibility="private", queue=False)
         method.change(lambda m: gr.Dropdown(info=f"cost: {METHODS[m].cost}" if m in METHODS else None), method,
                       method, api_visibility="private", queue=False)
-        opacity.change(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)],
+        opacity.change(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)] + [download],
                         api_visibility="private", queue=False)
     demo.dsnet_handlers = handlers
     return demo
 
 
 def _forget_example():
-    return "", "", gr.Radio(choices=["each model's top-1", "one class for all"], value="each model's top-1")
+    """The visitor's own image: no example, no true class, nothing selected in the gallery."""
+    return ("", "", gr.Radio(choices=["each model's top-1", "one class for all"], value="each model's top-1"),
+            gr.Gallery(selected_index=None))
 
 
 def _class_names(manifest: Manifest, zoo: str) -> list[str]:
@@ -443,7 +461,9 @@ def launch(demo: gr.Blocks, settings: ServingSettings | None = None, handle_sigt
     log.info("serving on %s (DSNET_DEVICE overrides)", serving_device())
     retain_freed_memory()
     sweep_upload_folder()
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    # api_open=False: no route runs a function outside the queue (/gradio_api/run/..., /gradio_api/api/...),
+    # so the queue bound and the per-visitor limit hold for every caller.
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency, api_open=False)
     shape_inputs(demo._queue, (RawImage,))
     ClientLimit(settings.per_client, settings.trusted_proxies).install(demo._queue)
     if handle_sigterm:
@@ -454,7 +474,10 @@ def launch(demo: gr.Blocks, settings: ServingSettings | None = None, handle_sigt
             raise SystemExit(0)
         signal.signal(signal.SIGTERM, stop)
     kwargs.setdefault("enable_monitoring", False)
-    app_kwargs = {"middleware": [_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)], **kwargs.pop("app_kwargs", {})}
+    gate = _middleware(PublicGate, max_body=MAX_BODY_BYTES, upload_budget=settings.upload_mb_per_client * 2**20,
+                       upload_total=settings.upload_mb_total * 2**20, window=settings.cache_seconds,
+                       trusted_proxies=settings.trusted_proxies)
+    app_kwargs = {"middleware": [gate], **kwargs.pop("app_kwargs", {})}
     # show_error=False: only gr.Error messages (written for visitors) reach a client, never an exception's text.
     return demo.launch(max_file_size=MAX_BYTES, show_error=False, app_kwargs=app_kwargs, **kwargs)
 

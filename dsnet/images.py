@@ -54,7 +54,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
     if not data:
         raise ImageError("the file is empty (0 bytes)")
     if len(data) > MAX_BYTES:
-        raise ImageError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
+        raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.0f} MB")
     try:
         im = Image.open(io.BytesIO(data), formats=_decoders())
     except UnidentifiedImageError:
@@ -80,7 +80,7 @@ def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
         raise ImageError(f"no such image file: {path.name}")
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise ImageError(f"the file is {size / 1e6:.1f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
+        raise ImageError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.0f} MB")
     return path.read_bytes()
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from . import get_model
 from .allocator import retain_freed_memory
+from .files import pid_alive
 from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
                    normalize, scan_labelled, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
@@ -126,7 +127,7 @@ def save_atomic(obj: dict, path: Path) -> None:
     A writer killed mid-write leaves its temp file behind; the next write removes it."""
     for stale in path.parent.glob(f".{path.name}.tmp*"):
         pid = stale.name.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -137,16 +138,6 @@ def save_atomic(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:

@@ -163,7 +163,8 @@ def resolve(entry: Entry, zoo: str, root: Path = CHECKPOINTS_DIR, allow_download
     except WeightsUnavailable as e:
         raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found locally and {e}. "
                                  + how_to_get(entry, root),
-                                 f"The {entry.name} weights could not be downloaded; try again later.") from None
+                                 f"The {entry.name} weights could not be downloaded; the server tries again "
+                                 f"in {max(1, round(retry_seconds() / 60))} minutes.") from None
     verify(path, entry.sha256)
     return path
 

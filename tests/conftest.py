@@ -23,6 +23,8 @@ TRIO = ("resnet50", "dsnet50", "ds2net50")
 
 def sample(name: str) -> Path:
     """An imagenet-samples image by class name, e.g. sample("golf_ball")."""
+    if not SAMPLES.is_dir():  # collection goes on; the tests that read it are skipped (or CI stops)
+        return SAMPLES / f"missing_{name}.JPEG"
     hits = sorted(SAMPLES.glob(f"n*_{name}.JPEG"))
     assert hits, f"no sample image for {name} in {SAMPLES}"
     return hits[0]

@@ -49,13 +49,13 @@ def test_the_api_needs_only_the_image_and_names_every_output(tiny_app):
 
 def test_streams_one_column_per_model_for_a_data_url(tiny_app):
     handlers = tiny_app.dsnet_handlers
-    steps = stream(handlers, data_url(sample("golf_ball")), metrics=True)
+    steps = stream(handlers, data_url(sample("golf_ball")))  # faithfulness numbers: tests/test_cam.py
     assert len(steps) == 1 + 3 + 1  # cleared, one per model as it finishes, then the download
     assert steps[0].columns[0][1] == "_waiting…_" and steps[1].columns[1][1] == "_waiting…_"
     final = steps[-1]
     for heatmap, summary, top5 in final.columns:
         assert heatmap.shape == (256, 256, 3) and heatmap.dtype == np.uint8  # 128 px view, shown at 256
-        assert "(explained)" in summary and "focus:" in summary and " · cpu" in summary
+        assert "(explained)" in summary and " · cpu" in summary
         assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.2
     assert final.view.shape == (256, 256, 3)
     assert "say" in final.status or "disagree" in final.status
@@ -103,7 +103,9 @@ def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_mode
     import app.ui as ui
     monkeypatch.setattr(ui, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
     reblended = handlers.reblend(session, 0.9)
-    assert len(reblended) == 3 and not np.array_equal(reblended[0], first)
+    *maps, download = reblended
+    assert len(maps) == 3 and not np.array_equal(maps[0], first)
+    assert Path(download).is_file() and download != steps[-1][N_OUT - 1]  # the download follows the opacity
     bad = list(handlers.page({"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
                              no_progress))
     assert len(bad) == 1 and bad[0][0].startswith("⚠️ This image input is not accepted")

@@ -136,6 +136,7 @@ def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path):
     assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "no such class"]) == 2
 
 
+@pytest.mark.slow
 def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
     from dsnet.figure import main
     out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"

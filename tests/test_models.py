@@ -185,6 +185,7 @@ def test_ds2_inner_shortcut_equals_the_equation(size):
                 torch.testing.assert_close(block.residual(x), naive(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_one_graph_with_eager_gradients():
     """torch.compile sees DS2Net as one graph in training (folded N, hand-written backwards) and in
     inference (fullgraph=True fails on any graph break; a break in the shortcut sum once made

@@ -14,6 +14,8 @@ from badimages import EXPECTED, awkward_inputs, bad_inputs
 from app.security import REFUSED_INPUT
 from conftest import IMAGENETTE, ROOT, record, sample
 
+pytestmark = pytest.mark.slow  # a live server, hundreds of requests
+
 TOP1 = "each model's top-1"
 HEATMAPS, CAPTIONS = (2, 5, 8), (3, 6, 9)  # /explain returns status, model view, then per model heatmap, summary, top-5
 

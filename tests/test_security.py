@@ -13,6 +13,8 @@ import pytest
 from app.security import MAX_BODY_BYTES, REFUSED_INPUT
 from conftest import ROOT, record, sample, spawn_app
 
+pytestmark = pytest.mark.slow  # a live server, hundreds of requests
+
 TOP1 = "each model's top-1"
 EXAMPLE = sorted((ROOT / "app" / "examples").glob("*.JPEG"))[0]
 
@@ -23,7 +25,8 @@ def server(tmp_path_factory):
     stale = folder / "gradio-tmp" / "0123abcd" / "left-over-upload.jpg"  # from an earlier run that was killed
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old upload")
-    app = spawn_app(folder, env={"DSNET_CACHE_SECONDS": "6", "DSNET_PER_CLIENT": "3"})
+    app = spawn_app(folder, env={"DSNET_CACHE_SECONDS": "6", "DSNET_PER_CLIENT": "3", "DSNET_UPLOAD_MB_PER_CLIENT": "8",
+                                 "DSNET_TRUSTED_PROXIES": "1"})  # as behind a Space's proxy
     app.stale = stale
     yield app
     app.stop()
@@ -159,6 +162,31 @@ def test_monitoring_is_off_and_files_are_not_served(server):
     for target in ("/etc/passwd", str(ROOT / "app.py"), str(ROOT / "checkpoints" / "manifest.json")):
         r = httpx.get(server.url + "gradio_api/file=" + target, timeout=10)
         assert r.status_code in (403, 404), target
+
+
+def test_no_route_runs_the_model_outside_the_queue(server):
+    body = {"data": [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE.stem]}
+    for route in ("gradio_api/run/explain", "gradio_api/api/explain", "gradio_api/process_recording"):
+        r = httpx.post(server.url + route, json=body, timeout=30)
+        assert r.status_code in (403, 404), (route, r.status_code, r.text[:200])
+    r = httpx.post(server.url + "gradio_api/call/explain", json={"data": "x" * 200_000}, timeout=30)
+    assert r.status_code == 422 and len(r.text) < 300  # FastAPI would echo the 200 KB back
+
+
+def test_uploads_have_a_budget_per_visitor(server, tmp_path):
+    time.sleep(7)  # the window (DSNET_CACHE_SECONDS=6) of the earlier tests' uploads is over
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(os.urandom(3 * 2**20))
+    codes = []
+    for _ in range(4):
+        with open(noise, "rb") as f:
+            codes.append(httpx.post(server.url + "gradio_api/upload", files={"files": f}, timeout=30).status_code)
+    assert codes[:2] == [200, 200] and codes[-1] == 429, codes  # 8 MB per visitor per window
+    with open(noise, "rb") as f:  # another visitor still can
+        other = httpx.post(server.url + "gradio_api/upload", files={"files": f}, timeout=30,
+                           headers={"X-Forwarded-For": "198.51.100.9"})
+    assert other.status_code == 200
+    time.sleep(7)
 
 
 def test_zz_sigterm_leaves_no_upload_or_output_behind(server):

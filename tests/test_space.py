@@ -49,7 +49,10 @@ def test_dry_run_on_the_repository_passes(capsys):
                  "checkpoints/manifest.json", "requirements.txt", "README.md", *WEIGHTS]:
         assert path in plan.files, path
         assert path in out
-    assert not [p for p in plan.files if p.startswith(("tests/", "runs/", "docs/", "benchmarks/", "scripts/", "."))]
+    assert not [p for p in plan.files if p.startswith(("tests/", "runs/", "benchmarks/", "scripts/", "."))]
+    pictures = {p for p in plan.files if p.startswith("docs/")}  # only the pictures README shows
+    assert pictures and pictures <= {"docs/screenshot.png", "docs/screenshot-phone.png", "docs/figure4-imagenette.png",
+                                     "docs/figure5-imagenette.png"}
     assert not [p for p in plan.files if "__pycache__" in p or p.endswith(".log.jsonl")]
     assert plan.files["checkpoints/imagenette/dsnet50.safetensors"] == (ROOT / WEIGHTS[1]).stat().st_size
     assert f"{len(plan.files)} files" in out and "all checks passed" in out

@@ -4,6 +4,7 @@ fuses most of their traffic away."""
 import importlib.util
 import sys
 
+import pytest
 import torch
 
 import dsnet
@@ -32,6 +33,7 @@ def test_dense_shortcuts_add_no_convolution_or_batch_norm_traffic():
     assert dsnet50.bytes("other") > resnet.bytes("other")
 
 
+@pytest.mark.slow
 def test_inductor_fuses_the_dense_shortcut_sums():
     """What README's compiled traffic table rests on: compiled, a dense stage's shortcuts cost a
     fraction of their eager traffic (each block's sum and its backward fused into a few kernels).

@@ -62,6 +62,7 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert a["history"][-1]["val_top1"] == b["history"][-1]["val_top1"]
 
 
+@pytest.mark.slow
 def test_compiled_training_trains_the_same_model(tmp_path):
     """--compile trains the step torch.compile traces (here with aot_eager: AOT autograd's forward and
     backward graphs, without Inductor's minutes of code generation) to eager's weights."""
@@ -108,6 +109,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic({"version": 0, "blob": torch.zeros(8_000_000)}, path)
@@ -130,6 +132,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # and leaves no temp files
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     """DDP over two processes, with channels_last (the default) and the dense shortcut weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

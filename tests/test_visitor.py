@@ -90,6 +90,8 @@ def test_a_visitor_journey(space, browser, tmp_path):
     method = page.get_by_label("CAM method")
     method.click()
     page.get_by_role("option", name="layercam").first.click()
+    page.wait_for_function("() => Array.from(document.querySelectorAll('input'))"
+                           ".some(i => i.value && i.value.startsWith('layercam'))", timeout=30_000)
     page.get_by_role("button", name="Explain", exact=True).click()
     page.wait_for_function("() => document.body.innerText.split('· layercam ·').length - 1 >= 3", timeout=120_000)
     assert explained_count(space) == runs + 3

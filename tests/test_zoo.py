@@ -133,13 +133,14 @@ def test_a_failed_download_is_not_retried_for_a_while(tiny_zoo, http_root, monke
         with pytest.raises(zoo.WeightsUnavailable) as err:
             zoo.load("imagenet", "resnet50")
     assert len(hits) == 1 and "not retried for 600 s" in str(err.value)
-    assert err.value.summary == "The resnet50 weights could not be downloaded; try again later."
+    assert err.value.summary == "The resnet50 weights could not be downloaded; the server tries again in 10 minutes."
     monkeypatch.setenv("DSNET_DOWNLOAD_RETRY_SECONDS", "0")
     with pytest.raises(zoo.WeightsUnavailable):
         zoo.load("imagenet", "resnet50")
     assert len(hits) == 2
 
 
+@pytest.mark.slow
 def test_hub_source_fails_clearly_offline(tiny_zoo, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = json.loads(tiny_zoo.read_text())
