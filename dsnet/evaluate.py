@@ -318,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in comparisons:
         print(describe(c))
     if args.json:
-        items = scan_labelled(args.data)
+        manifest = load_manifest()
+        known = set(manifest.labels(manifest.entry(args.zoo, reports[0].model)).wnids)
+        items = [it for it in scan_labelled(args.data) if it.wnid in known]  # the images "correct" is over
         args.json.write_text(json.dumps({
             **header, "zoo": args.zoo, "data": str(args.data), "pipeline": args.pipeline,
             "baseline": args.baseline, "crops": sorted({r.crop for r in reports}, key=[r.crop for r in reports].index),
