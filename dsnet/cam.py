@@ -1,8 +1,8 @@
 """The Grad-CAM service: per model, top-5 and a class activation map from one forward pass.
 
 The target layer is ``layer4`` (the last aggregation output); only global pooling and ``fc``
-follow it (DESIGN.md §3). So the body runs once, without autograd, and pytorch-grad-cam's methods
-run on a per-call *head* module (pool + fc with detached weights) whose input is the layer4
+follow it (docs/architecture.md, "Why the service runs one forward per model"). So the body runs
+once, without autograd, and pytorch-grad-cam's methods run on a per-call *head* module (pool + fc with detached weights) whose input is the layer4
 activation: gradients, ablations and the top-5 all come from that single body pass, and no hook,
 gradient or layer swap ever touches the shared model. ScoreCAM masks the *input image*, so it is
 the one method that needs the whole network; it holds a per-model lock while its hooks are on.

@@ -1,4 +1,4 @@
-"""ResNet, DSNet and DS2Net as one parameterised network (paper §3.3, §4.5; DESIGN.md §1).
+"""ResNet, DSNet and DS2Net as one parameterised network (paper §3.3, §4.5; docs/architecture.md).
 
 Module names are torchvision's (``conv1``, ``bn1``, ``layer1..4``, ``fc``; inside a block
 ``conv1/bn1/conv2/bn2/conv3/bn3/downsample``), so a torchvision ResNet50 state dict loads into

@@ -38,7 +38,7 @@ def test_registry_lists_the_required_builders():
 def test_parameter_overheads_match_the_spec():
     resnet, ds, ds2 = (n_params(dsnet.get_model(n)) for n in ("resnet50", "dsnet50", "ds2net50"))
     assert resnet == 25_557_032 == n_params(torchvision.models.resnet50())
-    assert ds - resnet == 25_344  # (3*256 + 6*512 + 15*1024 + 3*2048), DESIGN.md §1
+    assert ds - resnet == 25_344  # (3*256 + 6*512 + 15*1024 + 3*2048), docs/architecture.md
     assert (ds2 - resnet) / resnet < 0.0015  # paper §4.2: < 0.15 %
     # DS2's inner shortcut in the three strided blocks is an average pool by default; "skip" drops it.
     ds2_skip = n_params(dsnet.get_model("ds2net50", ds2_strided="skip"))
