@@ -8,7 +8,9 @@ OUT.summary.csv, and OUT.summary.json with the *paired* comparisons: for every n
 against ``--baseline`` (resnet50) on the same images, the mean difference with a paired bootstrap
 95 % interval and the Wilcoxon signed-rank p (top-1 on those images: exact McNemar), plus the
 command, commit, date and seconds per image. ``--from-csv CSV`` recomputes both summaries from a
-saved per-image CSV without explaining anything.
+saved per-image CSV without explaining anything. ``--crop N`` explains at another test size (N px,
+the resize scaled with it as ``dsnet.evaluate --crops`` does: the manifest's resize / crop ratio,
+rounded half up; ``--resize R`` sets it instead), so the same images can be measured at several sizes.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -177,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--baseline", default="resnet50", help="the model the paired comparisons are against")
     p.add_argument("--from-csv", type=Path, help="only recompute the summaries of a saved per-image CSV")
+    p.add_argument("--crop", type=int, help="test size in px (resize scaled as dsnet.evaluate --crops does; "
+                                            "default: the manifest's)")
+    p.add_argument("--resize", type=int, help="with --crop: this resize instead of the scaled one")
     args = p.parse_args(argv)
     from .evaluate import artifact_header
     header = artifact_header(argv, "dsnet.figure")
@@ -190,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     models, missing = load_available(args.zoo, args.models.split(","), args.device)
     for name, why in missing.items():
         print(f"skipped {args.zoo}/{name}: {why}", file=sys.stderr)
+    if args.resize and not args.crop:
+        p.error("--resize needs --crop")
+    if args.crop:
+        from .evaluate import scaled
+
+        def at_size(pre):
+            pre = scaled(pre, args.crop)
+            return replace(pre, resize=args.resize) if args.resize else pre
+        models = [replace(zm, entry=replace(zm.entry, preprocessing=at_size(zm.entry.preprocessing))) for zm in models]
     if not models or not paths:
         print("error: " + ("no model available" if not models else "no images"), file=sys.stderr)
         return 2

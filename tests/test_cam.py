@@ -151,3 +151,19 @@ def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
     assert summary[0].startswith("model,images,top1_accuracy") and len(summary) == 4
     shares = [float(row.split(",")[-1]) for row in summary[1:]]
     assert sum(shares) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_figure_cli_crop_sets_the_test_size(tiny_zoo, tmp_path):
+    from dsnet.figure import main
+    out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
+    image = str(IMAGENETTE / "val" / "n03445777")
+    base = ["--images", image, "--zoo", "tiny", "--out", str(out), "--stats", str(stats), "--limit", "1", "--tile", "64"]
+    assert main(base + ["--crop", "96"]) == 0  # resize scaled as dsnet.evaluate --crops: 96 * 183 / 160 = 109.8 -> 110
+    pre = json.loads(stats.with_suffix(".summary.json").read_text())["preprocessing"]
+    assert pre == {m: {"resize": 110, "crop": 96} for m in TRIO}
+    assert main(base + ["--crop", "96", "--resize", "104"]) == 0
+    pre = json.loads(stats.with_suffix(".summary.json").read_text())["preprocessing"]
+    assert pre == {m: {"resize": 104, "crop": 96} for m in TRIO}
+    with pytest.raises(SystemExit):
+        main(base + ["--resize", "104"])
