@@ -206,16 +206,18 @@ def test_it_listens_on_loopback_only(live_app):
     assert listening == ["0100007F"], listening
 
 
-def test_uploaded_files_are_deleted_after_their_time(tiny_zoo, monkeypatch):
-    """A second server whose cache time is 2 s: an upload is on disk, then gone."""
+def test_uploaded_files_are_deleted_after_their_time(tiny_zoo):
+    """A second server whose cache time is 2 s: an upload nobody uses is on disk, then gone."""
     import time
+    from dataclasses import replace
     from app import build_app, launch
+    from app.ui import SETTINGS
     from conftest import free_port
     import httpx
-    monkeypatch.setenv("DSNET_CACHE_SECONDS", "2")
-    demo = build_app(None, "tiny")
+    settings = replace(SETTINGS, cache_seconds=2)
+    demo = build_app(None, "tiny", settings)
     port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(demo, settings, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with open(sample("tench"), "rb") as f:
             paths = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files={"files": f}, timeout=30).json()
