@@ -5,6 +5,7 @@ wrote. When an artifact is regenerated, README must be updated with it (and vice
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -201,3 +202,68 @@ def test_pipeline_and_timing_sentences_quote_their_artifacts():
     assert f"{trial['seconds_per_image']} s per image for the three models" in FLAT
     assert f"took {run['seconds']} s ({run['seconds_per_image']} s per image)" in FLAT
     assert all(p == {"resize": 183, "crop": 160} for p in run["preprocessing"].values())
+
+
+FOCUS_SIZES = (128, 160, 192, 224)
+FOCUS_METRICS = (("top1_accuracy", "top1 (points)", 1), ("top10_mass", "top10_mass", 3), ("entropy", "entropy", 3),
+                 ("confidence_change", "confidence_change", 3), ("road", "road", 3))
+
+
+def test_focus_by_test_size_table_equals_its_artifacts():
+    """The focus/faithfulness numbers on the same images at every test size (dsnet.figure --crop)."""
+    rows = table(section(FOCUS), "size, model")
+    images = set()
+    for size in FOCUS_SIZES:
+        s = load(f"focus-imagenette-size{size}.summary.json")
+        assert all(p["crop"] == size for p in s["preprocessing"].values())
+        assert f"--crop {size} --resize {s['preprocessing']['resnet50']['resize']}" in s["command"]
+        assert [m["model"] for m in s["models"]] == list(TRIO)
+        images.add(frozenset(r["image"] for r in csv.DictReader(open(DOCS / f"focus-imagenette-size{size}.csv"))))
+        for m in s["models"]:
+            cells = []
+            for key, metric, digits in FOCUS_METRICS:
+                cell = f"{(m[key] if key == 'top1_accuracy' else m[key]['mean']):.{digits}f}"
+                if m["model"] != s["baseline"]:
+                    c = next(c for c in s["comparisons"] if c["b"] == m["model"] and c["metric"] == metric)
+                    cell += f" ({c['diff']:+.{digits}f}, p = {c['p_value']:.2g})"
+                cells.append(cell)
+            assert rows[f"{size} px, {m['model']}"] == cells, (size, m["model"])
+    assert len(images) == 1  # the same images at every size
+    assert len(rows) == len(FOCUS_SIZES) * len(TRIO)
+
+
+def test_focus_by_test_size_times_and_repeat_quote_their_artifacts():
+    runs = [load(f"focus-imagenette-size{size}.summary.json") for size in FOCUS_SIZES]
+    assert f"The runs took {' / '.join(str(r['seconds']) for r in runs)} s " \
+           f"({' / '.join(str(r['seconds_per_image']) for r in runs)} s per image" in FLAT
+
+    def rows(name):
+        return {(r["image"], r["model"]): r for r in csv.DictReader(open(DOCS / name))}
+    worst = {}
+    for new, old in (("focus-imagenette-size128.csv", "focus-imagenette-50.csv"),
+                     ("focus-imagenette-size160.csv", "focus-imagenette.csv")):
+        a, b = rows(new), rows(old)
+        for k in ("top10_mass", "entropy", "confidence_change", "road"):
+            worst[k] = max([worst.get(k, 0.0)] + [abs(float(r[k]) - float(b[key][k])) for key, r in a.items()])
+    assert all(worst[k] < 1e-6 for k in ("top10_mass", "entropy", "confidence_change"))
+    assert f"ROAD to within {worst['road']:.2g} per image" in FLAT
+
+
+def test_focus_by_test_size_reading_holds_in_the_artifacts():
+    """The sentence reading the table: each claim it makes, checked on the summaries."""
+    text = flat(section(FOCUS))
+    assert "(top10_mass higher, every p < 0.001; entropy lower, every p < 0.01)" in text
+    gaps, worse = {m: [] for m in ("dsnet50", "ds2net50")}, {m: [] for m in ("dsnet50", "ds2net50")}
+    for size in FOCUS_SIZES:
+        s = load(f"focus-imagenette-size{size}.summary.json")
+        for m in gaps:
+            c = {c["metric"]: c for c in s["comparisons"] if c["b"] == m}
+            assert c["top10_mass"]["diff"] > 0 and c["top10_mass"]["p_value"] < 0.001
+            assert c["entropy"]["diff"] < 0 and c["entropy"]["p_value"] < 0.01
+            assert c["confidence_change"]["diff"] < 0 and c["confidence_change"]["p_value"] < 0.05
+            assert c["road"]["p_value"] > 0.05 and c["top1 (points)"]["p_value"] > 0.05
+            gaps[m].append(c["top10_mass"]["diff"])
+            worse[m].append(-c["confidence_change"]["diff"])
+    assert all(g == sorted(g) for g in gaps.values())  # the top10_mass gap grows with the size
+    assert "the largest gaps at 192 and 224 px" in text
+    assert all(min(w[2:]) > max(w[:2]) for w in worse.values())
