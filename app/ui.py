@@ -427,8 +427,8 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                        "(uploaded file or data: URL) or an example id (see /examples).")
         gr.api(handlers.example_list, api_name="examples", queue=False)
         gallery.select(handlers.pick, None, [image, example_id, true_class, target_mode], api_visibility="private")
-        gr.on([image.upload, image.clear, image.input], _forget_example, None,
-              [example_id, true_class, target_mode, gallery], api_visibility="private", queue=False)
+        image.input(_forget_example, example_id, [example_id, true_class, target_mode, gallery],
+                    api_visibility="private", queue=False)  # any change by the visitor: upload, paste, webcam, clear
         target_mode.change(lambda t: gr.Dropdown(visible=t == "one class for all"), target_mode, target_class,
                            api_visibility="private", queue=False)
         zoo_box.change(lambda z: (gr.Dropdown(choices=_class_names(manifest, z), value=""), label_notice(manifest, z)),
@@ -441,8 +441,10 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
     return demo
 
 
-def _forget_example():
+def _forget_example(example_id):
     """The visitor's own image: no example, no true class, nothing selected in the gallery."""
+    if not example_id:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to forget: no update, no re-render
     return ("", "", gr.Radio(choices=["each model's top-1", "one class for all"], value="each model's top-1"),
             gr.Gallery(selected_index=None))
 

@@ -48,6 +48,15 @@ def wait_for_three_maps(page, previous: set[str] = frozenset(), timeout=120_000)
         .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.src.endsWith('.png')).map(i => i.src)"""))
 
 
+def wait_or_show(page, js: str, timeout: float = 120_000) -> None:
+    """page.wait_for_function, failing with what the page says (a timeout alone says nothing)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:
+        page.wait_for_function(js, timeout=timeout)
+    except PlaywrightTimeout:
+        pytest.fail(f"the page never showed {js!r}; it says:\n{page_text(page)[:3000]}")
+
+
 def page_text(page) -> str:
     return page.locator("body").inner_text()
 
@@ -93,16 +102,18 @@ def test_a_visitor_journey(space, browser, tmp_path):
     page.wait_for_function("() => Array.from(document.querySelectorAll('input'))"
                            ".some(i => i.value && i.value.startsWith('layercam'))", timeout=30_000)
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.wait_for_function("() => document.body.innerText.split('· layercam ·').length - 1 >= 3", timeout=120_000)
+    wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3")
     assert explained_count(space) == runs + 3
 
     # 4. a photo outside the label set: the notice is on the page, no true class is claimed
     page.locator("input[type=file]").first.set_input_files(str(sample("zebra")))
-    page.wait_for_function("() => !document.body.innerText.includes(\"from the example's label\")", timeout=30_000)
+    page.wait_for_function("() => !document.body.innerText.includes(\"from the example's label\") && Array.from("
+                           "document.querySelectorAll('img')).some(i => i.src.includes('zebra') && i.complete)",
+                           timeout=30_000)  # the upload has arrived and is shown
+    page.wait_for_timeout(1000)  # as a person would: the page settles after an upload
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.wait_for_function("() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
-                           "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')",
-                           timeout=120_000)
+    wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
+                       "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')")
     assert "These models know only 10 classes" in page_text(page)
     assert page.get_by_label("the true class").count() == 0  # offered for examples only
 
@@ -120,8 +131,7 @@ def test_a_visitor_journey(space, browser, tmp_path):
     page.get_by_label("Model zoo").click()
     page.get_by_role("option", name="imagenet (1000 classes)").first.click()
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.wait_for_function("() => document.body.innerText.split('Not available.').length - 1 >= 3",
-                           timeout=120_000)
+    wait_or_show(page, "() => document.body.innerText.split('Not available.').length - 1 >= 3")
     text = page_text(page)
     assert "could not be downloaded" in text and "No imagenet weights exist for dsnet50 yet" in text
     for word in (str(ROOT), "/tmp/", ".pth", "http", "sha256", "URLError"):
