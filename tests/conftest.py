@@ -104,14 +104,21 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"the shared data is missing at {DATA} (set DSNET_DATA); CI needs it")
     skip = pytest.mark.skip(reason=f"needs the shared data at {DATA} (set DSNET_DATA to the folder holding "
                                    "imagenet-samples/ and imagenette/)")
-    readers: dict[str, bool] = {}
-    for item in items:
+    import inspect
+    words = ("sample(", "IMAGENETTE", "SAMPLES", "DATA", "photo(", "bad_inputs(", "awkward_inputs(")
+    derived: dict[str, tuple[str, ...]] = {}  # per module: its constants made from the data (e.g. TINY)
+    for item in items:  # a test whose own code names the data (or something made from it) reads it
         path = str(item.fspath)
-        if path not in readers:  # a module that imports one of these from conftest reads the data
-            imported = re.findall(r"^\s*from conftest import (.+)$", Path(path).read_text(), re.M)
-            names = {n.strip() for line in imported for n in line.split(",")}
-            readers[path] = bool(names & {"sample", "IMAGENETTE", "SAMPLES", "DATA"})
-        if readers[path]:
+        if path not in derived:
+            lines = Path(path).read_text().splitlines()
+            derived[path] = tuple(m.group(1) for line in lines if (m := re.match(r"([A-Z_][A-Z0-9_]*) = (.*)", line))
+                                  and any(w in m.group(2) for w in words))
+        function = getattr(item, "function", None)
+        try:
+            code = inspect.getsource(function) if function else ""
+        except (OSError, TypeError):
+            code = ""
+        if any(w in code for w in words + derived[path]):
             item.add_marker(skip)
 
 
