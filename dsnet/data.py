@@ -18,6 +18,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .files import atomic_path
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".webp", ".bmp")
 WNID = re.compile(r"^(n\d{8})(?:_|$)")
 
@@ -92,9 +94,8 @@ def cached_images(items: list[LabelledImage], size: int, cache_dir: Path) -> Ten
     for i, it in enumerate(tqdm(items, desc=f"decoding to cache ({size}px)", unit="img")):
         images[i] = decode_square(it.path, size)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(images, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(images, tmp)
     return images
 
 

@@ -1,7 +1,10 @@
-"""Small file and process helpers shared by training and the app."""
+"""Small file and process helpers shared by training, the zoo and the app."""
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
+from typing import Iterator
 
 
 def pid_alive(pid: int) -> bool:
@@ -13,3 +16,28 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed over ``path`` when the block ends without an
+    error (after an fsync if asked), removed otherwise. A kill at any moment leaves the previous file
+    intact; temporary files of writers that were killed mid-write are removed by the next write.
+    The temporary name keeps the suffix (``savefig`` and friends pick the format from it)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        pid = stale.name[len(f".{path.name}.tmp"):].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .files import atomic_path
+
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 MANIFEST_PATH = CHECKPOINTS_DIR / "manifest.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -170,9 +172,8 @@ def write_entry(zoo: str, entry: Entry, path: str | os.PathLike) -> None:
     with _locked(path):
         raw = json.loads(path.read_text())
         raw["zoos"].setdefault(zoo, {"description": "", "models": {}})["models"][entry.name] = entry.to_json()
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(raw, indent=1) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(raw, indent=1) + "\n")
 
 
 def label_set_for(wnids: list[str], path: str | os.PathLike, zoo: str = "custom") -> str:
@@ -188,7 +189,6 @@ def label_set_for(wnids: list[str], path: str | os.PathLike, zoo: str = "custom"
             known.update(zip(ls["wnids"], ls["names"]))
         name = f"{zoo}{len(wnids)}"
         raw["label_sets"][name] = {"wnids": list(wnids), "names": [known.get(w, w) for w in wnids]}
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(raw, indent=1) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(raw, indent=1) + "\n")
         return name

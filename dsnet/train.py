@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import get_model
 from .allocator import retain_freed_memory
-from .files import pid_alive
+from .files import atomic_path
 from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
                    normalize, scan_labelled, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
@@ -122,22 +122,10 @@ def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
 # --- checkpoints --------------------------------------------------------------------------------
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """temp file + fsync + rename: a kill at any moment leaves the previous checkpoint intact.
-
-    A writer killed mid-write leaves its temp file behind; the next write removes it."""
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        pid = stale.name.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """temp file + fsync + rename (``dsnet.files.atomic_path``): a kill at any moment leaves the previous
+    checkpoint intact."""
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:
@@ -156,10 +144,9 @@ def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def read_log(path: Path) -> list[dict]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .files import atomic_path
+
 
 class ChecksumError(RuntimeError):
     """A weight file whose SHA-256 differs from the manifest: refused, never deserialised."""
@@ -44,7 +46,6 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike) -> str:
     from safetensors.torch import save_file
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     return sha256_file(path)
