@@ -14,6 +14,7 @@ from dsnet.manifest import Manifest
 
 QUOTE = 100
 TARGETS = {"each model's top-1": "top1", "one class for all": "class", "the true class": "label"}
+OWN_IMAGE_TARGETS = [name for name, kind in TARGETS.items() if kind != "label"]  # no true class for an upload
 
 
 class ParameterError(ValueError):
@@ -64,16 +65,22 @@ def parse_params(manifest: Manifest, zoo, method, target, class_name, opacity, w
                 manifest.labels(entry).index(class_name)
             except ValueError as e:
                 raise ParameterError(str(e)) from None
-    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not math.isfinite(opacity) \
-            or not 0 <= opacity <= 1:
-        raise ParameterError(f"opacity must be a number from 0 to 1; got {quote(opacity)}")
+    opacity = parse_opacity(opacity)
     if not isinstance(with_metrics, bool):
         raise ParameterError(f"metrics must be true or false; got {quote(with_metrics)}")
     if example is None:
         example = ""
     if not isinstance(example, str):
         raise ParameterError(f"example must be an example id; got {quote(example)}")
-    return ExplainParams(zoo, method, target_kind, class_name, float(opacity), with_metrics, example.strip())
+    return ExplainParams(zoo, method, target_kind, class_name, opacity, with_metrics, example.strip())
+
+
+def parse_opacity(opacity) -> float:
+    """A number from 0 to 1 (booleans and strings are not numbers here)."""
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not math.isfinite(opacity) \
+            or not 0 <= opacity <= 1:
+        raise ParameterError(f"opacity must be a number from 0 to 1; got {quote(opacity)}")
+    return float(opacity)
 
 
 def target_policy(params: ExplainParams, true_wnid: str | None) -> TargetPolicy:

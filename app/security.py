@@ -133,14 +133,8 @@ def _short_422(send, limit: int = 2000):
 
 
 def _scope_ip(scope, trusted_proxies: int) -> str:
-    headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope.get("headers") or []}
-
-    class _Request:  # the two attributes client_ip reads
-        pass
-    request = _Request()
-    request.headers = headers
-    request.client = type("C", (), {"host": (scope.get("client") or ("unknown",))[0]})()
-    return client_ip(request, trusted_proxies)
+    from starlette.requests import Request
+    return client_ip(Request(scope), trusted_proxies)
 
 
 def client_ip(request, trusted_proxies: int) -> str:
@@ -234,6 +228,10 @@ class Uploads:
 
     def __init__(self, uploaded: set) -> None:
         self.uploaded = uploaded  # Gradio's record of the files its upload route wrote (Blocks.upload_file_set)
+
+    def holds(self, path: str) -> bool:
+        """Whether ``path`` is an upload not yet taken."""
+        return path in self.uploaded
 
     def take(self, payload) -> tuple[str | None, bytes | str]:
         """(upload path or None, image data): an upload is read into memory and deleted from disk."""

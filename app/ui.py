@@ -12,11 +12,9 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, fields, replace
 
 import gradio as gr
 
@@ -28,10 +26,10 @@ from dsnet.render import comparison
 from dsnet.zoo import DEFAULT_MODELS, entry_status, load_available
 
 from .examples import ExampleSet, load_examples
-from .params import TARGETS, ExplainParams, ParameterError, parse_params, quote, target_policy
+from .params import OWN_IMAGE_TARGETS, TARGETS, ExplainParams, ParameterError, parse_opacity, parse_params, target_policy
 from .zerogpu import on_gpu, on_zerogpu, serving_device
 from .security import (MAX_BODY_BYTES, ClientLimit, PublicGate, Uploads, env_number, shape_inputs,
-                       sweep_upload_folder)
+                       sweep_upload_folder, upload_folder)
 
 log = logging.getLogger("dsnet.app")
 
@@ -53,17 +51,14 @@ class ServingSettings:
 
     @classmethod
     def from_env(cls) -> "ServingSettings":
-        d = cls()
-        return cls(env_number("DSNET_QUEUE_SIZE", d.queue_size, int), env_number("DSNET_CONCURRENCY", d.concurrency, int),
-                   env_number("DSNET_PER_CLIENT", d.per_client, int),
-                   env_number("DSNET_TRUSTED_PROXIES", d.trusted_proxies, int),
-                   env_number("DSNET_UPLOAD_MB_PER_CLIENT", d.upload_mb_per_client, int),
-                   env_number("DSNET_UPLOAD_MB_TOTAL", d.upload_mb_total, int),
-                   env_number("DSNET_TIME_LIMIT", d.time_limit), env_number("DSNET_CACHE_SECONDS", d.cache_seconds, int))
+        """Each field from DSNET_<FIELD NAME>, else its default."""
+        defaults = cls()
+        return cls(**{f.name: env_number(f"DSNET_{f.name.upper()}", getattr(defaults, f.name), type(getattr(defaults, f.name)))
+                      for f in fields(cls)})
 
 
 SETTINGS = ServingSettings.from_env()
-DISPLAY_SIDE = 256  # maps are shown at least this large (the imagenette models see 128 px)
+DISPLAY_SIDE = 256  # maps are shown at least this large (the imagenette models see 160 px)
 DOWNLOAD_TILE = 320
 N_OUT = 2 + 3 * len(DEFAULT_MODELS) + 1  # status, model view, (heatmap, summary, top-5) per model, download
 # Jet, as pytorch-grad-cam's show_cam_on_image colours the maps (OpenCV's COLORMAP_JET).
@@ -213,9 +208,9 @@ class ExplainApp:
         if payload is None:
             raise ParameterError("Upload an image or pick an example first.")
         path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
-        if session is not None and path and path == session.upload_path:
+        if session is not None and path and path == session.upload_path and not self.uploads.holds(path):
             data = session.upload_data  # the same upload again (another method or class): kept in memory only
-        else:
+        else:  # a new upload (or the same file uploaded again: read and deleted like any other)
             upload_path, data = self.uploads.take(payload)
             if session is not None:
                 session.upload_path, session.upload_data = upload_path, data
@@ -266,9 +261,8 @@ class ExplainApp:
 
     def _download(self, results: list[CamResult], params: ExplainParams) -> str:
         explained = {r.explained.name for r in results}
-        what = next(iter(explained)) if len(explained) == 1 else "each-top-1"
-        title = f"DSNet Explain · zoo {params.zoo} · {params.method} · explains: " + \
-                (next(iter(explained)) if len(explained) == 1 else "each model's top-1")
+        what = explained.pop() if len(explained) == 1 else "each model's top-1"
+        title = f"DSNet Explain · zoo {params.zoo} · {params.method} · explains: {what}"
         return save_download(comparison(results, tile=DOWNLOAD_TILE, title=title),
                              f"dsnet-{_slug(params.zoo)}-{_slug(params.method)}-{_slug(what)}",
                              self.settings.cache_seconds)
@@ -300,15 +294,17 @@ class ExplainApp:
     def reblend(self, session: Session, opacity):
         """New opacity: blend the cached maps again; no model runs."""
         session = session or Session()
-        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
-            raise gr.Error(f"opacity must be a number from 0 to 1; got {quote(opacity)}")
+        try:
+            opacity = parse_opacity(opacity)
+        except ParameterError as e:
+            raise gr.Error(str(e)) from None
         out, blended = [], []
         for name in DEFAULT_MODELS:
             r = session.results.get(name)
             if r is None:
                 out.append(gr.skip())
                 continue
-            blended.append(replace(r, overlay=overlay(r.view, r.cam, float(opacity))))
+            blended.append(replace(r, overlay=overlay(r.view, r.cam, opacity)))
             out.append(enlarge(blended[-1].overlay, DISPLAY_SIDE))
         download = self._download(blended, session.params) if blended and session.params else gr.skip()
         return *out, download
@@ -327,25 +323,18 @@ class ExplainApp:
         return [{"id": e.id, "wnid": e.wnid, "class": e.caption} for e in self.examples.examples]
 
 
-DOWNLOADS = Path(tempfile.gettempdir()) / f"dsnet-downloads-{os.getpid()}"
-
-
 def save_download(image, stem: str, keep_seconds: float = 600) -> str:
-    """Write a PNG for the download button; files older than ``keep_seconds`` are removed."""
-    DOWNLOADS.mkdir(exist_ok=True)
+    """Write a PNG for the download button, in the app's own Gradio folder (so the start-up and SIGTERM
+    sweeps remove it too); files there older than ``keep_seconds`` are removed."""
+    downloads = upload_folder() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in DOWNLOADS.glob("*.png"):
+    for old in downloads.glob("*.png"):
         if now - old.stat().st_mtime > keep_seconds:
             old.unlink(missing_ok=True)
-    path = DOWNLOADS / f"{stem}-{uuid.uuid4().hex[:8]}.png"
+    path = downloads / f"{stem}-{uuid.uuid4().hex[:8]}.png"
     image.save(path)
     return str(path)
-
-
-CSS = """
-#explain-button {margin-top: 4px}
-.dsnet-footer {font-size: 0.8em; opacity: 0.75}
-"""
 
 
 def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
@@ -380,7 +369,7 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                 with gr.Row():
                     zoo_box = RawDropdown([(zoo_label(manifest, z), z) for z in manifest.zoos], value=zoo,
                                           label="Model zoo")
-                    target_mode = RawRadio(["each model's top-1", "one class for all"], value="each model's top-1",
+                    target_mode = RawRadio(OWN_IMAGE_TARGETS, value=OWN_IMAGE_TARGETS[0],
                                            label="Explain")
                 notice = gr.Markdown(label_notice(manifest, zoo))
                 target_class = RawDropdown(_class_names(manifest, zoo), label="Class to explain (searchable)",
@@ -445,7 +434,7 @@ def _forget_example(example_id):
     """The visitor's own image: no example, no true class, nothing selected in the gallery."""
     if not example_id:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to forget: no update, no re-render
-    return ("", "", gr.Radio(choices=["each model's top-1", "one class for all"], value="each model's top-1"),
+    return ("", "", gr.Radio(choices=OWN_IMAGE_TARGETS, value=OWN_IMAGE_TARGETS[0]),
             gr.Gallery(selected_index=None))
 
 

@@ -23,7 +23,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import dsnet  # noqa: E402
 from dsnet import zoo as zoo_mod  # noqa: E402
 from dsnet.allocator import retain_freed_memory  # noqa: E402
+from dsnet.files import free_port, wait_until_serving  # noqa: E402
 from dsnet.cam import TargetPolicy, explain_model  # noqa: E402
 from dsnet.images import open_image  # noqa: E402
 from dsnet.manifest import load_manifest  # noqa: E402
@@ -133,15 +133,8 @@ def agreement(device: torch.device, image_path: str) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def app_request(device: torch.device, image_path: str, startup_limit: float, log_path: Path) -> dict:
     """``python app.py`` as is, one request through gradio_client; the captions must name the device."""
-    import httpx
     from gradio_client import Client, handle_file
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}
@@ -150,17 +143,7 @@ def app_request(device: torch.device, image_path: str, startup_limit: float, log
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"app.py exited with {proc.returncode} before serving (log: {log_path})")
-                if time.monotonic() - started > startup_limit:
-                    raise TimeoutError(f"app.py did not serve within {startup_limit:.0f} s")
-                try:
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            wait_until_serving(proc, url, startup_limit, poll=0.5)
             serving = time.monotonic() - started
             client = Client(url, verbose=False)
             # the /explain endpoint's own parameters: the photo for the image, the imagenette zoo, and

@@ -14,22 +14,15 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from dsnet.files import free_port, wait_until_serving  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -55,19 +48,11 @@ def one_run(timeout: float) -> dict:
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode} before serving:\n{proc.stdout.read()}")
-            if time.perf_counter() - started > timeout:
-                raise RuntimeError(f"app.py did not serve within {timeout:.0f} s")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                    if r.status == 200:
-                        seconds = time.perf_counter() - started
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.05)
+        try:
+            wait_until_serving(proc, f"http://127.0.0.1:{port}/", timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}:\n{proc.stdout.read() if proc.poll() is not None else ''}") from None
+        seconds = time.perf_counter() - started
         return {"seconds": round(seconds, 2), "rss_mb": round(rss_mb(proc.pid) or 0, 1) or None}
     finally:
         proc.terminate()

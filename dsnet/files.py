@@ -41,3 +41,30 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(proc, url: str, timeout: float, poll: float = 0.05) -> None:
+    """Return once ``url`` answers HTTP 200; RuntimeError if ``proc`` (a Popen) exits or ``timeout`` passes."""
+    import time
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it served {url}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not serve {url} within {timeout:.0f} s")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # refused, reset, timed out (urllib's URLError is an OSError)
+            pass
+        time.sleep(poll)

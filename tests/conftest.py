@@ -12,6 +12,7 @@ import torch
 
 import dsnet
 from dsnet import zoo
+from dsnet.files import free_port, wait_until_serving  # noqa: F401 - free_port: for the tests
 from dsnet.manifest import MANIFEST_PATH
 from dsnet.weights import save_safetensors
 
@@ -61,13 +62,6 @@ def tiny_zoo(tmp_path, monkeypatch) -> Path:
     yield path
     zoo._LOADED.clear()
     zoo._FAILED_DOWNLOADS.clear()
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -152,8 +146,6 @@ def spawn_app(folder: Path, *args: str, env: dict | None = None, timeout: float 
     """Start ``python app.py`` in the repository root on a free port and wait until it serves."""
     import subprocess
     import sys
-    import time
-    import urllib.request
     port = free_port()
     temp_dir = folder / "gradio-tmp"
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -165,18 +157,12 @@ def spawn_app(folder: Path, *args: str, env: dict | None = None, timeout: float 
         proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=full_env, stdout=out,
                                 stderr=subprocess.STDOUT)
     app = SpawnedApp(f"http://127.0.0.1:{port}/", port, proc, temp_dir, log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{app.log_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(app.url, timeout=5) as r:
-                if r.status == 200:
-                    return app
-        except OSError:
-            time.sleep(0.5)
-    app.stop()
-    raise RuntimeError(f"app.py did not serve within {timeout} s:\n{app.log_text()[-3000:]}")
+    try:
+        wait_until_serving(proc, app.url, timeout, poll=0.5)
+    except RuntimeError as e:
+        app.stop()
+        raise RuntimeError(f"{e}:\n{app.log_text()[-3000:]}") from None
+    return app
 
 
 def record(artifact: str, key: str, value) -> None:
