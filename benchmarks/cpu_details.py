@@ -5,7 +5,7 @@ baseline of every ratio, our ResNet50, runs as fast as torchvision's.
 - page faults per settled DSNet50 forward (batch 1), glibc's default heap vs
   ``dsnet.allocator.retain_freed_memory`` (fresh processes: the default varies with the heap's
   history); the measurements after it keep freed memory, as the other benchmarks do;
-- DS2's strided 2x2 pool: ``avg_pool2d`` vs ``dsnet.models.MeanPool`` (1 x 128 x 56 x 56);
+- DS2's strided 2x2 pool: ``avg_pool2d`` vs ``dsnet.kernels.MeanPool`` (1 x 128 x 56 x 56);
 - backward of one folded shortcut term and of the folded N's statistics (8 x 256 x 56 x 56):
   autograd's ``addcmul_`` / ``sum`` + ``vector_norm`` vs the hand-written backwards;
 - ResNet50 inference (batch 1, 224 px): ``torchvision.models.resnet50`` vs ``dsnet.get_model("resnet50")``.
@@ -26,7 +26,7 @@ import torchvision
 
 import dsnet
 from dsnet.allocator import retain_freed_memory
-from dsnet.models import MeanPool, _FoldedShortcuts, _GroupAffine, _per_channel
+from dsnet.kernels import FoldedShortcutSum, GroupNormAffine, MeanPool, per_channel
 
 FAULTS = textwrap.dedent("""
     import resource, sys, torch, dsnet
@@ -89,7 +89,7 @@ def main() -> None:
     def term(hand_written: bool):
         out = x.clone().requires_grad_() * 1  # a non-leaf, as bn3's output is
         if hand_written:
-            out = _FoldedShortcuts.apply(out, bias, scale.unsqueeze(0), y)
+            out = FoldedShortcutSum.apply(out, bias, scale.unsqueeze(0), y)
         else:
             out = out.addcmul_(scale, y).add_(bias)
         return lambda: torch.autograd.grad(out, (y, scale, bias), grad, retain_graph=True)
@@ -99,13 +99,13 @@ def main() -> None:
 
     def moments(hand_written: bool):
         if hand_written:
-            scale, shift = _GroupAffine.apply(y, 32, 1e-5)
+            scale, shift = GroupNormAffine.apply(y, 32, 1e-5)
         else:
             total = y.sum((2, 3)).view(8, 32, -1).sum(2)
             squares = torch.linalg.vector_norm(y, dim=(2, 3)).square().view(8, 32, -1).sum(2)
             mean = total / (8 * 56 * 56)
             rstd = (squares / (8 * 56 * 56) - mean.square() + 1e-5).rsqrt()
-            scale, shift = _per_channel(rstd, 256), _per_channel(-mean * rstd, 256)
+            scale, shift = per_channel(rstd, 256), per_channel(-mean * rstd, 256)
         loss = (scale + shift).sum()
         return lambda: torch.autograd.grad(loss, y, retain_graph=True)
 

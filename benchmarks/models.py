@@ -29,7 +29,6 @@ import torch
 import dsnet
 from dsnet.allocator import retain_freed_memory
 from dsnet.evaluate import train_step_memory
-from dsnet.models import to_channels_last
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
 PAPER = {"dsnet50": (1.19, 1.22), "ds2net50": (1.26, 1.31)}  # Table 9: (time, memory) vs ResNet50
@@ -71,7 +70,7 @@ def main() -> None:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     models = {n: dsnet.get_model(n).eval().to(device) for n in MODELS}
     if args.channels_last:
-        models = {n: to_channels_last(m) for n, m in models.items()}
+        models = {n: m.to_channels_last() for n, m in models.items()}
     runners = {n: torch.compile(m, dynamic=False) if args.compile else m for n, m in models.items()}
     autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
                               enabled=args.amp)

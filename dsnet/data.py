@@ -139,7 +139,7 @@ def eval_transform(resize: int, crop: int) -> v2.Transform:
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
 
 
-def normalize(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+def standardize(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 NCHW -> float32 normalised NCHW (done on the training device, after transfer)."""
     m = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)

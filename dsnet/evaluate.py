@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from . import stats
 from .allocator import retain_freed_memory
-from .data import LabelledImage, decode_square, normalize, scan_labelled
+from .data import LabelledImage, decode_square, scan_labelled, standardize
 from .images import model_view, open_image, to_tensor
 from .manifest import Preprocessing, load_manifest
 from .weights import read_state_dict
@@ -82,7 +82,7 @@ class _Views(Dataset):
     def __getitem__(self, i: int):
         if self.pipeline == "export":  # = dsnet.train's cache (a resize square) + eval_transform's centre crop
             image = TF.center_crop(decode_square(self.items[i].path, self.pre.resize), self.pre.crop)
-            return normalize(image[None], self.pre.mean, self.pre.std)[0], self.labels[i]
+            return standardize(image[None], self.pre.mean, self.pre.std)[0], self.labels[i]
         view = model_view(open_image(self.items[i].path).image, self.pre)
         return to_tensor(view, self.pre)[0], self.labels[i]
 

@@ -49,7 +49,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, Image.Image):
-        return _normalise(source, fmt=source.format or "in-memory")
+        return _checked_rgb(source, fmt=source.format or "in-memory")
     data = _read_bytes(source)
     if not data:
         raise ImageError("the file is empty (0 bytes)")
@@ -62,7 +62,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
         raise ImageError(f"this is not a supported image ({kind}); send a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF")
     except Image.DecompressionBombError:
         raise ImageError(f"the image is too large to decode safely; the limit is {MAX_PIXELS / 1e6:.0f} MP")
-    return _normalise(im, fmt=im.format)
+    return _checked_rgb(im, fmt=im.format)
 
 
 def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
@@ -109,7 +109,8 @@ def _check_size(width: int, height: int) -> None:
         raise ImageError(f"the image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
 
 
-def _normalise(im: Image.Image, fmt: str | None) -> LoadedImage:
+def _checked_rgb(im: Image.Image, fmt: str | None) -> LoadedImage:
+    """An opened image checked (size, frames, corruption), turned upright and converted to 8-bit RGB."""
     notes = []
     _check_size(*im.size)  # before any pixel is decoded
     frames = getattr(im, "n_frames", 1)
@@ -147,7 +148,7 @@ def _from_array(arr: np.ndarray) -> LoadedImage:
     if arr.dtype != np.uint8:
         arr = np.clip(arr * (255 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8)
     mode = "RGBA" if arr.shape[2] == 4 else "RGB"
-    return _normalise(Image.fromarray(np.ascontiguousarray(arr), mode), fmt="array")
+    return _checked_rgb(Image.fromarray(np.ascontiguousarray(arr), mode), fmt="array")
 
 
 def model_view(image: Image.Image, pre: Preprocessing) -> np.ndarray:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .kernels import FoldedNorm, MeanPool, add_shortcuts, apply_norm
 from .registry import register_model
 
 Shortcut = Literal["identity", "dense", "dense_a", "dense_identity"]
@@ -42,29 +43,113 @@ BLOCKS_BY_DEPTH = {26: (2, 2, 2, 2), 38: (3, 3, 3, 3), 50: (3, 4, 6, 3), 77: (3,
 class ShortcutSpec:
     """How the shortcuts of a network are built (the ablation axes of Table 1)."""
 
-    kind: Shortcut = "identity"
+    kind: Shortcut = "identity"  # a key of SHORTCUT_KINDS
     norm: NormKind = "group"
     weight: WeightKind = "channel"
     inner: bool = False  # DS2: weighted normalised shortcut around every 3x3 conv
     ds2_strided: Literal["pool", "skip"] = "pool"
 
+    def __post_init__(self) -> None:
+        if self.kind not in SHORTCUT_KINDS:
+            raise ValueError(f"unknown shortcut kind {self.kind!r}; choose {', '.join(SHORTCUT_KINDS)}")
 
-def shortcut_norm(kind: NormKind, channels: int) -> nn.Module:
-    """A parameter-free normalisation N (no affine transform, paper §3.3)."""
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels, affine=False)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels, affine=False)
-    if kind == "instance":
-        return nn.GroupNorm(channels, channels, affine=False)
-    if kind == "batch":
-        return nn.BatchNorm2d(channels, affine=False)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose group, layer, instance, batch or none")
+    @property
+    def wiring(self) -> StageWiring:
+        """The object that connects the blocks of a stage for this kind."""
+        return SHORTCUT_KINDS[self.kind]
 
 
-def shortcut_weight(kind: WeightKind, terms: int, channels: int) -> nn.Parameter | None:
+class StageWiring(Protocol):
+    """How the blocks of one stage are connected: the only place a shortcut kind is decided."""
+
+    normalised: bool  # the stage keeps one N per block that a later block reads (``Stage.norms``)
+
+    def weight_terms(self, index: int) -> int:
+        """How many weighted dense terms block ``index`` of a stage sums (its ``dense_weight``)."""
+
+    def forward(self, stage: Stage, x: Tensor) -> Tensor:
+        """The stage's output for input ``x``."""
+
+
+class IdentityWiring:
+    """ResNet: every block keeps its own identity/projection shortcut."""
+
+    normalised = False
+
+    def weight_terms(self, index: int) -> int:
+        return 0
+
+    def forward(self, stage: Stage, x: Tensor) -> Tensor:
+        for block in stage.blocks:
+            x = block(x)
+        return x
+
+
+@dataclass(frozen=True)
+class DenseWiring:
+    """Block 0 keeps its shortcut; block l >= 1 has none and reads every earlier block instead::
+
+        Y_l = ReLU(X_l + sum_{i<l} W_l^i * N(S_i)),   S_i = Y_i (variant b, Eq. 12) or X_i (a, Eq. 11)
+
+    ``weighted=False`` drops W and N (Eq. 13, the naive dense identity shortcut of Table 1).
+    """
+
+    reads_residual: bool = False  # S_i = X_i (variant a) instead of Y_i (variant b)
+    weighted: bool = True
+
+    @property
+    def normalised(self) -> bool:
+        return self.weighted
+
+    def weight_terms(self, index: int) -> int:
+        return index if self.weighted else 0
+
+    def forward(self, stage: Stage, x: Tensor) -> Tensor:
+        first, *rest = stage.blocks
+        if self.reads_residual:  # X_0 stays intact for its term, so block 0's sum is not in place
+            source = first.residual(x)
+            y = torch.relu(source + first.shortcut(x))
+        else:
+            y = source = first(x)
+        history = [self._term(stage, 0, source)] if rest else []
+        for l, block in enumerate(rest, start=1):
+            x_l = block.residual(y)
+            out = x_l.clone() if self.reads_residual else x_l
+            y = torch.relu_(add_shortcuts(out, block.dense_weight, history))
+            if l < len(rest):
+                history.append(self._term(stage, l, x_l if self.reads_residual else y))
+        return y
+
+    def _term(self, stage: Stage, index: int, source: Tensor) -> FoldedNorm | Tensor:
+        """N(S_i), computed once and shared by every later block of the stage (§4.5)."""
+        return apply_norm(stage.norms[index], source) if self.normalised else source
+
+
+SHORTCUT_KINDS: dict[str, StageWiring] = {
+    "identity": IdentityWiring(),
+    "dense": DenseWiring(),
+    "dense_a": DenseWiring(reads_residual=True),
+    "dense_identity": DenseWiring(weighted=False),
+}
+
+
+PARAMETER_FREE_NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "group": lambda c: nn.GroupNorm(math.gcd(32, c), c, affine=False),
+    "layer": lambda c: nn.GroupNorm(1, c, affine=False),
+    "instance": lambda c: nn.GroupNorm(c, c, affine=False),
+    "batch": lambda c: nn.BatchNorm2d(c, affine=False),
+    "none": lambda c: nn.Identity(),
+}
+
+
+def parameter_free_norm(kind: NormKind, channels: int) -> nn.Module:
+    """The normalisation N of a shortcut: no affine transform (paper §3.3)."""
+    if kind not in PARAMETER_FREE_NORMS:
+        raise ValueError(f"unknown norm {kind!r}; choose {', '.join(PARAMETER_FREE_NORMS)}")
+    return PARAMETER_FREE_NORMS[kind](channels)
+
+
+def shortcut_weights(kind: WeightKind, terms: int, channels: int) -> nn.Parameter | None:
     """Learnable weights for ``terms`` incoming shortcuts, shape (terms, C, 1, 1); init 1."""
     if kind == "none":
         return None
@@ -72,23 +157,6 @@ def shortcut_weight(kind: WeightKind, terms: int, channels: int) -> nn.Parameter
     if kind not in ("channel", "scalar"):
         raise ValueError(f"unknown weight {kind!r}; choose channel, scalar or none")
     return nn.Parameter(torch.ones(terms, size, 1, 1))
-
-
-class MeanPool(nn.Module):
-    """``AvgPool2d(stride, stride, ceil_mode=True)``, in eager mode a depthwise convolution where the
-    windows tile the input exactly: PyTorch's CPU average pool takes 2-3x as long (benchmarks/cpu_details.py)."""
-
-    def __init__(self, channels: int, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-        self.register_buffer("kernel", torch.full((channels, 1, stride, stride), 1 / stride**2), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Partial windows at the border; and compiled, where Inductor fuses a pool into the kernels
-        # around it but calls a convolution as a library kernel of its own.
-        if x.shape[-2] % self.stride or x.shape[-1] % self.stride or torch.compiler.is_compiling():
-            return nn.functional.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
-        return nn.functional.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
 
 
 class Bottleneck(nn.Module):
@@ -114,31 +182,34 @@ class Bottleneck(nn.Module):
         self.inner_weight: nn.Parameter | None = None
         self.inner_pool: MeanPool | None = None
         if spec.inner and not (stride > 1 and spec.ds2_strided == "skip"):
-            self.inner_norm = shortcut_norm(spec.norm, width)
-            self.inner_weight = shortcut_weight(spec.weight, 1, width)
+            self.inner_norm = parameter_free_norm(spec.norm, width)
+            self.inner_weight = shortcut_weights(spec.weight, 1, width)
             if stride > 1:
                 self.inner_pool = MeanPool(width, stride)
         # Dense shortcuts into this block: W_l^i for i < l, stored with the block that reads them.
-        self.dense_weight = shortcut_weight(spec.weight, dense_terms, out_channels) if dense_terms else None
+        self.dense_weight = shortcut_weights(spec.weight, dense_terms, out_channels) if dense_terms else None
 
     def residual(self, x: Tensor) -> Tensor:
         a = self.relu(self.bn1(self.conv1(x)))
         b = self.bn2(self.conv2(a))
         if self.inner_norm is not None:
-            n = normalized(self.inner_norm, a)
+            n = apply_norm(self.inner_norm, a)
             if self.inner_pool is not None:  # average pooling commutes with a per-channel affine map
-                n = Normalized(self.inner_pool(n.y), n.scale, n.shift) if isinstance(n, Normalized) else self.inner_pool(n)
-            b = add_dense_shortcuts(b, self.inner_weight, [n])
+                n = FoldedNorm(self.inner_pool(n.y), n.scale, n.shift) if isinstance(n, FoldedNorm) else self.inner_pool(n)
+            b = add_shortcuts(b, self.inner_weight, [n])
         return self.bn3(self.conv3(self.relu(b)))
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """The block's own identity or projection shortcut P(x)."""
+        return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Block with its own identity/projection shortcut (ResNet, and block 0 of every stage)."""
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.residual(x).add_(identity))  # in place, as torchvision's
+        return self.relu(self.residual(x).add_(self.shortcut(x)))  # in place, as torchvision's
 
 
 class Stage(nn.Module):
-    """One stage (``layerK``): block 0 keeps its shortcut, later blocks take the dense ones.
+    """One stage (``layerK``): its blocks, connected by the spec's ``StageWiring``.
 
     Blocks are children "0", "1", ... as in torchvision's ``nn.Sequential`` stages.
     """
@@ -148,174 +219,20 @@ class Stage(nn.Module):
         for i, block in enumerate(blocks):
             self.add_module(str(i), block)
         self.blocks = list(blocks)  # plain list: not registered twice
-        self.kind = spec.kind
-        if spec.kind in ("dense", "dense_a"):
+        self.wiring = spec.wiring
+        if self.wiring.normalised:
             channels = blocks[0].bn3.num_features
             # N of every block output that a later block reads (all but the last).
-            self.norms = nn.ModuleList(shortcut_norm(spec.norm, channels) for _ in blocks[:-1])
+            self.norms = nn.ModuleList(parameter_free_norm(spec.norm, channels) for _ in blocks[:-1])
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "identity":
-            for block in self.blocks:
-                x = block(x)
-            return x
-        first = self.blocks[0]
-        if self.kind == "dense_a":  # variant (a): the dense terms read N(X_i), so X_i stays intact
-            x_0 = first.residual(x)
-            y = torch.relu(x_0 + (x if first.downsample is None else first.downsample(x)))
-            history = [normalized(self.norms[0], x_0)]
-        else:
-            y = first(x)
-            history = [y if self.kind == "dense_identity" else normalized(self.norms[0], y)]
-        last = len(self.blocks) - 1
-        for l in range(1, last + 1):
-            block = self.blocks[l]
-            x_l = block.residual(y)
-            out = x_l.clone() if self.kind == "dense_a" else x_l
-            y = torch.relu_(add_dense_shortcuts(out, block.dense_weight, history))
-            if l < last:
-                source = x_l if self.kind == "dense_a" else y
-                history.append(source if self.kind == "dense_identity" else normalized(self.norms[l], source))
-        return y
+        return self.wiring.forward(self, x)
 
     def __getitem__(self, index: int) -> Bottleneck:
         return self.blocks[index]
 
     def __len__(self) -> int:
         return len(self.blocks)
-
-
-@dataclass(frozen=True)
-class Normalized:
-    """N(y) kept as ``y * scale + shift`` (scale, shift: N x C x 1 x 1, at least float32), never materialised.
-
-    GroupNorm without affine is a per-(sample, channel) affine map of y, so a weighted shortcut
-    W * N(y) is ``(W * scale) * y + W * shift``: one multiply-add over y, and the shifts of all
-    terms of a block sum to a single bias (§4.5 taken one step further: N is shared *and* folded).
-    """
-
-    y: Tensor
-    scale: Tensor
-    shift: Tensor
-
-
-def normalized(norm: nn.Module, y: Tensor) -> Normalized | Tensor:
-    """N(y), computed once and shared by every later block.
-
-    While autograd records (training) the GroupNorm family is kept in folded form: nothing the size
-    of y is stored for backward, so a training step needs no more memory than ResNet's. Without
-    autograd, PyTorch's fused GroupNorm materialises N(y) once: one kernel instead of several.
-    """
-    if not isinstance(norm, nn.GroupNorm):
-        return norm(y)
-    if not (torch.is_grad_enabled() and y.requires_grad):
-        if torch.is_autocast_enabled(y.device.type):
-            # In y's dtype: autocast's float32 policy for group_norm would copy y up and every
-            # shortcut would then mix dtypes; the fused kernels accumulate in float32 anyway.
-            with torch.autocast(y.device.type, enabled=False):
-                return norm(y)
-        return norm(y)
-    return Normalized(y, *_GroupAffine.apply(y, norm.num_groups, norm.eps))
-
-
-def _per_channel(per_group: Tensor, channels: int) -> Tensor:
-    """N x G group values repeated to N x C x 1 x 1, to broadcast over an N x C x H x W tensor."""
-    n, groups = per_group.shape
-    return per_group.repeat_interleave(channels // groups, dim=1).view(n, channels, 1, 1)
-
-
-class _GroupAffine(torch.autograd.Function):
-    """GroupNorm without affine as ``N(y) = y * scale + shift``: per-channel scale = 1/std and
-    shift = -mean/std of y's group (N x C x 1 x 1, at least float32, also under fp16 autocast).
-
-    One autograd node instead of a dozen small ops (and their backwards: every small op is a kernel
-    launch on a GPU). Hand-written backward: the gradient reaching y is ``a + b * y`` per group, two
-    passes over y where autograd's sum + vector_norm backward adds divisions and masking (2.2-2.6x
-    faster on the CPU, benchmarks/cpu_details.py).
-    """
-
-    @staticmethod
-    def forward(ctx, y: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
-        n, channels = y.shape[:2]
-        dtype = torch.promote_types(y.dtype, torch.float32)
-        count = y[0].numel() // groups
-        # Per-channel sum and sum of squares (plain reductions: several times faster than var_mean on
-        # the CPU, any memory format, no temporaries), then per group.
-        total = y.sum((2, 3), dtype=dtype).view(n, groups, -1).sum(2)
-        squares = torch.linalg.vector_norm(y, dim=(2, 3), dtype=dtype).square().view(n, groups, -1).sum(2)
-        mean = total / count
-        rstd = ((squares / count - mean.square()).clamp_min(0) + eps).rsqrt()
-        ctx.save_for_backward(y, mean, rstd)
-        ctx.count = count
-        return _per_channel(rstd, channels), _per_channel(-mean * rstd, channels)
-
-    @staticmethod
-    def backward(ctx, grad_scale: Tensor, grad_shift: Tensor) -> tuple[Tensor, None, None]:
-        y, mean, rstd = ctx.saved_tensors
-        n, groups = mean.shape
-        grad_scale, grad_shift = (g.reshape(n, groups, -1).sum(2) for g in (grad_scale, grad_shift))
-        grad_rstd = grad_scale - mean * grad_shift  # scale = rstd, shift = -mean * rstd
-        grad_var = grad_rstd * -0.5 * rstd.pow(3)
-        grad_mean = -rstd * grad_shift
-        shift = (grad_mean - 2 * mean * grad_var) / ctx.count  # d loss / d y = shift + slope * y
-        slope = 2 * grad_var / ctx.count
-        c, dtype = y.shape[1], y.dtype
-        return (y * _per_channel(slope, c).to(dtype)).add_(_per_channel(shift, c).to(dtype)), None, None
-
-
-class _FoldedShortcuts(torch.autograd.Function):
-    """``out += bias + sum_i scales[i] * ys[i]`` in place (scales: terms x N x C x 1 x 1, bias:
-    N x C x 1 x 1).
-
-    The sum runs in out's dtype; the small factors' gradients are summed in float32 and stay there,
-    so under fp16 autocast the shortcut weights' gradients are never rounded to fp16. Hand-written
-    backward: one product per input gradient, where autograd's addcmul backward makes extra
-    broadcast copies (1.3x faster per term on the CPU, benchmarks/cpu_details.py).
-    """
-
-    @staticmethod
-    def forward(ctx, out: Tensor, bias: Tensor, scales: Tensor, *ys: Tensor) -> Tensor:
-        scales = scales.to(out.dtype)
-        for scale, y in zip(scales, ys):
-            out.addcmul_(scale, y)
-        out.add_(bias.to(out.dtype))
-        ctx.mark_dirty(out)
-        ctx.save_for_backward(scales, *ys)
-        return out  # the dirty input itself, as torch.compile requires
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, ...]:
-        def spatial_sum(t: Tensor) -> Tensor:  # autograd casts it to the input's dtype if that differs
-            return t.sum((2, 3), keepdim=True, dtype=torch.promote_types(t.dtype, torch.float32))
-
-        scales, *ys = ctx.saved_tensors
-        grad_scales = _stack([spatial_sum(grad * y) for y in ys])
-        return grad, spatial_sum(grad), grad_scales, *(grad * scale for scale in scales)
-
-
-def _stack(tensors: list[Tensor]) -> Tensor:
-    """torch.stack, without a copy for one tensor (DS2's inner shortcut has one term)."""
-    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
-
-
-def add_dense_shortcuts(out: Tensor, weight: nn.Parameter | None, history: list[Normalized | Tensor]) -> Tensor:
-    """out += sum_i W_i * N(Y_i), in place (no temporaries the size of an activation).
-
-    Every pass over an activation runs in out's dtype, also under autocast (mixed operands would
-    copy the activation on the CPU). Folded terms (all terms of a stage are alike) are handled
-    together: a few small ops per block, not per term.
-    """
-    if history and isinstance(history[0], Normalized):
-        scales, shifts = _stack([n.scale for n in history]), _stack([n.shift for n in history])
-        if weight is not None:
-            w = weight.unsqueeze(1)  # terms x 1 x C x 1 x 1, against terms x N x C x 1 x 1
-            scales, shifts = scales * w, shifts * w
-        bias = shifts[0] if len(history) == 1 else shifts.sum(0)
-        return _FoldedShortcuts.apply(out, bias, scales, *(n.y for n in history))
-    weights = [None] * len(history) if weight is None else weight.unbind(0)
-    for w, n in zip(weights, history):
-        out.add_(n) if w is None else out.addcmul_(w.to(out.dtype), n)
-    return out
 
 
 class DSNet(nn.Module):
@@ -363,13 +280,13 @@ class DSNet(nn.Module):
         if stride != 1 or self.inplanes != out_channels:
             downsample = nn.Sequential(nn.Conv2d(self.inplanes, out_channels, 1, stride=stride, bias=False),
                                        nn.BatchNorm2d(out_channels))
-        dense = self.shortcut.kind in ("dense", "dense_a")
+        wiring = self.shortcut.wiring
         stage_blocks = []
         for l in range(blocks):
             stage_blocks.append(Bottleneck(self.inplanes if l == 0 else out_channels, planes,
                                            stride if l == 0 else 1, downsample if l == 0 else None,
                                            self.groups, self.base_width, self.shortcut,
-                                           dense_terms=l if dense else 0))
+                                           dense_terms=wiring.weight_terms(l)))
         self.inplanes = out_channels
         return Stage(stage_blocks, self.shortcut)
 
@@ -386,112 +303,155 @@ class DSNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+    def to_channels_last(self) -> DSNet:
+        """``self.to(memory_format=torch.channels_last)``, but the shortcut weights (T x C x 1 x 1) get
+        their default strides back: for them the format changes only strides, not memory, and their
+        gradients come back with the default strides, which DDP then copies into its buckets at every
+        step (warning "Grad strides do not match bucket view strides")."""
+        self.to(memory_format=torch.channels_last)
+        for block in self.modules():
+            if isinstance(block, Bottleneck):
+                for weight in (block.dense_weight, block.inner_weight):
+                    if weight is not None:
+                        weight.data = weight.data.clone(memory_format=torch.contiguous_format)
+        return self
+
+
 def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """``model.to(memory_format=torch.channels_last)``, but the shortcut weights (T x C x 1 x 1) get
-    their default strides back: for them the format changes only strides, not memory, and their
-    gradients come back with the default strides, which DDP then copies into its buckets at every
-    step (warning "Grad strides do not match bucket view strides")."""
-    model.to(memory_format=torch.channels_last)
-    for block in model.modules():
-        if isinstance(block, Bottleneck):
-            for weight in (block.dense_weight, block.inner_weight):
-                if weight is not None:
-                    weight.data = weight.data.clone(memory_format=torch.contiguous_format)
-    return model
-
-
 # --- builders -----------------------------------------------------------------------------------
-# Each registered builder is a thin wrapper; ``**kwargs`` reach DSNet (num_classes, width, ...).
+# One documented function per registered name, as torchvision's. Keyword arguments reach DSNet
+# (num_classes, width, stem, ...); ``norm``, ``weight`` and ``ds2_strided`` override the spec.
 
 RESNET = ShortcutSpec("identity")
 DSNET = ShortcutSpec("dense")
 DS2NET = ShortcutSpec("dense", inner=True)
 
 
-def _build(spec: ShortcutSpec, depth: int = 50, **kwargs) -> DSNet:
-    """``norm``, ``weight`` and ``ds2_strided`` override the builder's spec; the rest go to DSNet."""
+def _build(spec: ShortcutSpec, depth: int, **kwargs: Any) -> DSNet:
     overrides = {k: kwargs.pop(k) for k in ("norm", "weight", "ds2_strided") if kwargs.get(k) is not None}
     return DSNet(BLOCKS_BY_DEPTH[depth], shortcut=dataclasses.replace(spec, **overrides), **kwargs)
 
 
 @register_model()
-def resnet50(**kwargs) -> DSNet:
+def resnet50(**kwargs: Any) -> DSNet:
+    """ResNet-50 v1.5, torchvision's layout: a torchvision state dict loads unchanged (the baseline)."""
     return _build(RESNET, 50, **kwargs)
 
 
 @register_model()
-def resnet50_dense(**kwargs) -> DSNet:
+def dsnet50(**kwargs: Any) -> DSNet:
+    """DSNet-50: ResNet-50 with dense weighted normalised shortcuts in each stage (Eq. 12, §3.3)."""
+    return _build(DSNET, 50, **kwargs)
+
+
+@register_model()
+def ds2net50(**kwargs: Any) -> DSNet:
+    """DS2Net-50: DSNet-50 plus a weighted normalised shortcut around every 3x3 convolution (§3.3)."""
+    return _build(DS2NET, 50, **kwargs)
+
+
+@register_model()
+def resnet50_dense(**kwargs: Any) -> DSNet:
     """Dense identity shortcut, no N and no W (Eq. 13; the failed naive baseline of Table 1)."""
     return _build(ShortcutSpec("dense_identity"), 50, **kwargs)
 
 
 @register_model()
-def dsnet50(**kwargs) -> DSNet:
-    return _build(DSNET, 50, **kwargs)
-
-
-@register_model()
-def dsnet50_a(**kwargs) -> DSNet:
+def dsnet50_a(**kwargs: Any) -> DSNet:
     """Variant (a), Eq. 11: dense terms from N(X_i) instead of N(Y_i)."""
     return _build(ShortcutSpec("dense_a"), 50, **kwargs)
 
 
 @register_model()
-def ds2net50(**kwargs) -> DSNet:
-    return _build(DS2NET, 50, **kwargs)
-
-
-@register_model()
-def dsnext50_32x4d(**kwargs) -> DSNet:
+def dsnext50_32x4d(**kwargs: Any) -> DSNet:
+    """DSNeXt-50 (32x4d): ResNeXt-50's grouped 3x3 convolutions with DSNet's shortcuts (Table 5)."""
     return _build(DSNET, 50, groups=32, width_per_group=4, **kwargs)
 
 
 @register_model()
-def ds2next50_32x4d(**kwargs) -> DSNet:
+def ds2next50_32x4d(**kwargs: Any) -> DSNet:
+    """DS2NeXt-50 (32x4d): ResNeXt-50 with DS2Net's shortcuts (Table 5)."""
     return _build(DS2NET, 50, groups=32, width_per_group=4, **kwargs)
 
 
 @register_model()
-def dswrn50_2(**kwargs) -> DSNet:
+def dswrn50_2(**kwargs: Any) -> DSNet:
+    """DS-WRN-50-2: Wide ResNet-50-2 (bottleneck 3x3 convolutions twice as wide) with DSNet's shortcuts."""
     return _build(DSNET, 50, width_per_group=128, **kwargs)
 
 
-def _register_depth(prefix: str, spec: ShortcutSpec, depth: int) -> None:
-    def builder(**kwargs) -> DSNet:
-        return _build(spec, depth, **kwargs)
+# Other depths (Table 3): blocks per stage from BLOCKS_BY_DEPTH.
 
-    builder.__name__ = builder.__qualname__ = f"{prefix}{depth}"
-    builder.__doc__ = f"{prefix} with the depth-{depth} block design {BLOCKS_BY_DEPTH[depth]} (Table 3)."
-    register_model()(builder)
-
-
-for _depth in (26, 38, 77, 101):
-    for _prefix, _spec in (("resnet", RESNET), ("dsnet", DSNET), ("ds2net", DS2NET)):
-        _register_depth(_prefix, _spec, _depth)
+@register_model()
+def resnet26(**kwargs: Any) -> DSNet:
+    """ResNet-26, blocks (2, 2, 2, 2)."""
+    return _build(RESNET, 26, **kwargs)
 
 
-@dataclass(frozen=True)
-class WarmStartReport:
-    loaded: list[str]
-    new: list[str]  # in the model, not in the ResNet state dict (the dense shortcut tensors)
-    skipped: list[str]  # in both, with different shapes (e.g. fc for another class count)
-    unused: list[str]  # in the ResNet state dict, not in the model
-
-    def summary(self) -> str:
-        return (f"warm start: loaded {len(self.loaded)} tensors; new {len(self.new)} "
-                f"({', '.join(self.new[:4])}{'...' if len(self.new) > 4 else ''}); "
-                f"skipped (shape) {self.skipped}; unused {self.unused}")
+@register_model()
+def dsnet26(**kwargs: Any) -> DSNet:
+    """DSNet-26, blocks (2, 2, 2, 2)."""
+    return _build(DSNET, 26, **kwargs)
 
 
-def warm_start_from_resnet(model: nn.Module, state_dict: dict[str, Tensor]) -> WarmStartReport:
-    """Copy every matching tensor of a torchvision-format ResNet state dict into ``model``."""
-    own = model.state_dict()
-    loaded = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
-    skipped = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    model.load_state_dict({k: state_dict[k] for k in loaded}, strict=False)
-    return WarmStartReport(loaded, [k for k in own if k not in state_dict], skipped,
-                           [k for k in state_dict if k not in own])
+@register_model()
+def ds2net26(**kwargs: Any) -> DSNet:
+    """DS2Net-26, blocks (2, 2, 2, 2)."""
+    return _build(DS2NET, 26, **kwargs)
+
+
+@register_model()
+def resnet38(**kwargs: Any) -> DSNet:
+    """ResNet-38, blocks (3, 3, 3, 3)."""
+    return _build(RESNET, 38, **kwargs)
+
+
+@register_model()
+def dsnet38(**kwargs: Any) -> DSNet:
+    """DSNet-38, blocks (3, 3, 3, 3)."""
+    return _build(DSNET, 38, **kwargs)
+
+
+@register_model()
+def ds2net38(**kwargs: Any) -> DSNet:
+    """DS2Net-38, blocks (3, 3, 3, 3)."""
+    return _build(DS2NET, 38, **kwargs)
+
+
+@register_model()
+def resnet77(**kwargs: Any) -> DSNet:
+    """ResNet-77, blocks (3, 4, 15, 3)."""
+    return _build(RESNET, 77, **kwargs)
+
+
+@register_model()
+def dsnet77(**kwargs: Any) -> DSNet:
+    """DSNet-77, blocks (3, 4, 15, 3)."""
+    return _build(DSNET, 77, **kwargs)
+
+
+@register_model()
+def ds2net77(**kwargs: Any) -> DSNet:
+    """DS2Net-77, blocks (3, 4, 15, 3)."""
+    return _build(DS2NET, 77, **kwargs)
+
+
+@register_model()
+def resnet101(**kwargs: Any) -> DSNet:
+    """ResNet-101, blocks (3, 4, 23, 3)."""
+    return _build(RESNET, 101, **kwargs)
+
+
+@register_model()
+def dsnet101(**kwargs: Any) -> DSNet:
+    """DSNet-101, blocks (3, 4, 23, 3)."""
+    return _build(DSNET, 101, **kwargs)
+
+
+@register_model()
+def ds2net101(**kwargs: Any) -> DSNet:
+    """DS2Net-101, blocks (3, 4, 23, 3)."""
+    return _build(DS2NET, 101, **kwargs)

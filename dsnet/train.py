@@ -27,11 +27,10 @@ from . import get_model
 from .allocator import retain_freed_memory
 from .files import atomic_path
 from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
-                   normalize, scan_labelled, train_transform)
+                   scan_labelled, standardize, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
                        label_set_for, write_entry)
-from .models import to_channels_last, warm_start_from_resnet
-from .weights import save_safetensors
+from .weights import save_safetensors, warm_start_from_resnet
 from .zoo import pick_device
 
 
@@ -161,7 +160,7 @@ def evaluate_loader(model: nn.Module, loader, device, d: Dist, channels_last: bo
     loss = correct1 = correct5 = count = 0.0
     with torch.inference_mode():
         for images, labels in loader:
-            images = normalize(images.to(device, non_blocking=True), mean, std)
+            images = standardize(images.to(device, non_blocking=True), mean, std)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device)
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.summary())
     model.to(device)
     if args.channels_last:
-        to_channels_last(model)
+        model.to_channels_last()
 
     if recipe.cache:
         cache_size = max(recipe.eval_resize, recipe.train_crop)
@@ -346,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(loader, desc=f"{args.model} epoch {epoch + 1}/{recipe.epochs}", unit="batch",
                    disable=not d.main, mininterval=5 if sys.stderr.isatty() else 60)
         for images, labels in bar:
-            images = normalize(images.to(device, non_blocking=True), mean, std)
+            images = standardize(images.to(device, non_blocking=True), mean, std)
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)

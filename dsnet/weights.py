@@ -1,8 +1,9 @@
-"""Reading and writing weight files: full SHA-256 first, then safetensors or a weights-only torch load."""
+"""Weight files and state dicts: full SHA-256 first, then safetensors or a weights-only torch load; warm starts."""
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,3 +50,26 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike) -> str:
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     return sha256_file(path)
+
+
+@dataclass(frozen=True)
+class WarmStartReport:
+    loaded: list[str]
+    new: list[str]  # in the model, not in the ResNet state dict (the dense shortcut tensors)
+    skipped: list[str]  # in both, with different shapes (e.g. fc for another class count)
+    unused: list[str]  # in the ResNet state dict, not in the model
+
+    def summary(self) -> str:
+        return (f"warm start: loaded {len(self.loaded)} tensors; new {len(self.new)} "
+                f"({', '.join(self.new[:4])}{'...' if len(self.new) > 4 else ''}); "
+                f"skipped (shape) {self.skipped}; unused {self.unused}")
+
+
+def warm_start_from_resnet(model: nn.Module, state_dict: dict[str, Tensor]) -> WarmStartReport:
+    """Copy every matching tensor of a torchvision-format ResNet state dict into ``model``."""
+    own = model.state_dict()
+    loaded = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
+    skipped = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    model.load_state_dict({k: state_dict[k] for k in loaded}, strict=False)
+    return WarmStartReport(loaded, [k for k in own if k not in state_dict], skipped,
+                           [k for k in state_dict if k not in own])

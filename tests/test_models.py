@@ -8,7 +8,8 @@ from torch.utils._pytree import tree_leaves
 import dsnet
 from dsnet.images import model_view, open_image, to_tensor
 from dsnet.manifest import Preprocessing
-from dsnet.models import BLOCKS_BY_DEPTH, Stage, shortcut_norm, warm_start_from_resnet
+from dsnet.models import BLOCKS_BY_DEPTH, Stage, parameter_free_norm
+from dsnet.weights import warm_start_from_resnet
 
 from conftest import sample
 
@@ -54,9 +55,9 @@ def test_depths_follow_table_3():
 
 
 def test_group_norm_uses_a_divisor_of_the_channels_at_narrow_widths():
-    norm = shortcut_norm("group", 48)
+    norm = parameter_free_norm("group", 48)
     assert isinstance(norm, nn.GroupNorm) and norm.num_groups == 16 and not norm.affine
-    assert shortcut_norm("instance", 8).num_groups == 8 and shortcut_norm("layer", 8).num_groups == 1
+    assert parameter_free_norm("instance", 8).num_groups == 8 and parameter_free_norm("layer", 8).num_groups == 1
 
 
 def naive_stage(stage: Stage, x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -96,7 +97,7 @@ def test_shared_normalisation_equals_the_equation(name, kind, weight):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_folded_normalisation_has_the_gradients_of_groupnorm(monkeypatch, channels_last):
-    """Training uses N folded into scale/shift (dsnet.models.normalized); its backward must equal
+    """Training uses N folded into scale/shift (dsnet.kernels.apply_norm); its backward must equal
     that of PyTorch's GroupNorm, also for a dead (all-zero) channel and in channels_last."""
     from dsnet import models
     torch.manual_seed(0)
@@ -109,8 +110,8 @@ def test_folded_normalisation_has_the_gradients_of_groupnorm(monkeypatch, channe
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     gradients = []
-    for normalise in (models.normalized, lambda norm, y: norm(y)):
-        monkeypatch.setattr(models, "normalized", normalise)
+    for normalise in (models.apply_norm, lambda norm, y: norm(y)):
+        monkeypatch.setattr(models, "apply_norm", normalise)
         model.zero_grad()
         nn.functional.cross_entropy(model(x), torch.tensor([1, 7])).backward()
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -127,33 +128,33 @@ def test_hand_written_backwards_pass_gradcheck():
     passes and ops than autograd's); finite differences in float64 confirm them, also for a constant
     (zero-variance) group (eps 1e-2: at 1e-5, 1/std amplifies the one-pass variance's 1e-17 rounding
     past the tolerance)."""
-    from dsnet.models import _FoldedShortcuts, _GroupAffine
+    from dsnet.kernels import FoldedShortcutSum, GroupNormAffine
     torch.manual_seed(0)
     y = torch.randn(2, 6, 4, 5, dtype=torch.float64)
     y[1, :3] = 0.5  # group 0 of sample 1 is constant
     y.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: _GroupAffine.apply(t, 2, 1e-2), (y,))
-    scale, shift = _GroupAffine.apply(y, 2, 1e-2)  # N(y) = y * scale + shift is GroupNorm
+    assert torch.autograd.gradcheck(lambda t: GroupNormAffine.apply(t, 2, 1e-2), (y,))
+    scale, shift = GroupNormAffine.apply(y, 2, 1e-2)  # N(y) = y * scale + shift is GroupNorm
     torch.testing.assert_close(y * scale + shift, nn.functional.group_norm(y, 2, eps=1e-2))
     out, bias, scales = (torch.randn(shape, dtype=torch.float64, requires_grad=True)
                          for shape in ((2, 6, 4, 5), (2, 6, 1, 1), (2, 2, 6, 1, 1)))
     y1 = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda o, *rest: _FoldedShortcuts.apply(o.clone(), *rest),
+    assert torch.autograd.gradcheck(lambda o, *rest: FoldedShortcutSum.apply(o.clone(), *rest),
                                     (out, bias, scales, y, y1))
-    assert torch.autograd.gradcheck(lambda o, *rest: _FoldedShortcuts.apply(o.clone(), *rest),
+    assert torch.autograd.gradcheck(lambda o, *rest: FoldedShortcutSum.apply(o.clone(), *rest),
                                     (out, bias, scales[:1], y))
 
 
 def test_shortcut_weight_gradients_are_not_rounded_to_the_activations_dtype():
     """In a bf16 (or fp16) sum, the float32 factors' gradients are float32 sums, not bf16 roundings
     (2^-8 relative error, and fp16 overflow at 65504 under a loss scale)."""
-    from dsnet.models import _FoldedShortcuts
+    from dsnet.kernels import FoldedShortcutSum
     torch.manual_seed(0)
     y = torch.randn(2, 8, 16, 16).bfloat16()
     out = torch.randn(2, 8, 16, 16).bfloat16().requires_grad_()
     bias, scale = torch.rand(2, 8, 1, 1, requires_grad=True), torch.rand(1, 2, 8, 1, 1, requires_grad=True)
     grad = torch.randn(2, 8, 16, 16).bfloat16()
-    result = _FoldedShortcuts.apply(out.clone(), bias, scale, y)
+    result = FoldedShortcutSum.apply(out.clone(), bias, scale, y)
     assert result.dtype == torch.bfloat16
     result.backward(grad)
     assert scale.grad.dtype == bias.grad.dtype == torch.float32
@@ -294,3 +295,8 @@ def test_layer4_forward_split_matches_forward():
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+
+
+def test_an_unknown_shortcut_kind_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown shortcut kind 'densee'; choose identity, dense, dense_a, dense_identity"):
+        dsnet.ShortcutSpec("densee")
