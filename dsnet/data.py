@@ -144,3 +144,9 @@ def standardize(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     m = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
     return (batch.float().div_(255) - m) / s
+
+
+def topk_hits(logits: Tensor, labels: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
+    """Per image: is the label the top-1 prediction, and is it among the top ``k`` (fewer classes: all)."""
+    top = logits.topk(min(k, logits.shape[1]), 1).indices
+    return top[:, 0] == labels, (top == labels[:, None]).any(1)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from . import stats
 from .allocator import retain_freed_memory
-from .data import LabelledImage, decode_square, scan_labelled, standardize
+from .data import LabelledImage, decode_square, scan_labelled, standardize, topk_hits
 from .images import model_view, open_image, to_tensor
 from .manifest import Preprocessing, load_manifest
 from .weights import read_state_dict
@@ -102,9 +102,9 @@ def predictions(models: list[ZooModel], items: list[LabelledImage], pre: Preproc
     with torch.inference_mode():
         for x, y in tqdm(loader, desc=f"{len(models)} model(s) at {pre.crop} px", unit="batch", leave=False):
             for zm, (top1, top5) in zip(models, out):
-                top = zm.model(x.to(zm.device)).topk(min(5, len(lookup)), 1).indices.cpu()
-                top1 += (top[:, 0] == y).tolist()
-                top5 += (top == y[:, None]).any(1).tolist()
+                hit1, hit5 = topk_hits(zm.model(x.to(zm.device)).cpu(), y)
+                top1 += hit1.tolist()
+                top5 += hit5.tolist()
     return out
 
 

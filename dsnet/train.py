@@ -3,6 +3,10 @@
 CPU, one GPU, or many GPUs/nodes via ``torchrun`` (DDP). Checkpoints are written atomically every
 epoch and ``--resume`` continues exactly: every random draw of epoch ``e`` is seeded from
 ``(seed, e)``, so a resumed run repeats the uninterrupted one.
+
+``main`` reads the command line into a typed ``TrainConfig``; ``train`` runs it as small steps:
+``load_data``, ``build_model``, ``make_optimiser``, ``train_epoch`` / ``evaluate_loader`` per
+epoch, ``save_checkpoint`` / ``load_checkpoint``, and ``export``.
 """
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,9 +32,10 @@ from . import get_model
 from .allocator import retain_freed_memory
 from .files import atomic_path
 from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
-                   scan_labelled, standardize, train_transform)
+                   scan_labelled, standardize, topk_hits, train_transform)
 from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
                        label_set_for, write_entry)
+from .curves import plot_curves
 from .weights import save_safetensors, warm_start_from_resnet
 from .zoo import pick_device
 
@@ -56,6 +62,7 @@ class Recipe:
     eval_resize: int = 256
     eval_crop: int = 224
     stem: str = "imagenet"
+    width: float = 1.0  # channel width multiplier of the model
     cache: bool = False  # decode all images once into memory (small data sets)
 
 
@@ -72,7 +79,7 @@ RECIPES = {
     # one GPU, hours on two CPU cores; README, "Training").
     "imagenette": Recipe(epochs=60, batch_size=128, lr=0.1, base_batch=64, weight_decay=5e-4,
                          schedule="cosine", nesterov=True, warmup_epochs=1.0, label_smoothing=0.1,
-                         train_crop=112, min_scale=0.25, eval_resize=146, eval_crop=128, cache=True),
+                         train_crop=112, min_scale=0.25, eval_resize=146, eval_crop=128, width=0.25, cache=True),
 }
 
 
@@ -127,52 +134,37 @@ def save_atomic(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:
-    """Train/val top-1 error per epoch, one colour per run (the layout of the paper's Figure 4)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for i, (name, rows) in enumerate(logs.items()):
-        epochs = [r["epoch"] for r in rows]
-        colour = f"C{i}"
-        ax.plot(epochs, [100 - r["train_top1"] for r in rows], "--", color=colour, label=f"{name} train")
-        ax.plot(epochs, [100 - r["val_top1"] for r in rows], "-", color=colour, label=f"{name} val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("top-1 error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run, everything ``train`` needs (the command line, typed)."""
+
+    model: str
+    data: Path
+    out: Path
+    recipe_name: str
+    recipe: Recipe  # the named recipe with the command line's overrides
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # builder kwargs beyond classes/width/stem
+    seed: int = 0
+    resume: bool = False
+    init_from: Path | None = None
+    device: str = "auto"
+    workers: int | None = None  # None: 4 reading files, 0 with the in-memory cache
+    cache_dir: Path = Path.home() / ".cache" / "dsnet"
+    channels_last: bool = True
+    amp: bool | None = None  # None: on for CUDA
+    compile: str | None = None  # a torch.compile backend
+    limit_per_class: int | None = None
+    stop_after: int | None = None
+    export_zoo: str | None = None
+    export_dir: Path | None = None
+    manifest: Path = MANIFEST_PATH
+    command: str = ""
 
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-# --- training -----------------------------------------------------------------------------------
-
-def evaluate_loader(model: nn.Module, loader, device, d: Dist, channels_last: bool,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, float]:
-    model.eval()
-    loss = correct1 = correct5 = count = 0.0
-    with torch.inference_mode():
-        for images, labels in loader:
-            images = standardize(images.to(device, non_blocking=True), mean, std)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device)
-            logits = model(images).float()
-            loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), 1).indices
-            correct1 += (top[:, 0] == labels).sum().item()
-            correct5 += (top == labels[:, None]).any(1).sum().item()
-            count += len(labels)
-    loss, correct1, correct5, count = all_sum([loss, correct1, correct5, count], d, device)
-    return {"loss": loss / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
-            "images": int(count)}
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "train_crop", "eval_crop",
+                 "eval_resize", "width", "cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,12 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="dsnet50", help="a registered model (dsnet.list_models())")
     p.add_argument("--model-kwargs", default="{}", help='JSON builder kwargs, e.g. \'{"norm": "batch"}\'')
-    p.add_argument("--width", type=float, help="width multiplier (default: 0.25 for the imagenette recipe, else 1)")
-    p.add_argument("--data", help="folder with train/ and val/ (ImageFolder layout)")
+    p.add_argument("--data", required=True, help="folder with train/ and val/ (ImageFolder layout)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, log, curves")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="imagenette")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
-                      ("label-smoothing", float), ("train-crop", int), ("eval-crop", int), ("eval-resize", int)):
+                      ("label-smoothing", float), ("train-crop", int), ("eval-crop", int), ("eval-resize", int),
+                      ("width", float)):
         p.add_argument(f"--{name}", type=typ, help="override the recipe's value")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
@@ -200,26 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 autocast (default: on for CUDA)")
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                    help="train the torch.compile'd model (backend: inductor); fusion removes most of the dense "
-                        "shortcuts' memory traffic (README, Benchmarks); compiling takes minutes")
+                        "shortcuts' memory traffic (docs/benchmarks.md); compiling takes minutes")
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class (quick runs, tests)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs of this run, resumable (training in time-boxed slices)")
     p.add_argument("--export", metavar="ZOO", help="after training, write safetensors + a manifest entry to ZOO")
     p.add_argument("--export-dir", type=Path, help="where the weights go (default: checkpoints/ZOO)")
     p.add_argument("--manifest", type=Path, default=MANIFEST_PATH)
-    p.add_argument("--plot", nargs="+", type=Path, metavar="LOG",
-                   help="only plot these log.jsonl files into --out (a PNG) and exit")
     return p
 
 
-def resolve_recipe(args) -> Recipe:
-    recipe = RECIPES[args.recipe]
-    overrides = {f: getattr(args, f) for f in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
-                                                "train_crop", "eval_crop", "eval_resize")
-                 if getattr(args, f) is not None}
-    if args.cache is not None:
-        overrides["cache"] = args.cache
-    return dataclasses.replace(recipe, **overrides)
+def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> TrainConfig:
+    overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
+    return TrainConfig(
+        model=args.model, data=Path(args.data), out=args.out, recipe_name=args.recipe,
+        recipe=dataclasses.replace(RECIPES[args.recipe], **overrides), model_kwargs=json.loads(args.model_kwargs),
+        seed=args.seed, resume=args.resume, init_from=args.init_from, device=args.device, workers=args.workers,
+        cache_dir=args.cache_dir, channels_last=args.channels_last, amp=args.amp, compile=args.compile,
+        limit_per_class=args.limit_per_class, stop_after=args.stop_after, export_zoo=args.export,
+        export_dir=args.export_dir, manifest=args.manifest,
+        command="python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 def training_device(name: str) -> torch.device:
@@ -230,203 +222,315 @@ def training_device(name: str) -> torch.device:
     return device
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.plot:
-        plot_curves({p.parent.name: read_log(p) for p in args.plot}, args.out)
-        print(f"wrote {args.out}")
-        return 0
-    if not args.data:
-        raise SystemExit("--data is required (a folder with train/ and val/)")
-    if args.compile and args.compile not in torch._dynamo.list_backends(exclude_tags=()):  # before any data work
-        raise SystemExit(f"unknown --compile backend {args.compile!r}; torch.compile has "
+# --- steps ----------------------------------------------------------------------------------------
+
+@dataclass
+class TrainData:
+    """The labelled images of one run, transformed, with this rank's share of val."""
+
+    wnids: list[str]
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    val_loader: DataLoader
+    sampler: torch.utils.data.DistributedSampler | None
+    per_rank_batch: int
+    workers: int
+    world: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_set) // self.world // self.per_rank_batch
+
+    def train_loader(self, seed: int, device: torch.device) -> DataLoader:
+        """This epoch's loader; ``seed`` fixes its order (exact resume)."""
+        return DataLoader(self.train_set, batch_size=self.per_rank_batch, sampler=self.sampler,
+                          shuffle=self.sampler is None, drop_last=True, num_workers=self.workers,
+                          pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
+                          persistent_workers=False)
+
+
+def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainData:
+    recipe = cfg.recipe
+    train_items = limit_per_class(scan_labelled(cfg.data / "train"), cfg.limit_per_class)
+    val_items = limit_per_class(scan_labelled(cfg.data / "val"), cfg.limit_per_class)
+    wnids = sorted({it.wnid for it in train_items})
+    train_labels, val_labels = class_index(train_items, wnids), class_index(val_items, wnids)
+    augment = train_transform(recipe.train_crop, (recipe.min_scale, 1.0), recipe.pad)
+    evaluate = eval_transform(recipe.eval_resize, recipe.eval_crop)
+    if recipe.cache:
+        cache_size = max(recipe.eval_resize, recipe.train_crop)
+        train_set = TensorImages(cached_images(train_items, cache_size, cfg.cache_dir), train_labels, augment)
+        val_set = TensorImages(cached_images(val_items, cache_size, cfg.cache_dir), val_labels, evaluate)
+    else:
+        train_set = FileImages(train_items, train_labels, augment)
+        val_set = FileImages(val_items, val_labels, evaluate)
+    workers = cfg.workers if cfg.workers is not None else (0 if recipe.cache else 4)
+    per_rank_batch = max(1, recipe.batch_size // d.world)
+    val_shard = Subset(val_set, range(d.rank, len(val_set), d.world))  # exact: no padded duplicates
+    val_loader = DataLoader(val_shard, batch_size=per_rank_batch * 2, num_workers=workers,
+                            pin_memory=device.type == "cuda")
+    sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed,
+                                                  drop_last=True) if d.world > 1 else None
+    data = TrainData(wnids, train_set, val_set, val_loader, sampler, per_rank_batch, workers, d.world)
+    if data.steps_per_epoch == 0:
+        raise SystemExit(f"batch size {recipe.batch_size} is larger than the training set ({len(train_set)})")
+    return data
+
+
+def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, d: Dist) -> nn.Module:
+    """The registered model for ``num_classes``, seeded, optionally warm-started, on ``device``."""
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, **model_kwargs(cfg, num_classes))
+    if cfg.init_from:
+        report = warm_start_from_resnet(model, torch.load(cfg.init_from, map_location="cpu", weights_only=True))
+        if d.main:
+            print(report.summary())
+    model.to(device)
+    if cfg.channels_last:
+        model.to_channels_last()
+    return model
+
+
+def model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    return {"num_classes": num_classes, "width": cfg.recipe.width, "stem": cfg.recipe.stem, **cfg.model_kwargs}
+
+
+@dataclass
+class Optimiser:
+    """SGD with the recipe's per-step schedule and (under fp16 autocast) a loss scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("optimizer", "scheduler", "scaler"):
+            getattr(self, name).load_state_dict(state[name])
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def make_optimiser(model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device,
+                   amp: bool) -> Optimiser:
+    """Weight decay on every tensor with more than one dimension (BN and biases: none; the shortcut
+    weights W are T x C x 1 x 1 and decay); the lr scales linearly with the batch size."""
+    decay, no_decay = [], []
+    for prm in model.parameters():
+        (no_decay if prm.ndim <= 1 else decay).append(prm)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=recipe.lr * recipe.batch_size / recipe.base_batch, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
+    return Optimiser(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp))
+
+
+def model_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A uint8 batch from a loader as the model's float input, standardised on the device."""
+    images = standardize(images.to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def train_epoch(net: nn.Module, loader: DataLoader, opt: Optimiser, criterion: nn.Module, cfg: TrainConfig,
+                device: torch.device, amp: bool, d: Dist, title: str) -> dict[str, float]:
+    """One pass over ``loader``; loss and top-1 summed over all ranks."""
+    net.train()
+    started = time.perf_counter()
+    seen = loss_sum = correct = 0.0
+    bar = tqdm(loader, desc=title, unit="batch", disable=not d.main, mininterval=5 if sys.stderr.isatty() else 60)
+    for images, labels in bar:
+        images, labels = model_input(images, device, cfg.channels_last), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = net(images)
+            loss = criterion(logits, labels)
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
+        seen += len(labels)
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen * d.world / (time.perf_counter() - started):.0f}",
+                        refresh=False)
+    seconds = time.perf_counter() - started
+    loss_sum, correct, seen = all_sum([loss_sum, correct, seen], d, device)
+    return {"train_loss": loss_sum / seen, "train_top1": 100 * correct / seen, "epoch_seconds": seconds,
+            "images_per_second": seen / seconds}
+
+
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, d: Dist,
+                    channels_last: bool) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) on ``loader``, summed over all ranks."""
+    model.eval()
+    loss = correct1 = correct5 = count = 0.0
+    with torch.inference_mode():
+        for images, labels in loader:
+            images, labels = model_input(images, device, channels_last), labels.to(device)
+            logits = model(images).float()
+            loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            top1, top5 = topk_hits(logits, labels)
+            correct1 += top1.sum().item()
+            correct5 += top5.sum().item()
+            count += len(labels)
+    loss, correct1, correct5, count = all_sum([loss, correct1, correct5, count], d, device)
+    return {"loss": loss / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
+            "images": int(count)}
+
+
+@dataclass
+class Checkpoint:
+    """What ``OUT/last.pt`` holds besides the weights: where the run is and who trained it."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    trained_by: dict | None = None  # the config of the run that wrote it
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt: Optimiser, epoch: int, history: list[dict],
+                    config: dict) -> None:
+    save_atomic({"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "history": history,
+                 "config": config}, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: Optimiser) -> Checkpoint:
+    from torch.torch_version import TorchVersion  # a str subclass that older checkpoints recorded
+    with torch.serialization.safe_globals([TorchVersion]):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state)
+    return Checkpoint(state["epoch"], state["history"], state.get("config"))
+
+
+def run_record(cfg: TrainConfig, data: TrainData, d: Dist, device: torch.device, amp: bool) -> dict[str, Any]:
+    """The run's provenance, saved in every checkpoint and, at export, in the manifest."""
+    return {"model": cfg.model, "kwargs": model_kwargs(cfg, len(data.wnids)), "recipe": cfg.recipe_name,
+            "resolved_recipe": dataclasses.asdict(cfg.recipe), "seed": cfg.seed, "data": str(cfg.data),
+            "train_images": len(data.train_set), "val_images": len(data.val_set), "world_size": d.world,
+            "device": device.type, "amp": amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
+            "wnids": data.wnids, "torch": str(torch.__version__), "command": cfg.command}
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig) -> None:
+    """Train ``cfg``: resume if asked, one checkpoint and log row per epoch, export when finished."""
+    recipe = cfg.recipe
+    if cfg.compile and cfg.compile not in torch._dynamo.list_backends(exclude_tags=()):  # before any data work
+        raise SystemExit(f"unknown --compile backend {cfg.compile!r}; torch.compile has "
                          f"{', '.join(torch._dynamo.list_backends())} (and debug backends such as aot_eager)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     retain_freed_memory()
-    recipe = resolve_recipe(args)
-    device = training_device(args.device)
+    device = training_device(cfg.device)
     d = init_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
-    amp = device.type == "cuda" if args.amp is None else args.amp
-    width = args.width if args.width is not None else (0.25 if args.recipe == "imagenette" else 1.0)
-    data = Path(args.data)
+    amp = device.type == "cuda" if cfg.amp is None else cfg.amp
 
-    train_items = limit_per_class(scan_labelled(data / "train"), args.limit_per_class)
-    val_items = limit_per_class(scan_labelled(data / "val"), args.limit_per_class)
-    wnids = sorted({it.wnid for it in train_items})
-    train_labels, val_labels = class_index(train_items, wnids), class_index(val_items, wnids)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-
-    torch.manual_seed(args.seed)
-    kwargs = {"num_classes": len(wnids), "width": width, "stem": recipe.stem, **json.loads(args.model_kwargs)}
-    model = get_model(args.model, **kwargs)
-    if args.init_from:
-        report = warm_start_from_resnet(model, torch.load(args.init_from, map_location="cpu", weights_only=True))
-        if d.main:
-            print(report.summary())
-    model.to(device)
-    if args.channels_last:
-        model.to_channels_last()
-
-    if recipe.cache:
-        cache_size = max(recipe.eval_resize, recipe.train_crop)
-        train_set = TensorImages(cached_images(train_items, cache_size, args.cache_dir), train_labels,
-                                 train_transform(recipe.train_crop, (recipe.min_scale, 1.0), recipe.pad))
-        val_set = TensorImages(cached_images(val_items, cache_size, args.cache_dir), val_labels,
-                               eval_transform(recipe.eval_resize, recipe.eval_crop))
-    else:
-        train_set = FileImages(train_items, train_labels,
-                               train_transform(recipe.train_crop, (recipe.min_scale, 1.0), recipe.pad))
-        val_set = FileImages(val_items, val_labels, eval_transform(recipe.eval_resize, recipe.eval_crop))
-    workers = args.workers if args.workers is not None else (0 if recipe.cache else 4)
-    val_shard = Subset(val_set, range(d.rank, len(val_set), d.world))  # exact: no padded duplicates
-    per_rank_batch = max(1, recipe.batch_size // d.world)
-    val_loader = DataLoader(val_shard, batch_size=per_rank_batch * 2, num_workers=workers,
-                            pin_memory=device.type == "cuda")
-    sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=args.seed,
-                                                  drop_last=True) if d.world > 1 else None
-    steps_per_epoch = len(train_set) // d.world // per_rank_batch
-    if steps_per_epoch == 0:
-        raise SystemExit(f"batch size {recipe.batch_size} is larger than the training set ({len(train_set)})")
-
-    peak_lr = recipe.lr * recipe.batch_size / recipe.base_batch
-    decay, no_decay = [], []
-    for n, prm in model.named_parameters():
-        (no_decay if prm.ndim <= 1 else decay).append(prm)  # BN, biases: no weight decay
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=peak_lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    data = load_data(cfg, d, device)
+    model = build_model(cfg, len(data.wnids), device, d)
+    opt = make_optimiser(model, recipe, data.steps_per_epoch, device, amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.world > 1 else model
-    if args.compile:  # the training step only: evaluation and checkpoints use the plain model
-        net = torch.compile(net, backend=args.compile)
+    if cfg.compile:  # the training step only: evaluation and checkpoints use the plain model
+        net = torch.compile(net, backend=cfg.compile)
         if d.main:
-            print(f"torch.compile (backend {args.compile}): the first training step compiles, which takes minutes")
+            print(f"torch.compile (backend {cfg.compile}): the first training step compiles, which takes minutes")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = args.out / "last.pt", args.out / "log.jsonl"
-    start_epoch, history, trained_by = 0, [], None
-    if args.resume and ckpt_path.exists():
-        from torch.torch_version import TorchVersion  # a str subclass that older checkpoints recorded
-        with torch.serialization.safe_globals([TorchVersion]):
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, history, trained_by = state["epoch"], state["history"], state.get("config")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = cfg.out / "last.pt", cfg.out / "log.jsonl"
+    state = Checkpoint()
+    if cfg.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, model, opt)
         if d.main:
-            print(f"resumed {ckpt_path} after epoch {start_epoch}")
-    config = {"model": args.model, "kwargs": kwargs, "recipe": args.recipe, "resolved_recipe": dataclasses.asdict(recipe),
-              "seed": args.seed, "data": str(data), "train_images": len(train_set), "val_images": len(val_set),
-              "world_size": d.world, "device": device.type, "amp": amp, "channels_last": args.channels_last,
-              "compile": args.compile,
-              "wnids": wnids, "torch": str(torch.__version__),
-              "command": "python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv)}
+            print(f"resumed {ckpt_path} after epoch {state.epoch}")
+    record, history = run_record(cfg, data, d, device, amp), state.history
 
     val = None  # the last epoch's val metrics, when this run trains one
-    for epoch in range(start_epoch, recipe.epochs):
-        torch.manual_seed(args.seed * 100003 + epoch)  # every random draw of this epoch (augmentation)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler, shuffle=sampler is None,
-                            drop_last=True, num_workers=workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(args.seed * 100003 + epoch),
-                            persistent_workers=False)
-        net.train()
-        started = time.perf_counter()
-        seen = loss_sum = correct = 0.0
-        bar = tqdm(loader, desc=f"{args.model} epoch {epoch + 1}/{recipe.epochs}", unit="batch",
-                   disable=not d.main, mininterval=5 if sys.stderr.isatty() else 60)
-        for images, labels in bar:
-            images = standardize(images.to(device, non_blocking=True), mean, std)
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = net(images)
-                loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(labels)
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen * d.world / (time.perf_counter() - started):.0f}",
-                            refresh=False)
-        train_time = time.perf_counter() - started
-        loss_sum, correct, seen = all_sum([loss_sum, correct, seen], d, device)
-        val = evaluate_loader(model, val_loader, device, d, args.channels_last, mean, std)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
-               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": train_time,
-               "images_per_second": seen / train_time}
+    for epoch in range(state.epoch, recipe.epochs):
+        epoch_seed = cfg.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed)  # every random draw of this epoch (augmentation)
+        if data.sampler is not None:
+            data.sampler.set_epoch(epoch)
+        trained = train_epoch(net, data.train_loader(epoch_seed, device), opt, criterion, cfg, device, amp, d,
+                              f"{cfg.model} epoch {epoch + 1}/{recipe.epochs}")
+        val = evaluate_loader(model, data.val_loader, device, d, cfg.channels_last)
+        row = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_top1": trained["train_top1"],
+               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": opt.lr,
+               "epoch_seconds": trained["epoch_seconds"], "images_per_second": trained["images_per_second"]}
         history.append(row)
         if d.main:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                         "history": history, "config": config}, ckpt_path)
+            save_checkpoint(ckpt_path, model, opt, epoch + 1, history, record)
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            plot_curves({args.model: history}, args.out / "curves.png")
+            plot_curves({cfg.model: history}, cfg.out / "curves.png")
             print(json.dumps(row), flush=True)
-        if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < recipe.epochs:
+        if cfg.stop_after and epoch + 1 - state.epoch >= cfg.stop_after and epoch + 1 < recipe.epochs:
             if d.main:
                 print(f"stopped after epoch {epoch + 1} (--stop-after); continue with --resume")
             break
 
     finished = bool(history) and history[-1]["epoch"] == recipe.epochs
-    if args.export and finished:
+    if cfg.export_zoo and finished:
         if val is None:  # nothing trained here: the weights may come from elsewhere (another machine,
             # a compressed copy of the data), so measure them on this --data and keep their run's provenance
-            val = evaluate_loader(model, val_loader, device, d, args.channels_last, mean, std)
-            config = {**config, **(trained_by or {})}
+            val = evaluate_loader(model, data.val_loader, device, d, cfg.channels_last)
+            record = {**record, **(state.trained_by or {})}
         if d.main:
-            export(model, args, config, recipe, history, val, data)
+            export(model, cfg, record, history, val)
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return 0
 
 
-def export(model: nn.Module, args, config: dict, recipe: Recipe, history: list[dict], final: dict[str, float],
-           data: Path) -> Entry:
-    """Final weights as safetensors + a manifest entry; ``config`` is the run that trained them,
-    ``final`` their accuracy on ``data``/val measured at export."""
+def export(model: nn.Module, cfg: TrainConfig, record: dict[str, Any], history: list[dict],
+           final: dict[str, float]) -> Entry:
+    """Final weights as safetensors + a manifest entry in zoo ``cfg.export_zoo``; ``record`` is the
+    run that trained them, ``final`` their accuracy on ``cfg.data``/val measured at export."""
     from .manifest import CHECKPOINTS_DIR
-    export_dir = args.export_dir or (CHECKPOINTS_DIR / args.export)
+    zoo = cfg.export_zoo
+    export_dir = cfg.export_dir or (CHECKPOINTS_DIR / zoo)
     export_dir.mkdir(parents=True, exist_ok=True)
-    path = export_dir / f"{args.model}.safetensors"
+    path = export_dir / f"{cfg.model}.safetensors"
     sha = save_safetensors(model, path)
     try:
-        local = str(path.resolve().relative_to(args.manifest.resolve().parent))
+        local = str(path.resolve().relative_to(cfg.manifest.resolve().parent))
     except ValueError:
         local = str(path.resolve())
+    recipe = cfg.recipe
     entry = Entry(
-        name=args.model, builder=args.model, kwargs={k: v for k, v in config["kwargs"].items() if k != "stem" or v != "imagenet"},
-        labels=label_set_for(config["wnids"], args.manifest, args.export),
+        name=cfg.model, builder=cfg.model,
+        kwargs={k: v for k, v in record["kwargs"].items() if k != "stem" or v != "imagenet"},
+        labels=label_set_for(record["wnids"], cfg.manifest, zoo),
         preprocessing=Preprocessing(resize=recipe.eval_resize, crop=recipe.eval_crop),
         file=local, sha256=sha, sources=Sources(local=local),
-        metrics=[Metrics(dataset=f"{data.name}/val", images=final["images"], top1=round(final["top1"], 2),
+        metrics=[Metrics(dataset=f"{cfg.data.name}/val", images=final["images"], top1=round(final["top1"], 2),
                          top5=round(final["top5"], 2))],
-        provenance={"recipe": config["recipe"], "resolved_recipe": config["resolved_recipe"],
-                    "epochs": history[-1]["epoch"], "seed": config["seed"], "data": config["data"],
-                    "train_images": config["train_images"], "torch": config["torch"], "device": config["device"],
-                    "amp": config["amp"], "world_size": config["world_size"],
+        provenance={"recipe": record["recipe"], "resolved_recipe": record["resolved_recipe"],
+                    "epochs": history[-1]["epoch"], "seed": record["seed"], "data": record["data"],
+                    "train_images": record["train_images"], "torch": record["torch"], "device": record["device"],
+                    "amp": record["amp"], "world_size": record["world_size"],
                     "train_seconds": round(sum(r["epoch_seconds"] for r in history)),
                     "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-                    "command": config["command"]})
-    write_entry(args.export, entry, args.manifest)
-    print(f"exported {path} (sha256 {sha}) into zoo {args.export!r} of {args.manifest}")
+                    "command": record["command"]})
+    write_entry(zoo, entry, cfg.manifest)
+    print(f"exported {path} (sha256 {sha}) into zoo {zoo!r} of {cfg.manifest}")
     return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train(config_from_args(args, argv))
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,4 +28,4 @@ for model in resnet50 dsnet50 ds2net50; do
     --seed "$seed" --resume "${export_args[@]}" $epochs $extra >> "$runs/$model.log" 2>&1 &
 done
 wait
-python -m dsnet.train --plot "$runs"/{resnet50,dsnet50,ds2net50}/log.jsonl --out "$runs/figure4.png"
+python -m dsnet.curves "$runs"/{resnet50,dsnet50,ds2net50}/log.jsonl --out "$runs/figure4.png"

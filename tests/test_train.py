@@ -188,3 +188,29 @@ def test_shipped_imagenette_zoo_loads_verifies_and_classifies(monkeypatch):
             with torch.no_grad():
                 correct += zm.labels.wnids[int(zm.model(x).argmax())] == path.parent.name
         assert correct >= 75, f"{name}: {correct}/100 real val images right (chance: 10; measured top-1 > 83 %)"
+
+
+def test_the_width_is_part_of_the_recipe_and_the_command_line_overrides_it(tmp_path):
+    from dsnet.train import build_parser, config_from_args
+    def config(*extra):
+        return config_from_args(build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path), *extra]))
+    assert config().recipe.width == 0.25 and config().recipe_name == "imagenette"  # the shipped zoo's width
+    assert config("--recipe", "imagenet").recipe.width == 1.0
+    assert config("--recipe", "imagenet", "--width", "0.5").recipe.width == 0.5
+    cfg = config("--epochs", "3", "--no-cache", "--model-kwargs", '{"norm": "batch"}', "--export", "z")
+    assert (cfg.recipe.epochs, cfg.recipe.cache, cfg.model_kwargs, cfg.export_zoo) == (3, False, {"norm": "batch"}, "z")
+
+
+def test_curves_plots_the_logs_of_several_runs(tmp_path):
+    from PIL import Image
+    from dsnet.curves import main as curves_main
+    for run, offset in (("resnet50", 0), ("dsnet50", 5)):
+        (tmp_path / run).mkdir()
+        rows = [{"epoch": e, "train_top1": 10 * e + offset, "val_top1": 9 * e + offset} for e in (1, 2, 3)]
+        (tmp_path / run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "figure.png"
+    assert curves_main([str(tmp_path / "resnet50" / "log.jsonl"), str(tmp_path / "dsnet50" / "log.jsonl"),
+                        "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (720, 480)
+        assert len(set(im.convert("RGB").getdata())) > 20  # lines and a legend, not a blank canvas
