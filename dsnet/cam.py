@@ -38,6 +38,8 @@ class Method:
     slow: bool  # seconds or more: runs under the time limit, with progress
     cost: str  # shown to users before they run it
     summary: str  # what the map means, in one line
+    batch_size: int | None = None  # masked / ablated copies per batch (ScoreCAM, AblationCAM)
+    extra_args: Callable[[], dict] = dict  # more constructor arguments, made fresh for every call
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -55,12 +57,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "the first principal component of layer4 (the same map whatever the class)"),
     Method("eigengradcam", pgc.EigenGradCAM, False, False, "one forward + a backward + an SVD",
            "the principal component of gradient times activation (class-aware)"),
+    # AblationCAM's default AblationLayer is one instance shared by every AblationCAM: each call its own.
     Method("ablationcam", pgc.AblationCAM, False, True,
            "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes",
-           "how much the score drops when each channel is removed"),
+           "how much the score drops when each channel is removed",
+           batch_size=32, extra_args=lambda: {"ablation_layer": AblationLayer()}),
     Method("scorecam", pgc.ScoreCAM, True, True,
            "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)",
-           "how much each channel's mask raises the score: slow, whole network per channel"),
+           "how much each channel's mask raises the score: slow, whole network per channel", batch_size=32),
 ]}
 
 
@@ -212,9 +216,10 @@ def faithfulness(zm: ZooModel, x: torch.Tensor, cam: np.ndarray, cls: int) -> Fa
     return Faithfulness(top10_mass(cam), normalised_entropy(cam), change, road)
 
 
-def _run_cam(cam, x: torch.Tensor, targets: list) -> np.ndarray:
+def _run_cam(cam, spec: Method, x: torch.Tensor, targets: list) -> np.ndarray:
     """Run a CAM object and always remove its hooks; errors propagate (BaseCAM's ``with`` swallows IndexError)."""
-    cam.batch_size = 32  # ScoreCAM / AblationCAM batch size
+    if spec.batch_size:
+        cam.batch_size = spec.batch_size
     try:
         return cam(input_tensor=x, targets=targets)[0]
     finally:
@@ -247,13 +252,12 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
     size = (view.shape[1], view.shape[0])
     if spec.whole_network:
         with model_lock(model):
-            grayscale = _run_cam(spec.cam_class(model=model, target_layers=[model.layer4]), x, cam_target)
+            cam = spec.cam_class(model=model, target_layers=[model.layer4], **spec.extra_args())
+            grayscale = _run_cam(cam, spec, x, cam_target)
     else:
-        # AblationCAM's default AblationLayer is one instance shared by every AblationCAM: give each its own.
-        extra = {"ablation_layer": AblationLayer()} if spec.cam_class is pgc.AblationCAM else {}
-        cam = _head_cam_class(spec.cam_class)(model=head, target_layers=[head.target], **extra)
+        cam = _head_cam_class(spec.cam_class)(model=head, target_layers=[head.target], **spec.extra_args())
         cam.view_size = size
-        grayscale = _run_cam(cam, features.detach().requires_grad_(), cam_target)
+        grayscale = _run_cam(cam, spec, features.detach().requires_grad_(), cam_target)
     grayscale = np.clip(grayscale.astype(np.float32), 0.0, 1.0)
     metrics = faithfulness(zm, x, grayscale, cls) if with_metrics else None
     return CamResult(zoo=zm.zoo, model=zm.name, method=method, view=view, cam=grayscale,

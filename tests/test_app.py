@@ -9,6 +9,7 @@ from PIL import Image
 from app.examples import FIGURE5_WNIDS, SHIPPED, load_examples
 from app.params import ParameterError
 from app.ui import N_OUT, Session, build_app
+from dsnet.cam import METHODS
 from dsnet.manifest import load_manifest
 
 from conftest import IMAGENETTE, SAMPLES, TRIO, sample, write_tiny_zoo
@@ -45,6 +46,12 @@ def test_the_api_needs_only_the_image_and_names_every_output(tiny_app):
     assert "/examples" in api
     example_param = explain["parameters"][-1]
     assert example_param["example_input"] in load_examples(load_manifest()).ids()
+
+
+def test_the_method_menu_is_the_method_table(tiny_app):
+    [menu] = [b for b in tiny_app.blocks.values() if getattr(b, "label", None) == "CAM method"]
+    assert [value for _, value in menu.choices] == list(METHODS)
+    assert all(METHODS[value].summary in label for label, value in menu.choices)
 
 
 def test_streams_one_column_per_model_for_a_data_url(tiny_app):
