@@ -5,12 +5,18 @@ from .registry import list_models, register_model
 __all__ = ["DSNet", "ShortcutSpec", "get_model", "list_models", "register_model"]
 
 
-def get_model(name: str, *, weights: str | None = None, **kwargs):
-    """Build a registered model; ``weights`` names a zoo ("imagenette", "imagenet") to load from."""
+def get_model(name: str, *, weights: str | None = None, device=None, **kwargs):
+    """Build a registered model (``kwargs`` go to its builder), on ``device`` if given.
+
+    ``weights`` names a zoo ("imagenette", "imagenet") of the manifest (``$DSNET_MANIFEST`` or the shipped
+    one): the model comes with that zoo's verified weights, in eval mode, on ``device`` (default CPU). It
+    is a new instance of the caller's own, free to fine-tune; the instance the app serves
+    (``dsnet.zoo.load``) is never handed out."""
     if weights is not None:
-        from .zoo import load_model
+        from .zoo import default_zoo
         if kwargs:
             raise ValueError("pass either weights= (the zoo fixes the architecture) or builder kwargs, not both")
-        return load_model(weights, name)
+        return default_zoo().fresh_model(weights, name, device or "cpu")
     from .registry import get_builder
-    return get_builder(name)(**kwargs)
+    model = get_builder(name)(**kwargs)
+    return model.to(device) if device is not None else model

@@ -44,7 +44,7 @@ from .data import LabelledImage, decode_square, scan_labelled, standardize, topk
 from .images import model_view, open_image, to_tensor
 from .manifest import Preprocessing, load_manifest
 from .weights import read_state_dict
-from .zoo import ZooModel, build, load_available, load_state
+from .zoo import ZooModel, build, load_or_skip, load_state
 
 PIPELINES = ("app", "export")
 
@@ -170,9 +170,7 @@ def train_step_memory(model: nn.Module, size: int, batch: int = 32) -> float:
 def load_runs(zoo: str, names: list[str], runs: Path | None = None,
               device: str | None = None) -> list[tuple[str, ZooModel]]:
     """(run, model) pairs: the zoo's shipped weights as run ``seed<N>``, then every ``runs/<run>/<model>.safetensors``."""
-    loaded, missing = load_available(zoo, names, device)
-    for name, why in missing.items():
-        print(f"skipped {zoo}/{name}: {why}", file=sys.stderr)
+    loaded = load_or_skip(zoo, names, device)
     out = [(f"seed{zm.entry.provenance['seed']}" if "seed" in zm.entry.provenance else "zoo", zm) for zm in loaded]
     for folder in sorted(p for p in (runs.iterdir() if runs else ()) if p.is_dir()):
         for zm in loaded:

@@ -11,7 +11,7 @@ from .cam import METHODS, CamResult, TargetPolicy, explain
 from .data import WNID
 from .images import ImageError, open_image
 from .render import comparison
-from .zoo import DEFAULT_MODELS, ZooError, load_available
+from .zoo import DEFAULT_MODELS, ZooError, load_or_skip
 
 
 def result_json(r: CamResult) -> dict:
@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = TargetPolicy.parse(args.target, match.group(1) if match else None)
         image = open_image(args.image)
-        models, missing = load_available(args.zoo, args.models.split(","), args.device)
-        for name, why in missing.items():
-            print(f"skipped {args.zoo}/{name}: {why}", file=sys.stderr)
+        models = load_or_skip(args.zoo, args.models.split(","), args.device)
         if not models:
             raise ZooError(f"no model of zoo {args.zoo!r} is available")
         results = explain(image, models, args.method, target, args.opacity, args.metrics)

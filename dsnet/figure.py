@@ -32,7 +32,7 @@ from .images import ImageError, open_image
 from .manifest import load_manifest
 from .render import grid
 from .stats import compare_accuracy, compare_metric
-from .zoo import DEFAULT_MODELS, load_available
+from .zoo import DEFAULT_MODELS, load_or_skip
 
 STAT_FIELDS = ("top10_mass", "entropy", "confidence_change", "road")
 
@@ -192,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--images and --out are required (unless --from-csv)")
 
     paths = collect_images(args.images, args.per_class)[: args.limit]
-    models, missing = load_available(args.zoo, args.models.split(","), args.device)
-    for name, why in missing.items():
-        print(f"skipped {args.zoo}/{name}: {why}", file=sys.stderr)
+    models = load_or_skip(args.zoo, args.models.split(","), args.device)
     if args.resize and not args.crop:
         p.error("--resize needs --crop")
     if args.crop:

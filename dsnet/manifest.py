@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock
+
 from .files import atomic_path
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 MANIFEST_PATH = CHECKPOINTS_DIR / "manifest.json"
+SCHEMA = 1  # the manifest layout this code reads and writes (its "schema" field)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -149,9 +151,23 @@ def manifest_path() -> Path:
     return Path(os.environ.get("DSNET_MANIFEST") or MANIFEST_PATH)
 
 
+class ManifestError(ValueError):
+    """A manifest this code cannot read (its schema is missing or another version)."""
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    """The manifest's JSON, after checking its ``"schema"`` is the one this code knows."""
+    raw = json.loads(path.read_text())
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    if schema != SCHEMA:
+        found = "has no \"schema\" field" if schema is None else f"has schema {schema!r}"
+        raise ManifestError(f"{path} {found}; this version of dsnet reads manifest schema {SCHEMA} only")
+    return raw
+
+
 def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
     path = Path(path) if path else manifest_path()
-    raw = json.loads(path.read_text())
+    raw = read_raw(path)
     return Manifest(
         label_sets={k: LabelSet(**v) for k, v in raw["label_sets"].items()},
         zoos={z: Zoo(z, v.get("description", ""), {m: Entry.from_json(m, e) for m, e in v["models"].items()})
@@ -160,17 +176,16 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+def _locked(path: Path) -> Iterator[dict[str, Any]]:
+    """The manifest's JSON, under an exclusive lock on ``<name>.lock`` (processes and threads; any OS)."""
+    with FileLock(str(path.with_suffix(".lock"))):
+        yield read_raw(path)
 
 
 def write_entry(zoo: str, entry: Entry, path: str | os.PathLike) -> None:
     """Add or replace one entry, atomically and under a lock (parallel trainings export at once)."""
     path = Path(path)
-    with _locked(path):
-        raw = json.loads(path.read_text())
+    with _locked(path) as raw:
         raw["zoos"].setdefault(zoo, {"description": "", "models": {}})["models"][entry.name] = entry.to_json()
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(raw, indent=1) + "\n")
@@ -179,8 +194,7 @@ def write_entry(zoo: str, entry: Entry, path: str | os.PathLike) -> None:
 def label_set_for(wnids: list[str], path: str | os.PathLike, zoo: str = "custom") -> str:
     """Name of the manifest's label set with exactly these wnids, adding one if there is none."""
     path = Path(path)
-    with _locked(path):
-        raw = json.loads(path.read_text())
+    with _locked(path) as raw:
         for name, ls in raw["label_sets"].items():
             if ls["wnids"] == list(wnids):
                 return name

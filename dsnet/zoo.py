@@ -3,7 +3,9 @@
 Resolution order for an entry's file: the checkpoints folder (``sources.local``), then
 ``$DSNET_WEIGHTS_DIR``, then the download cache (``$DSNET_CACHE/weights``), then a download from
 ``sources.hub`` (Hugging Face Hub, pinned revision) or ``sources.url`` into that cache. Every file is
-hashed before it is deserialised, wherever it came from. ``python -m dsnet.zoo list|verify``.
+hashed before it is deserialised, wherever it came from. ``ModelZoo`` holds one manifest's loaded models
+(each model and device under its own lock) and its failed downloads; the module functions use the shared
+one of each manifest file (``default_zoo``). ``python -m dsnet.zoo list|verify``.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .manifest import CHECKPOINTS_DIR, Entry, LabelSet, Manifest, load_manifest
+from .manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
 from .registry import get_builder
 from .weights import ChecksumError, read_state_dict, verify
 
-__all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "load", "load_model", "pick_device"]
+__all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "ModelZoo", "default_zoo", "load",
+           "load_model", "load_available", "load_or_skip", "pick_device"]
 
 
 class ZooError(RuntimeError):
@@ -104,25 +107,8 @@ def retry_seconds() -> float:
     return float(os.environ.get("DSNET_DOWNLOAD_RETRY_SECONDS", 600))
 
 
-_FAILED_DOWNLOADS: dict[str, tuple[float, str]] = {}  # sha256 -> (when it failed, why)
-
-
-def download(entry: Entry) -> Path:
-    """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's.
-
-    A failure is remembered for ``retry_seconds()``; until then the download is not tried again."""
-    failed = _FAILED_DOWNLOADS.get(entry.sha256)
-    if failed and time.monotonic() - failed[0] < retry_seconds():
-        raise WeightsUnavailable(f"download failed {time.monotonic() - failed[0]:.0f} s ago and is not retried "
-                                 f"for {retry_seconds():.0f} s (DSNET_DOWNLOAD_RETRY_SECONDS): {failed[1]}")
-    try:
-        return _download(entry)
-    except WeightsUnavailable as e:
-        _FAILED_DOWNLOADS[entry.sha256] = (time.monotonic(), str(e))
-        raise
-
-
 def _download(entry: Entry) -> Path:
+    """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's."""
     target_dir = cache_dir() / entry.sha256[:16]
     errors = []
     if entry.sources.hub:
@@ -143,8 +129,10 @@ def _download(entry: Entry) -> Path:
     raise WeightsUnavailable("download failed (offline?): " + " | ".join(errors))
 
 
-def resolve(entry: Entry, zoo: str, root: Path = CHECKPOINTS_DIR, allow_download: bool = True) -> Path:
-    """Path of the entry's verified weight file; raises WeightsUnavailable / ChecksumError."""
+def verified_local(entry: Entry, zoo: str, root: Path) -> Path | None:
+    """The entry's file where it already is (``candidate_paths``), verified; None where it is not.
+
+    Raises WeightsUnavailable for an entry without verifiable weights, ChecksumError for a damaged file."""
     label = f"{zoo}/{entry.name}"
     if entry.unavailable:
         raise WeightsUnavailable(f"{label}: {entry.unavailable}", f"No {zoo} weights exist for {entry.name} yet.")
@@ -155,18 +143,12 @@ def resolve(entry: Entry, zoo: str, root: Path = CHECKPOINTS_DIR, allow_download
         if path.is_file():
             verify(path, entry.sha256)
             return path
-    if not allow_download or os.environ.get("DSNET_OFFLINE") or not (entry.sources.hub or entry.sources.url):
-        raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found and not downloaded; "
-                                 + how_to_get(entry, root), f"The {entry.name} weights are not installed on this server.")
-    try:
-        path = download(entry)
-    except WeightsUnavailable as e:
-        raise WeightsUnavailable(f"{label}: weight file {Path(entry.file).name} not found locally and {e}. "
-                                 + how_to_get(entry, root),
-                                 f"The {entry.name} weights could not be downloaded; the server tries again "
-                                 f"in {max(1, round(retry_seconds() / 60))} minutes.") from None
-    verify(path, entry.sha256)
-    return path
+    return None
+
+
+def not_installed(entry: Entry, zoo: str, root: Path) -> WeightsUnavailable:
+    return WeightsUnavailable(f"{zoo}/{entry.name}: weight file {Path(entry.file).name} not found and not downloaded; "
+                              + how_to_get(entry, root), f"The {entry.name} weights are not installed on this server.")
 
 
 def build(entry: Entry) -> nn.Module:
@@ -187,47 +169,166 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> 
     model.load_state_dict(state, strict=True)
 
 
-_LOADED: dict[tuple[str, str, str, str], ZooModel] = {}
-_LOADING = threading.Lock()
+DEFAULT_MODELS = ("resnet50", "dsnet50", "ds2net50")
 
 
-def load(zoo: str, name: str, device: str | torch.device | None = None, manifest: Manifest | None = None,
-         root: Path | None = None) -> ZooModel:
-    """The verified model in eval mode; one instance per (manifest, zoo, name, device)."""
-    manifest = manifest or load_manifest()
-    root = root or manifest.path.parent
-    device = pick_device(device)
-    key = (str(manifest.path), zoo, name, str(device))
-    with _LOADING:
-        if key in _LOADED:
-            return _LOADED[key]
-        entry = manifest.entry(zoo, name)
-        path = resolve(entry, zoo, root)
+class ModelZoo:
+    """The zoos of one manifest: verified models, each loaded once and cached; failed downloads remembered.
+
+    ``ModelZoo(path)`` reads the manifest file (default: ``$DSNET_MANIFEST``, else the shipped one) on every
+    load that misses the cache, so entries exported while it runs are found; ``ModelZoo(manifest)`` serves
+    a ``Manifest`` as given. Weight files are looked for relative to ``root`` (default: the manifest's
+    folder). Threads share one freely: each (zoo, model, device) has its own lock, held while that model
+    is found, downloaded, verified and built, so a slow download of one model never delays another (and
+    each weight file has its own download lock). A new object starts empty; ``forget()`` empties one.
+    The module functions (``load``, ``load_available``, ...) use ``default_zoo()``, one per manifest file.
+    """
+
+    def __init__(self, manifest: Manifest | str | os.PathLike | None = None,
+                 root: str | os.PathLike | None = None) -> None:
+        self._manifest = manifest if isinstance(manifest, Manifest) else None
+        self.path = self._manifest.path if self._manifest else Path(manifest or manifest_path())
+        self.root = Path(root) if root else self.path.parent
+        self._loaded: dict[tuple[str, str, str], ZooModel] = {}  # (zoo, model, device) -> the served model
+        self._failed: dict[str, tuple[float, str]] = {}  # sha256 -> (when its download failed, why)
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}  # one per model and device, one per download
+        self._lock = threading.Lock()  # guards the three dicts; never held while loading
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest or load_manifest(self.path)
+
+    def _lock_for(self, *key: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self) -> None:
+        """Drop the cached models and the remembered failed downloads (a load in progress still caches its model)."""
+        with self._lock:
+            self._loaded.clear()
+            self._failed.clear()
+
+    def load(self, zoo: str, name: str, device: str | torch.device | None = None) -> ZooModel:
+        """The verified model in eval mode on ``pick_device(device)``; one shared instance per (zoo, name, device).
+
+        Callers must not train or modify it: the app serves it. ``fresh_model`` gives a model of one's own."""
+        device = pick_device(device)
+        key = (zoo, name, str(device))
+        with self._lock_for("load", *key):
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            manifest = self.manifest
+            entry = manifest.entry(zoo, name)
+            loaded = ZooModel(zoo, name, self._verified_model(entry, zoo).to(device), entry, manifest.labels(entry),
+                              device)
+            with self._lock:
+                self._loaded[key] = loaded
+            return loaded
+
+    def fresh_model(self, zoo: str, name: str, device: str | torch.device = "cpu") -> nn.Module:
+        """A new instance with the entry's verified weights, in eval mode on ``device``, shared with no one."""
+        return self._verified_model(self.manifest.entry(zoo, name), zoo).to(device)
+
+    def _verified_model(self, entry: Entry, zoo: str) -> nn.Module:
+        path = self.resolve(entry, zoo)  # verified before it is deserialised
         model = build(entry)
-        load_state(model, read_state_dict(path, entry.format), f"{zoo}/{name}")
-        model.eval().to(device)
-        loaded = ZooModel(zoo, name, model, entry, manifest.labels(entry), device)
-        _LOADED[key] = loaded
+        load_state(model, read_state_dict(path, entry.format), f"{zoo}/{entry.name}")
+        return model.eval()
+
+    def load_available(self, zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+                       device: str | None = None) -> tuple[list[ZooModel], dict[str, str]]:
+        """The models that can be served, and for the others the reason (never a stand-in model)."""
+        loaded, missing = [], {}
+        for name in names:
+            try:
+                loaded.append(self.load(zoo, name, device))
+            except (ZooError, ChecksumError) as e:
+                missing[name] = str(e)
+        return loaded, missing
+
+    def load_or_skip(self, zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+                     device: str | None = None) -> list[ZooModel]:
+        """``load_available``'s models; each other one is named on stderr with the reason (for command lines)."""
+        loaded, missing = self.load_available(zoo, names, device)
+        for name, why in missing.items():
+            print(f"skipped {zoo}/{name}: {why}", file=sys.stderr)
         return loaded
+
+    def resolve(self, entry: Entry, zoo: str, allow_download: bool = True) -> Path:
+        """Path of the entry's verified weight file; raises WeightsUnavailable / ChecksumError.
+
+        The order: the checkpoints folder, ``$DSNET_WEIGHTS_DIR``, the download cache, then a download."""
+        path = verified_local(entry, zoo, self.root)
+        if path is not None:
+            return path
+        if not allow_download or os.environ.get("DSNET_OFFLINE") or not (entry.sources.hub or entry.sources.url):
+            raise not_installed(entry, zoo, self.root)
+        with self._lock_for("download", entry.sha256):
+            path = verified_local(entry, zoo, self.root)  # fetched meanwhile for another device?
+            if path is None:
+                try:
+                    path = self.download(entry)
+                except WeightsUnavailable as e:
+                    raise WeightsUnavailable(
+                        f"{zoo}/{entry.name}: weight file {Path(entry.file).name} not found locally and {e}. "
+                        + how_to_get(entry, self.root),
+                        f"The {entry.name} weights could not be downloaded; the server tries again "
+                        f"in {max(1, round(retry_seconds() / 60))} minutes.") from None
+                verify(path, entry.sha256)
+        return path
+
+    def download(self, entry: Entry) -> Path:
+        """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's.
+
+        A failure is remembered for ``retry_seconds()``; until then the download is not tried again."""
+        with self._lock:
+            failed = self._failed.get(entry.sha256)
+        if failed and time.monotonic() - failed[0] < retry_seconds():
+            raise WeightsUnavailable(f"download failed {time.monotonic() - failed[0]:.0f} s ago and is not retried "
+                                     f"for {retry_seconds():.0f} s (DSNET_DOWNLOAD_RETRY_SECONDS): {failed[1]}")
+        try:
+            return _download(entry)
+        except WeightsUnavailable as e:
+            with self._lock:
+                self._failed[entry.sha256] = (time.monotonic(), str(e))
+            raise
+
+
+_DEFAULTS: dict[str, ModelZoo] = {}
+_DEFAULTS_LOCK = threading.Lock()
+
+
+def default_zoo(manifest: str | os.PathLike | None = None) -> ModelZoo:
+    """The shared ``ModelZoo`` of a manifest file (default: ``$DSNET_MANIFEST``, else the shipped one), made
+    on first use: the app, the command lines and the functions below load through it."""
+    path = str(Path(manifest or manifest_path()))
+    with _DEFAULTS_LOCK:
+        if path not in _DEFAULTS:
+            _DEFAULTS[path] = ModelZoo(path)
+        return _DEFAULTS[path]
+
+
+def load(zoo: str, name: str, device: str | torch.device | None = None,
+         manifest: str | os.PathLike | None = None) -> ZooModel:
+    """``default_zoo(manifest).load``: the shared, verified model in eval mode."""
+    return default_zoo(manifest).load(zoo, name, device)
 
 
 def load_model(zoo: str, name: str, device: str | torch.device | None = None) -> nn.Module:
     return load(zoo, name, device).model
 
 
-DEFAULT_MODELS = ("resnet50", "dsnet50", "ds2net50")
-
-
 def load_available(zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
                    device: str | None = None) -> tuple[list[ZooModel], dict[str, str]]:
-    """The models that can be served, and for the others the reason (never a stand-in model)."""
-    loaded, missing = [], {}
-    for name in names:
-        try:
-            loaded.append(load(zoo, name, device))
-        except (ZooError, ChecksumError) as e:
-            missing[name] = str(e)
-    return loaded, missing
+    """``default_zoo().load_available``: the models that can be served, and for the others the reason."""
+    return default_zoo().load_available(zoo, names, device)
+
+
+def load_or_skip(zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+                 device: str | None = None) -> list[ZooModel]:
+    """``default_zoo().load_or_skip``: the models that can be served; the others named on stderr."""
+    return default_zoo().load_or_skip(zoo, names, device)
 
 
 @dataclass(frozen=True)
@@ -247,7 +348,9 @@ def entry_status(zoo: str, entry: Entry, root: Path) -> EntryStatus:
     present = next((p for p in candidate_paths(entry, root) if p.is_file()), None)
     top1 = entry.metrics[0].top1 if entry.metrics else None
     try:
-        path = resolve(entry, zoo, root, allow_download=False)
+        path = verified_local(entry, zoo, root)
+        if path is None:
+            raise not_installed(entry, zoo, root)
         return EntryStatus(zoo, entry.name, entry.builder, True, True, True, str(path), "ok", top1)
     except (ZooError, ChecksumError) as e:
         return EntryStatus(zoo, entry.name, entry.builder, entry.unavailable is None, present is not None, False,

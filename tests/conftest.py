@@ -57,11 +57,8 @@ def tiny_zoo(tmp_path, monkeypatch) -> Path:
     path = write_tiny_zoo(tmp_path)
     monkeypatch.setenv("DSNET_MANIFEST", str(path))
     monkeypatch.setenv("DSNET_CACHE", str(tmp_path / "cache"))
-    zoo._LOADED.clear()
-    zoo._FAILED_DOWNLOADS.clear()
-    yield path
-    zoo._LOADED.clear()
-    zoo._FAILED_DOWNLOADS.clear()
+    yield path  # a new manifest file: zoo.load & co. use a new zoo object (zoo.default_zoo(path))
+    zoo.default_zoo(path).forget()
 
 
 @dataclass(frozen=True)

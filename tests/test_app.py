@@ -122,13 +122,12 @@ def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_mode
 def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, monkeypatch):
     from dsnet import zoo
     monkeypatch.setenv("DSNET_MANIFEST", str(write_tiny_zoo(tmp_path, unavailable=("dsnet50",))))
-    zoo._LOADED.clear()
     handlers = build_app(None, "tiny").dsnet_handlers
     final = stream(handlers, data_url(sample("tench")))[-1]
     assert final.columns[1] == (None, "**Not available.** No tiny weights exist for dsnet50 yet.", None)
     assert final.columns[0][0] is not None and final.columns[2][0] is not None
     assert str(tmp_path) not in str(final.values())
-    zoo._LOADED.clear()
+    zoo.default_zoo().forget()
 
 
 def test_examples_ship_with_the_app_and_a_gallery_adds_a_sample():

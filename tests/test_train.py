@@ -28,9 +28,8 @@ def manifest_copy(tmp_path, monkeypatch):
     shutil.copy(MANIFEST_PATH, path)
     monkeypatch.setenv("DSNET_MANIFEST", str(path))
     monkeypatch.setenv("DSNET_CACHE", str(tmp_path / "cache"))
-    zoo._LOADED.clear()
     yield path
-    zoo._LOADED.clear()
+    zoo.default_zoo(path).forget()
 
 
 def test_tiny_training_exports_a_loadable_checkpoint_and_manifest_entry(tmp_path, manifest_copy):
@@ -176,7 +175,7 @@ def test_evaluate_accepts_flat_wnid_named_files_and_counts_foreign_classes(tiny_
 
 def test_shipped_imagenette_zoo_loads_verifies_and_classifies(monkeypatch):
     monkeypatch.delenv("DSNET_MANIFEST", raising=False)
-    zoo._LOADED.clear()
+    zoo.default_zoo().forget()  # loaded and verified afresh
     val = sorted((IMAGENETTE / "val").iterdir())
     images = [p for d in val for p in sorted(d.glob("*.JPEG"))[5:300:30]]  # 10 per class, spread out
     for name in TRIO:

@@ -1,7 +1,9 @@
 import functools
 import http.server
 import json
+import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,25 @@ def test_round_trip_of_a_checkpoint_the_test_wrote(tiny_zoo):
             assert torch.equal(zm.model.state_dict()[k], v), k
         assert zoo.load("tiny", name, "cpu") is zm  # one instance per (zoo, name, device)
         assert zm.labels.names[8] == "golf ball"
-    assert dsnet.get_model("dsnet50", weights="tiny") is zoo.load("tiny", "dsnet50").model
+
+
+def test_get_model_with_weights_is_a_model_of_ones_own(tiny_zoo):
+    """Fine-tuning what get_model returns must not change what the app serves (zoo.load's instance)."""
+    served = zoo.load("tiny", "dsnet50", "cpu").model
+    before = {k: v.clone() for k, v in served.state_dict().items()}
+    own = dsnet.get_model("dsnet50", weights="tiny")
+    assert own is not served and not own.training and {p.device.type for p in own.parameters()} == {"cpu"}
+    assert not {p.data_ptr() for p in own.parameters()} & {p.data_ptr() for p in served.parameters()}
+    for k, v in before.items():
+        assert torch.equal(own.state_dict()[k], v), k
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(own(x), served(x), rtol=0, atol=0)
+        for p in own.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(served.state_dict()[k], v) for k, v in before.items())
+    assert zoo.load("tiny", "dsnet50", "cpu").model is served
+    assert dsnet.get_model("dsnet50", weights="tiny") is not own
 
 
 def test_a_tampered_byte_is_refused_before_loading(tiny_zoo, monkeypatch):
@@ -61,6 +81,14 @@ def test_unavailable_entry_says_why_and_is_never_faked(tiny_zoo):
     loaded, missing = zoo.load_available("tiny")
     assert [m.name for m in loaded] == ["resnet50", "dsnet50"]
     assert "not trained yet" in missing["ds2net50"]
+
+
+def test_load_or_skip_names_each_skipped_model_on_stderr(tiny_zoo, capsys):
+    raw = json.loads(tiny_zoo.read_text())
+    raw["zoos"]["tiny"]["models"]["dsnet50"]["unavailable"] = "not trained yet"
+    tiny_zoo.write_text(json.dumps(raw))
+    assert [m.name for m in zoo.load_or_skip("tiny", TRIO, "cpu")] == ["resnet50", "ds2net50"]
+    assert capsys.readouterr().err == "skipped tiny/dsnet50: tiny/dsnet50: not trained yet\n"
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
@@ -102,15 +130,18 @@ def test_torchvision_pth_is_downloaded_verified_and_loaded_through_the_zoo(tiny_
     assert zm.labels.names[574] == "golf ball"
 
 
-def test_a_tampered_download_in_the_cache_is_refused(tiny_zoo, http_root):
+def test_a_tampered_download_in_the_cache_is_refused(tiny_zoo, http_root, monkeypatch):
     root, base = http_root
+    hits = []
+    serve = _Files.do_GET
+    monkeypatch.setattr(_Files, "do_GET", lambda self: (hits.append(self.path), serve(self)))
     torch.save(dsnet.get_model("resnet50", width=0.125).state_dict(), root / "resnet50-test.pth")
     _torchvision_entry(tiny_zoo, "0" * 64, f"{base}/resnet50-test.pth")
     with pytest.raises(ChecksumError):
         zoo.load("imagenet", "resnet50")
-    zoo._LOADED.clear()
-    with pytest.raises(ChecksumError):  # now from the cache, without downloading again
-        zoo.load("imagenet", "resnet50")
+    with pytest.raises(ChecksumError):  # a new zoo object: now from the cache, without downloading again
+        zoo.ModelZoo(tiny_zoo).load("imagenet", "resnet50")
+    assert hits == ["/resnet50-test.pth"]
 
 
 def test_offline_error_says_which_file_where_and_how(tiny_zoo, http_root):
@@ -137,6 +168,85 @@ def test_a_failed_download_is_not_retried_for_a_while(tiny_zoo, http_root, monke
     monkeypatch.setenv("DSNET_DOWNLOAD_RETRY_SECONDS", "0")
     with pytest.raises(zoo.WeightsUnavailable):
         zoo.load("imagenet", "resnet50")
+    assert len(hits) == 2
+
+
+def _stalled_download(tiny_zoo: Path, http_root, monkeypatch) -> tuple[threading.Event, threading.Event, list]:
+    """tiny/dsnet50 only downloadable from the test server, which holds each request until ``release``."""
+    root, base = http_root
+    started, release, hits = threading.Event(), threading.Event(), []
+    serve = _Files.do_GET
+
+    def stalled(self):
+        hits.append(self.path)
+        started.set()
+        release.wait(60)
+        serve(self)
+    monkeypatch.setattr(_Files, "do_GET", stalled)
+    shutil.move(tiny_zoo.parent / "tiny" / "dsnet50.safetensors", root / "dsnet50.safetensors")
+    raw = json.loads(tiny_zoo.read_text())
+    raw["zoos"]["tiny"]["models"]["dsnet50"]["sources"] = {"local": "tiny/dsnet50.safetensors", "hub": None,
+                                                           "url": f"{base}/dsnet50.safetensors"}
+    tiny_zoo.write_text(json.dumps(raw))
+    return started, release, hits
+
+
+def _in_thread(fn, *args) -> tuple[threading.Thread, dict]:
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(value=fn(*args)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_stalled_download_of_one_model_does_not_block_loading_another(tiny_zoo, http_root, monkeypatch):
+    """Per-model locks: while dsnet50's download hangs, resnet50 loads from the same zoo object."""
+    started, release, _ = _stalled_download(tiny_zoo, http_root, monkeypatch)
+    models = zoo.ModelZoo(tiny_zoo)
+    slow, slow_out = _in_thread(models.load, "tiny", "dsnet50", "cpu")
+    try:
+        assert started.wait(30), "the download never reached the server"
+        fast, fast_out = _in_thread(models.load, "tiny", "resnet50", "cpu")
+        fast.join(30)
+        assert fast_out.get("value") is not None, "loading resnet50 waited for dsnet50's download"
+        assert slow.is_alive() and not slow_out
+    finally:
+        release.set()
+    slow.join(30)
+    assert slow_out["value"].name == "dsnet50" and models.load("tiny", "dsnet50", "cpu") is slow_out["value"]
+
+
+def test_concurrent_loads_of_one_model_download_it_once_and_share_it(tiny_zoo, http_root, monkeypatch):
+    started, release, hits = _stalled_download(tiny_zoo, http_root, monkeypatch)
+    models = zoo.ModelZoo(tiny_zoo)
+    runs = [_in_thread(models.load, "tiny", "dsnet50", "cpu") for _ in range(3)]
+    try:
+        assert started.wait(30)
+        time.sleep(1)  # the other two are waiting for the model's lock (or, unlocked, would be downloading)
+    finally:
+        release.set()
+    for thread, _ in runs:
+        thread.join(30)
+    assert hits == ["/dsnet50.safetensors"]
+    assert len({id(out["value"]) for _, out in runs}) == 1
+
+
+def test_a_new_zoo_object_and_forget_start_empty(tiny_zoo, http_root, monkeypatch):
+    """What tests and long-running tools use instead of module caches: a new ModelZoo, or forget()."""
+    hits = []
+    monkeypatch.setattr(_Files, "do_GET", lambda self: (hits.append(self.path), self.send_error(503)))
+    _torchvision_entry(tiny_zoo, "1" * 64, f"{http_root[1]}/resnet50-test.pth")
+    models = zoo.ModelZoo(tiny_zoo)
+    first = models.load("tiny", "resnet50", "cpu")
+    for _ in range(2):
+        with pytest.raises(zoo.WeightsUnavailable):
+            models.load("imagenet", "resnet50")
+    assert len(hits) == 1 and models.load("tiny", "resnet50", "cpu") is first
+    assert zoo.ModelZoo(tiny_zoo).load("tiny", "resnet50", "cpu") is not first
+    assert zoo.default_zoo(tiny_zoo) is zoo.default_zoo() and zoo.default_zoo() is not models
+    models.forget()
+    assert models.load("tiny", "resnet50", "cpu") is not first
+    with pytest.raises(zoo.WeightsUnavailable):
+        models.load("imagenet", "resnet50")
     assert len(hits) == 2
 
 
