@@ -5,13 +5,14 @@ GRADIO_SERVER_PORT and the DSNET_* settings in README are honoured.
 """
 import argparse
 
-from app import build_app, launch
-
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--gallery", help="adds a sample of labelled images: <wnid>/*.JPEG or <wnid>_*.JPEG "
                                       "(default: $DSNET_GALLERY; the shipped examples are always there)")
 parser.add_argument("--zoo", default="imagenette", help="the zoo selected at start")
-args, _ = parser.parse_known_args()
+args, _ = parser.parse_known_args()  # --help answers here, before Gradio and PyTorch are imported (seconds)
+
+from app import build_app, launch  # noqa: E402
+
 demo = build_app(args.gallery, args.zoo)
 
 if __name__ == "__main__":

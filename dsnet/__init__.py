@@ -1,8 +1,19 @@
-"""DSNet Explain: ResNet50 / DSNet50 / DS2Net50, a verified model zoo and a Grad-CAM service."""
-from .models import DSNet, ShortcutSpec  # importing models registers the builders
+"""DSNet Explain: ResNet50 / DSNet50 / DS2Net50, a verified model zoo and a Grad-CAM service.
+
+``import dsnet`` does not import PyTorch (seconds): the models load on first use (PEP 562).
+"""
+from __future__ import annotations
+
 from .registry import list_models, register_model
 
 __all__ = ["DSNet", "ShortcutSpec", "get_model", "list_models", "register_model"]
+
+
+def __getattr__(name: str):
+    if name in ("DSNet", "ShortcutSpec"):
+        from . import models
+        return getattr(models, name)
+    raise AttributeError(f"module 'dsnet' has no attribute {name!r}")
 
 
 def get_model(name: str, *, weights: str | None = None, device=None, **kwargs):

@@ -15,12 +15,11 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal
 
+import importlib
+
 import numpy as np
-import pytorch_grad_cam as pgc
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam.ablation_layer import AblationLayer
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from torch import nn
 
 from .images import LoadedImage, model_view, open_image, overlay, to_tensor
@@ -33,7 +32,7 @@ class Method:
     """One CAM method: the one table the service, the app and the tests read."""
 
     name: str
-    cam_class: type
+    class_name: str  # in pytorch_grad_cam, imported on first use (it takes seconds: command-line help stays fast)
     whole_network: bool  # True: needs forwards of the full model (cannot use the head shortcut)
     slow: bool  # seconds or more: runs under the time limit, with progress
     cost: str  # shown to users before they run it
@@ -41,28 +40,37 @@ class Method:
     batch_size: int | None = None  # masked / ablated copies per batch (ScoreCAM, AblationCAM)
     extra_args: Callable[[], dict] = dict  # more constructor arguments, made fresh for every call
 
+    @property
+    def cam_class(self) -> type:
+        return getattr(importlib.import_module("pytorch_grad_cam"), self.class_name)
+
+
+def _ablation_layer() -> dict:
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+    return {"ablation_layer": AblationLayer()}
+
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("gradcam", pgc.GradCAM, False, False, "one forward + a backward through the head",
+    Method("gradcam", "GradCAM", False, False, "one forward + a backward through the head",
            "weights layer4's channels by their average gradient: the standard, fast choice"),
-    Method("gradcam++", pgc.GradCAMPlusPlus, False, False, "one forward + a backward through the head",
+    Method("gradcam++", "GradCAMPlusPlus", False, False, "one forward + a backward through the head",
            "like Grad-CAM, with weights that favour several instances of the object"),
-    Method("xgradcam", pgc.XGradCAM, False, False, "one forward + a backward through the head",
+    Method("xgradcam", "XGradCAM", False, False, "one forward + a backward through the head",
            "Grad-CAM with weights scaled by the activations (axiom-based)"),
-    Method("hirescam", pgc.HiResCAM, False, False, "one forward + a backward through the head",
+    Method("hirescam", "HiResCAM", False, False, "one forward + a backward through the head",
            "gradient times activation per cell: follows the model's computation exactly"),
-    Method("layercam", pgc.LayerCAM, False, False, "one forward + a backward through the head",
+    Method("layercam", "LayerCAM", False, False, "one forward + a backward through the head",
            "keeps only positive gradients, per cell: sharper maps"),
-    Method("eigencam", pgc.EigenCAM, False, False, "one forward + an SVD of the layer4 activation",
+    Method("eigencam", "EigenCAM", False, False, "one forward + an SVD of the layer4 activation",
            "the first principal component of layer4 (the same map whatever the class)"),
-    Method("eigengradcam", pgc.EigenGradCAM, False, False, "one forward + a backward + an SVD",
+    Method("eigengradcam", "EigenGradCAM", False, False, "one forward + a backward + an SVD",
            "the principal component of gradient times activation (class-aware)"),
     # AblationCAM's default AblationLayer is one instance shared by every AblationCAM: each call its own.
-    Method("ablationcam", pgc.AblationCAM, False, True,
+    Method("ablationcam", "AblationCAM", False, True,
            "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes",
            "how much the score drops when each channel is removed",
-           batch_size=32, extra_args=lambda: {"ablation_layer": AblationLayer()}),
-    Method("scorecam", pgc.ScoreCAM, True, True,
+           batch_size=32, extra_args=_ablation_layer),
+    Method("scorecam", "ScoreCAM", True, True,
            "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)",
            "how much each channel's mask raises the score: slow, whole network per channel", batch_size=32),
 ]}
@@ -208,6 +216,7 @@ def faithfulness(zm: ZooModel, x: torch.Tensor, cam: np.ndarray, cls: int) -> Fa
     """Focus numbers, plus pytorch-grad-cam's confidence change and ROAD on the whole model."""
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
     targets = [ClassifierOutputSoftmaxTarget(cls)]
     cams = cam[None]
     with torch.no_grad():
@@ -248,6 +257,7 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
     names = zm.labels.names
     top = probs.topk(min(5, len(probs)))
     top5 = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     cam_target = [_Deadline(ClassifierOutputTarget(cls), deadline)]
     size = (view.shape[1], view.shape[0])
     if spec.whole_network:

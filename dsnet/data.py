@@ -9,16 +9,18 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from .files import atomic_path
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".webp", ".bmp")
 WNID = re.compile(r"^(n\d{8})(?:_|$)")
@@ -72,6 +74,7 @@ def class_index(items: list[LabelledImage], wnids: list[str]) -> list[int]:
 
 def decode_square(path: Path, size: int) -> Tensor:
     """uint8 CHW, shorter side resized to ``size`` then centre-cropped to ``size`` x ``size``."""
+    from torchvision.transforms.v2 import functional as TF  # on use: torchvision takes seconds to import
     with Image.open(path) as im:
         im = im.convert("RGB")
         image = TF.pil_to_tensor(im)
@@ -123,6 +126,7 @@ class FileImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from torchvision.transforms.v2 import functional as TF
         with Image.open(self.items[i].path) as im:
             image = TF.pil_to_tensor(im.convert("RGB"))
         return self.transform(image), self.labels[i]
@@ -130,12 +134,14 @@ class FileImages(Dataset):
 
 def train_transform(crop: int, scale: tuple[float, float], pad: int = 0) -> v2.Transform:
     """uint8 CHW -> uint8 CHW augmented: random-resized crop (or pad + random crop) and flip."""
+    from torchvision.transforms import v2
     if pad:
         return v2.Compose([v2.RandomCrop(crop, padding=pad), v2.RandomHorizontalFlip()])
     return v2.Compose([v2.RandomResizedCrop(crop, scale=scale, antialias=True), v2.RandomHorizontalFlip()])
 
 
 def eval_transform(resize: int, crop: int) -> v2.Transform:
+    from torchvision.transforms import v2
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
 
 

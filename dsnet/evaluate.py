@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -81,7 +80,8 @@ class _Views(Dataset):
 
     def __getitem__(self, i: int):
         if self.pipeline == "export":  # = dsnet.train's cache (a resize square) + eval_transform's centre crop
-            image = TF.center_crop(decode_square(self.items[i].path, self.pre.resize), self.pre.crop)
+            from torchvision.transforms.v2.functional import center_crop
+            image = center_crop(decode_square(self.items[i].path, self.pre.resize), self.pre.crop)
             return standardize(image[None], self.pre.mean, self.pre.std)[0], self.labels[i]
         view = model_view(open_image(self.items[i].path).image, self.pre)
         return to_tensor(view, self.pre)[0], self.labels[i]

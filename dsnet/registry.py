@@ -1,9 +1,10 @@
 """A model registry in the manner of torchvision's ``models._api``: builders register by name."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -19,11 +20,19 @@ def register_model(name: str | None = None) -> Callable[[Callable[..., nn.Module
     return wrapper
 
 
+def _register_builtin() -> None:
+    """Import ``dsnet.models``, whose decorated builders register themselves (on first use, not at
+    ``import dsnet``: PyTorch takes seconds to import)."""
+    from . import models  # noqa: F401
+
+
 def list_models() -> list[str]:
+    _register_builtin()
     return sorted(BUILDERS)
 
 
 def get_builder(name: str) -> Callable[..., nn.Module]:
+    _register_builtin()
     try:
         return BUILDERS[name]
     except KeyError:

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
@@ -62,6 +61,7 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNemar:
     a, b = _pair(a_correct, b_correct, bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     discordant = only_a + only_b
+    from scipy import stats  # on use: scipy.stats takes most of a second to import
     p = stats.binomtest(only_a, discordant, 0.5).pvalue if discordant else 1.0
     return McNemar(len(a), only_a, only_b, float(p))
 
@@ -74,6 +74,7 @@ def bootstrap_ci(diff: Sequence[float], confidence: float = CONFIDENCE, resample
         return math.nan, math.nan
     if np.all(d == d[0]):  # every resample has the same mean
         return float(d[0]), float(d[0])
+    from scipy import stats
     res = stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=resamples,
                           method="percentile", vectorized=True, random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -98,6 +99,7 @@ def compare_metric(a_values: Sequence[float], b_values: Sequence[float], **boots
     d = b - a
     if len(d) == 0:
         return PairedComparison(0, math.nan, math.nan, math.nan, math.nan, math.nan, "wilcoxon", math.nan)
+    from scipy import stats
     p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
     low, high = bootstrap_ci(d, **bootstrap)
     return PairedComparison(len(d), float(a.mean()), float(b.mean()), float(d.mean()), low, high, "wilcoxon", p)

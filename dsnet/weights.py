@@ -5,11 +5,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from .files import atomic_path
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 class ChecksumError(RuntimeError):
@@ -37,6 +38,7 @@ def read_state_dict(path: str | os.PathLike, fmt: str) -> dict[str, Tensor]:
         from safetensors.torch import load_file
         return load_file(str(path))
     if fmt == "torch":
+        import torch
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state["model"] if "model" in state else state  # a dsnet.train checkpoint, or a bare state dict
     raise ValueError(f"unknown weight format {fmt!r}; expected safetensors or torch")

@@ -17,13 +17,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
 from .registry import get_builder
 from .weights import ChecksumError, read_state_dict, verify
+
+if TYPE_CHECKING:  # PyTorch is imported on use: `python -m dsnet.zoo list` never needs it
+    import torch
+    from torch import nn
 
 __all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "ModelZoo", "default_zoo", "load",
            "load_model", "load_available", "load_or_skip", "pick_device"]
@@ -64,6 +66,7 @@ def cache_dir() -> Path:
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA, else MPS, else CPU, unless ``device`` or ``$DSNET_DEVICE`` says otherwise."""
+    import torch
     device = device or os.environ.get("DSNET_DEVICE")
     if device:
         return torch.device(device)
@@ -122,7 +125,8 @@ def _download(entry: Entry) -> Path:
         target = target_dir / Path(entry.file).name
         try:
             target_dir.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(entry.sources.url, str(target), progress=sys.stderr.isatty())
+            from torch.hub import download_url_to_file
+            download_url_to_file(entry.sources.url, str(target), progress=sys.stderr.isatty())
             return target
         except Exception as e:  # noqa: BLE001
             errors.append(f"{entry.sources.url}: {type(e).__name__}: {e}")
