@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name + ' --help':<34} {median:5.2f} s  ({median / torch_import:.2f}x `import torch`)")
     print(f"{'import torch':<34} {torch_import:5.2f} s")
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip())
         record = {"command": "python benchmarks/cli_help.py " + " ".join(argv if argv is not None else sys.argv[1:]),
