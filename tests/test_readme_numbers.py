@@ -267,3 +267,15 @@ def test_focus_by_test_size_reading_holds_in_the_artifacts():
     assert all(g == sorted(g) for g in gaps.values())  # the top10_mass gap grows with the size
     assert "the largest gaps at 192 and 224 px" in text
     assert all(min(w[2:]) > max(w[:2]) for w in worse.values())
+
+
+def test_command_line_help_times():
+    data = load("cli-help.json")
+    text = " ".join(section("## Benchmarks").split())
+    rows = data["commands"]
+    fast = [rows[f"python {c}"]["median_seconds"] for c in ("app.py", "-m dsnet.zoo", "-m dsnet.space", "-m dsnet.curves")]
+    torch_users = [rows[f"python -m dsnet.{c}"]["median_seconds"] for c in ("train", "evaluate", "explain", "figure")]
+    assert f"commit {data['commit'][:7]}, {data['date'][:10]}" in text
+    assert f"in at most {max(fast):.2f} s" in text
+    assert f"in {min(torch_users):.2f}–{max(torch_users):.2f} s" in text
+    assert f"({data['import_torch_seconds']:.2f} s in the same run)" in text
