@@ -68,3 +68,8 @@ def wait_until_serving(proc, url: str, timeout: float, poll: float = 0.05) -> No
         except OSError:  # refused, reset, timed out (urllib's URLError is an OSError)
             pass
         time.sleep(poll)
+
+
+def cache_root() -> Path:
+    """Where downloads and decoded-image caches go: ``$DSNET_CACHE``, else ``~/.cache/dsnet``."""
+    return Path(os.environ.get("DSNET_CACHE") or Path.home() / ".cache" / "dsnet")

@@ -52,6 +52,17 @@ class ShortcutSpec:
     def __post_init__(self) -> None:
         if self.kind not in SHORTCUT_KINDS:
             raise ValueError(f"unknown shortcut kind {self.kind!r}; choose {', '.join(SHORTCUT_KINDS)}")
+        if self.norm not in PARAMETER_FREE_NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose {', '.join(PARAMETER_FREE_NORMS)}")
+        if self.weight not in WEIGHT_KINDS:
+            raise ValueError(f"unknown weight {self.weight!r}; choose {', '.join(WEIGHT_KINDS)}")
+        if self.ds2_strided not in ("pool", "skip"):
+            raise ValueError(f"unknown ds2_strided {self.ds2_strided!r}; choose pool or skip")
+
+    @property
+    def has_normalised_shortcuts(self) -> bool:
+        """Whether ``norm`` and ``weight`` change anything (ResNet and Eq. 13 have neither N nor W)."""
+        return self.wiring.normalised or self.inner
 
     @property
     def wiring(self) -> StageWiring:
@@ -65,7 +76,8 @@ class StageWiring(Protocol):
     normalised: bool  # the stage keeps one N per block that a later block reads (``Stage.norms``)
 
     def weight_terms(self, index: int) -> int:
-        """How many weighted dense terms block ``index`` of a stage sums (its ``dense_weight``)."""
+        """How many learnable weights W block ``index`` of a stage has per channel (its ``dense_weight``;
+        0: none, also where unweighted terms are summed)."""
 
     def forward(self, stage: Stage, x: Tensor) -> Tensor:
         """The stage's output for input ``x``."""
@@ -91,24 +103,25 @@ class DenseWiring:
 
         Y_l = ReLU(X_l + sum_{i<l} W_l^i * N(S_i)),   S_i = Y_i (variant b, Eq. 12) or X_i (a, Eq. 11)
 
-    ``weighted=False`` drops W and N (Eq. 13, the naive dense identity shortcut of Table 1).
+    ``plain=True`` sums the Y_i as they are, without N and W (Eq. 13, the naive dense identity
+    shortcut of Table 1). N without W is not a kind: it is ``ShortcutSpec(weight="none")``.
     """
 
     reads_residual: bool = False  # S_i = X_i (variant a) instead of Y_i (variant b)
-    weighted: bool = True
+    plain: bool = False  # no N and no W (Eq. 13)
 
     @property
     def normalised(self) -> bool:
-        return self.weighted
+        return not self.plain
 
     def weight_terms(self, index: int) -> int:
-        return index if self.weighted else 0
+        return 0 if self.plain else index
 
     def forward(self, stage: Stage, x: Tensor) -> Tensor:
         first, *rest = stage.blocks
         if self.reads_residual:  # X_0 stays intact for its term, so block 0's sum is not in place
             source = first.residual(x)
-            y = torch.relu(source + first.shortcut(x))
+            y = torch.relu(source + first.own_shortcut(x))
         else:
             y = source = first(x)
         history = [self._term(stage, 0, source)] if rest else []
@@ -129,7 +142,7 @@ SHORTCUT_KINDS: dict[str, StageWiring] = {
     "identity": IdentityWiring(),
     "dense": DenseWiring(),
     "dense_a": DenseWiring(reads_residual=True),
-    "dense_identity": DenseWiring(weighted=False),
+    "dense_identity": DenseWiring(plain=True),
 }
 
 
@@ -149,8 +162,12 @@ def parameter_free_norm(kind: NormKind, channels: int) -> nn.Module:
     return PARAMETER_FREE_NORMS[kind](channels)
 
 
+WEIGHT_KINDS = ("channel", "scalar", "none")
+
+
 def shortcut_weights(kind: WeightKind, terms: int, channels: int) -> nn.Parameter | None:
-    """Learnable weights for ``terms`` incoming shortcuts, shape (terms, C, 1, 1); init 1."""
+    """Learnable weights for ``terms`` incoming shortcuts, shape (terms, C, 1, 1) ("channel") or
+    (terms, 1, 1, 1) ("scalar"); init 1."""
     if kind == "none":
         return None
     size = channels if kind == "channel" else 1
@@ -199,13 +216,13 @@ class Bottleneck(nn.Module):
             b = add_shortcuts(b, self.inner_weight, [n])
         return self.bn3(self.conv3(self.relu(b)))
 
-    def shortcut(self, x: Tensor) -> Tensor:
+    def own_shortcut(self, x: Tensor) -> Tensor:
         """The block's own identity or projection shortcut P(x)."""
         return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Block with its own identity/projection shortcut (ResNet, and block 0 of every stage)."""
-        return self.relu(self.residual(x).add_(self.shortcut(x)))  # in place, as torchvision's
+        return self.relu(self.residual(x).add_(self.own_shortcut(x)))  # in place, as torchvision's
 
 
 class Stage(nn.Module):
@@ -331,7 +348,12 @@ DS2NET = ShortcutSpec("dense", inner=True)
 
 
 def _build(spec: ShortcutSpec, depth: int, **kwargs: Any) -> DSNet:
-    overrides = {k: kwargs.pop(k) for k in ("norm", "weight", "ds2_strided") if kwargs.get(k) is not None}
+    overrides = {k: v for k in ("norm", "weight", "ds2_strided") if (v := kwargs.pop(k, None)) is not None}
+    if not spec.has_normalised_shortcuts and overrides.keys() & {"norm", "weight"}:
+        raise ValueError(f"norm= and weight= do not apply here: this network has no normalised, weighted "
+                         f"shortcuts (kind {spec.kind!r})")
+    if not spec.inner and "ds2_strided" in overrides:
+        raise ValueError("ds2_strided= applies to DS2 networks only")
     return DSNet(BLOCKS_BY_DEPTH[depth], shortcut=dataclasses.replace(spec, **overrides), **kwargs)
 
 

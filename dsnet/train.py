@@ -30,11 +30,11 @@ from tqdm import tqdm
 
 from . import get_model
 from .allocator import retain_freed_memory
-from .files import atomic_path
+from .files import atomic_path, cache_root
 from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
                    scan_labelled, standardize, topk_hits, train_transform)
-from .manifest import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH, Entry, Metrics, Preprocessing, Sources,
-                       label_set_for, write_entry)
+from .manifest import (IMAGENET_MEAN, IMAGENET_STD, Entry, Metrics, Preprocessing, Sources,
+                       label_set_for, manifest_path, write_entry)
 from .curves import plot_curves
 from .weights import save_safetensors, warm_start_from_resnet
 from .zoo import pick_device
@@ -151,7 +151,7 @@ class TrainConfig:
     init_from: Path | None = None
     device: str = "auto"
     workers: int | None = None  # None: 4 reading files, 0 with the in-memory cache
-    cache_dir: Path = Path.home() / ".cache" / "dsnet"
+    cache_dir: Path = field(default_factory=cache_root)
     channels_last: bool = True
     amp: bool | None = None  # None: on for CUDA
     compile: str | None = None  # a torch.compile backend
@@ -159,7 +159,7 @@ class TrainConfig:
     stop_after: int | None = None
     export_zoo: str | None = None
     export_dir: Path | None = None
-    manifest: Path = MANIFEST_PATH
+    manifest: Path = field(default_factory=manifest_path)
     command: str = ""
 
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="DataLoader workers (default: 4 reading files, 0 with the in-memory cache)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, help="decode images once into memory")
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DSNET_CACHE", Path.home() / ".cache" / "dsnet")))
+    p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $DSNET_CACHE, else ~/.cache/dsnet)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 autocast (default: on for CUDA)")
     p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
@@ -197,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs of this run, resumable (training in time-boxed slices)")
     p.add_argument("--export", metavar="ZOO", help="after training, write safetensors + a manifest entry to ZOO")
-    p.add_argument("--export-dir", type=Path, help="where the weights go (default: checkpoints/ZOO)")
-    p.add_argument("--manifest", type=Path, default=MANIFEST_PATH)
+    p.add_argument("--export-dir", type=Path, help="where the weights go (default: the manifest's folder/ZOO, "
+                                                  "checkpoints/ZOO for the shipped manifest)")
+    p.add_argument("--manifest", type=Path, help="the manifest the entry is written to (default: $DSNET_MANIFEST, "
+                                                 "else checkpoints/manifest.json)")
     return p
 
 
@@ -208,9 +210,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         model=args.model, data=Path(args.data), out=args.out, recipe_name=args.recipe,
         recipe=dataclasses.replace(RECIPES[args.recipe], **overrides), model_kwargs=json.loads(args.model_kwargs),
         seed=args.seed, resume=args.resume, init_from=args.init_from, device=args.device, workers=args.workers,
-        cache_dir=args.cache_dir, channels_last=args.channels_last, amp=args.amp, compile=args.compile,
+        cache_dir=args.cache_dir or cache_root(), channels_last=args.channels_last, amp=args.amp, compile=args.compile,
         limit_per_class=args.limit_per_class, stop_after=args.stop_after, export_zoo=args.export,
-        export_dir=args.export_dir, manifest=args.manifest,
+        export_dir=args.export_dir, manifest=args.manifest or manifest_path(),
         command="python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
@@ -494,9 +496,8 @@ def export(model: nn.Module, cfg: TrainConfig, record: dict[str, Any], history: 
            final: dict[str, float]) -> Entry:
     """Final weights as safetensors + a manifest entry in zoo ``cfg.export_zoo``; ``record`` is the
     run that trained them, ``final`` their accuracy on ``cfg.data``/val measured at export."""
-    from .manifest import CHECKPOINTS_DIR
     zoo = cfg.export_zoo
-    export_dir = cfg.export_dir or (CHECKPOINTS_DIR / zoo)
+    export_dir = cfg.export_dir or (cfg.manifest.parent / zoo)  # sources.local is relative to the manifest
     export_dir.mkdir(parents=True, exist_ok=True)
     path = export_dir / f"{cfg.model}.safetensors"
     sha = save_safetensors(model, path)

@@ -1,6 +1,6 @@
 """The model-zoo loader: find the weights, verify the full SHA-256, then build and load.
 
-Resolution order for an entry's file: the checkpoints folder (``sources.local``), then
+Resolution order for an entry's file: ``sources.local`` (relative to the manifest's folder), then
 ``$DSNET_WEIGHTS_DIR``, then the download cache (``$DSNET_CACHE/weights``), then a download from
 ``sources.hub`` (Hugging Face Hub, pinned revision) or ``sources.url`` into that cache. Every file is
 hashed before it is deserialised, wherever it came from. ``ModelZoo`` holds one manifest's loaded models
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .files import cache_root
 from .manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
 from .registry import get_builder
 from .weights import ChecksumError, read_state_dict, verify
@@ -27,8 +28,8 @@ if TYPE_CHECKING:  # PyTorch is imported on use: `python -m dsnet.zoo list` neve
     import torch
     from torch import nn
 
-__all__ = ["ZooError", "WeightsUnavailable", "ChecksumError", "ZooModel", "ModelZoo", "default_zoo", "load",
-           "load_model", "load_available", "load_or_skip", "pick_device"]
+__all__ = ["ZooError", "WeightsUnavailable", "NotInZoo", "ChecksumError", "ZooModel", "ModelZoo", "default_zoo",
+           "load", "load_available", "load_or_skip", "pick_device"]
 
 
 class ZooError(RuntimeError):
@@ -42,6 +43,10 @@ class ZooError(RuntimeError):
 
 class WeightsUnavailable(ZooError):
     """No weights exist (yet) or they cannot be found or fetched."""
+
+
+class NotInZoo(ZooError):
+    """The manifest has no such zoo, or the zoo has no such model."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class ZooModel:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DSNET_CACHE", Path.home() / ".cache" / "dsnet")) / "weights"
+    return cache_root() / "weights"
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -111,7 +116,7 @@ def retry_seconds() -> float:
 
 
 def _download(entry: Entry) -> Path:
-    """Fetch the entry's file into the cache (hub first, then URL). Verification is the caller's."""
+    """One attempt, no memory of earlier ones: the Hub, then the URL, into the cache."""
     target_dir = cache_dir() / entry.sha256[:16]
     errors = []
     if entry.sources.hub:
@@ -223,7 +228,7 @@ class ModelZoo:
                 if key in self._loaded:
                     return self._loaded[key]
             manifest = self.manifest
-            entry = manifest.entry(zoo, name)
+            entry = self._entry(manifest, zoo, name)
             loaded = ZooModel(zoo, name, self._verified_model(entry, zoo).to(device), entry, manifest.labels(entry),
                               device)
             with self._lock:
@@ -232,7 +237,14 @@ class ModelZoo:
 
     def fresh_model(self, zoo: str, name: str, device: str | torch.device = "cpu") -> nn.Module:
         """A new instance with the entry's verified weights, in eval mode on ``device``, shared with no one."""
-        return self._verified_model(self.manifest.entry(zoo, name), zoo).to(device)
+        return self._verified_model(self._entry(self.manifest, zoo, name), zoo).to(device)
+
+    @staticmethod
+    def _entry(manifest: Manifest, zoo: str, name: str) -> Entry:
+        try:
+            return manifest.entry(zoo, name)
+        except ValueError as e:  # a zoo with other models than the app's three columns, or a typo
+            raise NotInZoo(str(e), f"The {zoo} zoo has no {name}.") from None
 
     def _verified_model(self, entry: Entry, zoo: str) -> nn.Module:
         path = self.resolve(entry, zoo)  # verified before it is deserialised
@@ -262,7 +274,8 @@ class ModelZoo:
     def resolve(self, entry: Entry, zoo: str, allow_download: bool = True) -> Path:
         """Path of the entry's verified weight file; raises WeightsUnavailable / ChecksumError.
 
-        The order: the checkpoints folder, ``$DSNET_WEIGHTS_DIR``, the download cache, then a download."""
+        The order: ``sources.local`` (relative to the manifest's folder), ``$DSNET_WEIGHTS_DIR``, the
+        download cache, then a download."""
         path = verified_local(entry, zoo, self.root)
         if path is not None:
             return path
@@ -319,10 +332,6 @@ def load(zoo: str, name: str, device: str | torch.device | None = None,
     return default_zoo(manifest).load(zoo, name, device)
 
 
-def load_model(zoo: str, name: str, device: str | torch.device | None = None) -> nn.Module:
-    return load(zoo, name, device).model
-
-
 def load_available(zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
                    device: str | None = None) -> tuple[list[ZooModel], dict[str, str]]:
     """``default_zoo().load_available``: the models that can be served, and for the others the reason."""
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsnet.zoo", description="List and verify the model zoos.")
     p.add_argument("command", choices=["list", "verify"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--manifest", type=Path, help="manifest file (default: checkpoints/manifest.json)")
+    p.add_argument("--manifest", type=Path, help="manifest file (default: $DSNET_MANIFEST, else checkpoints/manifest.json)")
     args = p.parse_args(argv)
     manifest = load_manifest(args.manifest)
     rows = [entry_status(z, e, manifest.path.parent) for z, zoo in manifest.zoos.items() for e in zoo.entries.values()]

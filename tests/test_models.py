@@ -60,27 +60,29 @@ def test_group_norm_uses_a_divisor_of_the_channels_at_narrow_widths():
     assert parameter_free_norm("instance", 8).num_groups == 8 and parameter_free_norm("layer", 8).num_groups == 1
 
 
-def naive_stage(stage: Stage, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Eq. 11/12 written out directly: N recomputed for every shortcut, out of place."""
-    blocks = stage.blocks
+def naive_stage(stage: Stage, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 11/12/13 written out directly for any dense wiring: N recomputed for every shortcut, out of place."""
+    blocks, wiring = stage.blocks, stage.wiring
     first = blocks[0]
     identity = x if first.downsample is None else first.downsample(x)
     xs = [first.residual(x)]
     ys = [torch.relu(xs[0] + identity)]
     for l in range(1, len(blocks)):
         xl = blocks[l].residual(ys[-1])
-        sources = xs if kind == "dense_a" else ys
+        sources = xs if wiring.reads_residual else ys
         total = xl.clone()
         for i in range(l):
-            total = total + blocks[l].dense_weight[i] * stage.norms[i](sources[i])
+            term = stage.norms[i](sources[i]) if wiring.normalised else sources[i]
+            weight = blocks[l].dense_weight
+            total = total + (term if weight is None else weight[i] * term)
         xs.append(xl)
         ys.append(torch.relu(total))
     return ys[-1]
 
 
-@pytest.mark.parametrize("name,kind,weight", [("dsnet50", "dense", "channel"), ("ds2net50", "dense", "channel"),
-                                               ("dsnet50_a", "dense_a", "channel"), ("dsnet50", "dense", "scalar")])
-def test_shared_normalisation_equals_the_equation(name, kind, weight):
+@pytest.mark.parametrize("name,weight", [("dsnet50", "channel"), ("ds2net50", "channel"), ("dsnet50_a", "channel"),
+                                         ("dsnet50", "scalar"), ("dsnet50", "none"), ("resnet50_dense", None)])
+def test_shared_normalisation_equals_the_equation(name, weight):
     torch.manual_seed(0)
     model = dsnet.get_model(name, width=0.25, weight=weight).eval()
     for block in model.modules():  # non-trivial weights, so a wrong index would show
@@ -91,7 +93,7 @@ def test_shared_normalisation_equals_the_equation(name, kind, weight):
         with torch.set_grad_enabled(training):
             for i in range(1, 5):
                 stage = getattr(model, f"layer{i}")
-                torch.testing.assert_close(stage(x), naive_stage(stage, x, kind), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(stage(x), naive_stage(stage, x), rtol=1e-5, atol=1e-5)
                 x = stage(x)
 
 
@@ -298,5 +300,19 @@ def test_layer4_forward_split_matches_forward():
 
 
 def test_an_unknown_shortcut_kind_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="unknown shortcut kind 'densee'; choose identity, dense, dense_a, dense_identity"):
+    from dsnet.models import SHORTCUT_KINDS
+    with pytest.raises(ValueError, match=f"unknown shortcut kind 'densee'; choose {', '.join(SHORTCUT_KINDS)}$"):
         dsnet.ShortcutSpec("densee")
+
+
+def test_builder_options_that_do_not_apply_are_refused_and_none_means_the_default():
+    assert n_params(dsnet.get_model("dsnet50", norm=None, weight=None)) == n_params(dsnet.get_model("dsnet50"))
+    with pytest.raises(ValueError, match="unknown norm 'bogus'; choose group, layer, instance, batch, none"):
+        dsnet.get_model("dsnet50", norm="bogus")
+    with pytest.raises(ValueError, match="unknown weight 'vector'"):
+        dsnet.get_model("ds2net50", weight="vector")
+    for name in ("resnet50", "resnet50_dense"):  # no N and no W: the options would change nothing
+        with pytest.raises(ValueError, match="norm= and weight= do not apply here"):
+            dsnet.get_model(name, weight="scalar")
+    with pytest.raises(ValueError, match="ds2_strided= applies to DS2 networks only"):
+        dsnet.get_model("dsnet50", ds2_strided="skip")

@@ -279,3 +279,20 @@ def test_command_line_help_times():
     assert f"in at most {max(fast):.2f} s" in text
     assert f"in {min(torch_users):.2f}–{max(torch_users):.2f} s" in text
     assert f"({data['import_torch_seconds']:.2f} s in the same run)" in text
+
+
+def test_the_cam_cost_table_lists_every_method_of_the_method_table_once():
+    from dsnet.cam import METHODS
+    rows = table(section("## Grad-CAM service"), "method | cost per model")
+    listed = [name.strip() for first in rows for name in first.split(",")]
+    assert sorted(listed) == sorted(METHODS)
+
+
+def test_the_builder_list_is_the_registry():
+    import dsnet
+    line = " ".join(re.search(r"Registered builders: (.*?); every builder", FLAT).group(1).strip("`").split())
+    names = []
+    for word in line.split():
+        m = re.fullmatch(r"\{(.*)\}\{(.*)\}", word)
+        names += [a + b for a in m.group(1).split(",") for b in m.group(2).split(",")] if m else [word]
+    assert sorted(names) == dsnet.list_models()

@@ -213,3 +213,15 @@ def test_curves_plots_the_logs_of_several_runs(tmp_path):
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (720, 480)
         assert len(set(im.convert("RGB").getdata())) > 20  # lines and a legend, not a blank canvas
+
+
+def test_export_follows_dsnet_manifest_and_puts_the_weights_beside_it(tmp_path, manifest_copy):
+    """With $DSNET_MANIFEST set (manifest_copy sets it) and no --manifest / --export-dir, the entry goes
+    into that manifest and the weights into its folder, never into the shipped checkpoints/."""
+    shipped = MANIFEST_PATH.read_bytes()
+    assert train_main(["--model", "resnet50", *TINY, "--epochs", "1", "--out", str(tmp_path / "run"),
+                       "--cache-dir", str(tmp_path / "cache"), "--export", "mine"]) == 0
+    entry = load_manifest(manifest_copy).entry("mine", "resnet50")
+    assert (manifest_copy.parent / entry.sources.local).is_file()
+    assert entry.sources.local == "mine/resnet50.safetensors"
+    assert MANIFEST_PATH.read_bytes() == shipped and not (MANIFEST_PATH.parent / "mine").exists()

@@ -15,7 +15,7 @@ from dsnet import zoo
 from dsnet.manifest import load_manifest
 from dsnet.weights import ChecksumError, sha256_file
 
-from conftest import TRIO
+from conftest import TRIO, sample
 
 
 def test_round_trip_of_a_checkpoint_the_test_wrote(tiny_zoo):
@@ -60,9 +60,9 @@ def test_a_tampered_byte_is_refused_before_loading(tiny_zoo, monkeypatch):
 
 
 def test_unknown_names_list_the_valid_ones(tiny_zoo):
-    with pytest.raises(ValueError, match="its models: resnet50, dsnet50, ds2net50"):
+    with pytest.raises(zoo.NotInZoo, match="its models: resnet50, dsnet50, ds2net50"):
         zoo.load("tiny", "dsnet51")
-    with pytest.raises(ValueError, match="zoos: tiny"):
+    with pytest.raises(zoo.NotInZoo, match="zoos: tiny"):
         zoo.load("nope", "dsnet50")
 
 
@@ -272,3 +272,14 @@ def test_zoo_cli_lists_and_verifies(tiny_zoo, capsys):
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     assert zoo.main(["verify"]) == 1
     assert "FAILED tiny/resnet50: SHA-256 mismatch" in capsys.readouterr().err
+
+
+def test_a_model_the_zoo_lacks_is_a_failure_in_its_column_not_an_exception(tiny_zoo):
+    from dsnet.cam import ModelFailure, explain_zoo
+    from dsnet.images import open_image
+    results = list(explain_zoo(open_image(sample("tench")), "tiny", names=("resnet50", "dsnet101")))
+    assert results[0].model == "resnet50" and not isinstance(results[0], ModelFailure)
+    assert isinstance(results[1], ModelFailure) and results[1].unavailable
+    assert results[1].summary == "The tiny zoo has no dsnet101."
+    with pytest.raises(zoo.NotInZoo, match="unknown zoo 'tinny'"):
+        zoo.load("tinny", "resnet50")
