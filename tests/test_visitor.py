@@ -111,6 +111,7 @@ def test_a_visitor_journey(space, browser, tmp_path):
                            "document.querySelectorAll('img')).some(i => i.src.includes('zebra') && i.complete)",
                            timeout=30_000)  # the upload has arrived and is shown
     page.wait_for_timeout(1000)  # as a person would: the page settles after an upload
+    assert page.locator("button.thumbnail-item.selected").count() == 0  # the example is no longer marked
     page.get_by_role("button", name="Explain", exact=True).click()
     wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
                        "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')")
