@@ -13,7 +13,6 @@ import re
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field, fields, replace
 
 import gradio as gr
@@ -26,10 +25,11 @@ from dsnet.render import comparison
 from dsnet.zoo import DEFAULT_MODELS, entry_status, load_available
 
 from .examples import ExampleSet, load_examples
+from .outputs import publish
 from .params import OWN_IMAGE_TARGETS, TARGETS, ExplainParams, ParameterError, parse_opacity, parse_params, target_policy
 from .zerogpu import on_gpu, on_zerogpu, serving_device
 from .security import (MAX_BODY_BYTES, ClientLimit, PublicGate, Uploads, env_number, shape_inputs,
-                       sweep_upload_folder, upload_folder)
+                       sweep_upload_folder)
 
 log = logging.getLogger("dsnet.app")
 
@@ -229,7 +229,7 @@ class ExplainApp:
         progress(0, desc=METHODS[params.method].cost if slow else "computing")
         columns = [(None, "_waiting…_", None) for _ in DEFAULT_MODELS]
         results: list[CamResult] = []
-        true_name = None
+        true_name = view = None
         outcome = Outcome(status="", columns=tuple(columns))
         yield outcome
         for i, item in enumerate(explain_on_device(image, params.zoo, DEFAULT_MODELS, params.method, policy,
@@ -248,10 +248,12 @@ class ExplainApp:
                     session.results[item.model] = item
                 if true_wnid in labels.wnids:
                     true_name = labels.names[labels.wnids.index(true_wnid)]
-                columns[i] = (enlarge(item.overlay, DISPLAY_SIDE), _caption(item, labels, true_wnid),
+                columns[i] = (self._publish(enlarge(item.overlay, DISPLAY_SIDE), f"{item.model}-heatmap"),
+                              _caption(item, labels, true_wnid),
                               {p.name: p.probability for p in item.top5})
             progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
-            view = enlarge((results[0].view * 255).round().astype("uint8"), DISPLAY_SIDE) if results else None
+            if results and view is None:
+                view = self._publish(enlarge((results[0].view * 255).round().astype("uint8"), DISPLAY_SIDE), "view")
             status = _agreement(results, true_name) if results else (
                 "No model of this zoo could run here: each column says why." if i == len(DEFAULT_MODELS) - 1 else "")
             outcome = Outcome(status, view, tuple(columns))
@@ -263,9 +265,11 @@ class ExplainApp:
         explained = {r.explained.name for r in results}
         what = explained.pop() if len(explained) == 1 else "each model's top-1"
         title = f"DSNet Explain · zoo {params.zoo} · {params.method} · explains: {what}"
-        return save_download(comparison(results, tile=DOWNLOAD_TILE, title=title),
-                             f"dsnet-{_slug(params.zoo)}-{_slug(params.method)}-{_slug(what)}",
-                             self.settings.cache_seconds)
+        return self._publish(comparison(results, tile=DOWNLOAD_TILE, title=title),
+                             f"dsnet-{_slug(params.zoo)}-{_slug(params.method)}-{_slug(what)}")
+
+    def _publish(self, picture, stem: str) -> str:
+        return publish(picture, stem, self.settings.cache_seconds)
 
     # -- the two doors: the page (messages stay in the page) and the API (errors are errors) ------------------
     def page(self, image, zoo, method, target, class_name, opacity, metrics, example, session: Session,
@@ -305,36 +309,19 @@ class ExplainApp:
                 out.append(gr.skip())
                 continue
             blended.append(replace(r, overlay=overlay(r.view, r.cam, opacity)))
-            out.append(enlarge(blended[-1].overlay, DISPLAY_SIDE))
+            out.append(self._publish(enlarge(blended[-1].overlay, DISPLAY_SIDE), f"{name}-heatmap"))
         download = self._download(blended, session.params) if blended and session.params else gr.skip()
         return *out, download
 
     def pick(self, evt: gr.SelectData):
         """A gallery click: the example's id goes to the (hidden) example box; the picture is shown."""
-        from PIL import Image
         example = self.examples.get(evt.index)
-        with Image.open(example.path) as im:
-            picture = im.convert("RGB")
-        return (picture, example.id, f"True class: **{example.caption}** (`{example.wnid}`, from the example's label)",
+        return (self._publish(example.path, "example"), example.id, f"True class: **{example.caption}** (`{example.wnid}`, from the example's label)",
                 gr.Radio(choices=list(TARGETS)))
 
     def example_list(self) -> list[dict]:
         """The example ids with their true classes (send one as `example` to /explain)."""
         return [{"id": e.id, "wnid": e.wnid, "class": e.caption} for e in self.examples.examples]
-
-
-def save_download(image, stem: str, keep_seconds: float = 600) -> str:
-    """Write a PNG for the download button, in the app's own Gradio folder (so the start-up and SIGTERM
-    sweeps remove it too); files there older than ``keep_seconds`` are removed."""
-    downloads = upload_folder() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in downloads.glob("*.png"):
-        if now - old.stat().st_mtime > keep_seconds:
-            old.unlink(missing_ok=True)
-    path = downloads / f"{stem}-{uuid.uuid4().hex[:8]}.png"
-    image.save(path)
-    return str(path)
 
 
 def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",

@@ -54,6 +54,13 @@ def test_the_method_menu_is_the_method_table(tiny_app):
     assert all(METHODS[value].summary in label for label, value in menu.choices)
 
 
+def picture(path: str) -> np.ndarray:
+    """An output picture (a file the app wrote) as an H x W x 3 array."""
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
+
+
 def test_streams_one_column_per_model_for_a_data_url(tiny_app):
     handlers = tiny_app.dsnet_handlers
     steps = stream(handlers, data_url(sample("golf_ball")))  # faithfulness numbers: tests/test_cam.py
@@ -61,10 +68,16 @@ def test_streams_one_column_per_model_for_a_data_url(tiny_app):
     assert steps[0].columns[0][1] == "_waiting…_" and steps[1].columns[1][1] == "_waiting…_"
     final = steps[-1]
     for heatmap, summary, top5 in final.columns:
-        assert heatmap.shape == (256, 256, 3) and heatmap.dtype == np.uint8  # 128 px view, shown at 256
+        assert picture(heatmap).shape == (256, 256, 3)  # the zoo's view, shown at 256
         assert "(explained)" in summary and " · cpu" in summary
         assert len(top5) == 5 and abs(sum(top5.values()) - 1) < 0.2
-    assert final.view.shape == (256, 256, 3)
+    assert picture(final.view).shape == (256, 256, 3)
+    # each picture is a file of its own, written once: a column re-sent with the next one keeps its file,
+    # and the same picture again is a new file (Gradio would rewrite an array's file under a reader)
+    assert steps[1].columns[0][0] == final.columns[0][0] and steps[1].view == final.view
+    again = stream(handlers, data_url(sample("golf_ball")))[-1]
+    assert np.array_equal(picture(again.columns[0][0]), picture(final.columns[0][0]))
+    assert not {again.view, *(c[0] for c in again.columns)} & {final.view, *(c[0] for c in final.columns)}
     assert "say" in final.status or "disagree" in final.status
     with Image.open(final.download) as im:
         assert im.format == "PNG" and im.width >= 4 * 320
@@ -106,12 +119,12 @@ def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_mode
     steps = list(handlers.page(data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
                                no_progress))
     assert set(session.results) == set(TRIO)
-    first = steps[-1][2]
+    first = picture(steps[-1][2])
     import app.ui as ui
     monkeypatch.setattr(ui, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
     reblended = handlers.reblend(session, 0.9)
     *maps, download = reblended
-    assert len(maps) == 3 and not np.array_equal(maps[0], first)
+    assert len(maps) == 3 and not np.array_equal(picture(maps[0]), first)
     assert Path(download).is_file() and download != steps[-1][N_OUT - 1]  # the download follows the opacity
     bad = list(handlers.page({"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
                              no_progress))

@@ -230,3 +230,55 @@ def test_uploaded_files_are_deleted_after_their_time(tiny_zoo):
         assert not uploaded.exists()
     finally:
         demo.close()
+
+
+def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
+    """Two visitors explain the same example again and again while three others fetch its pictures: every
+    response has the length it declared. (Gradio rewrites a returned array's cached PNG in place each time
+    the same picture comes back; before app/outputs.py about one fetch in 300 was cut off here.)"""
+    import http.client
+    import time
+    from app.examples import load_examples
+    from dsnet.manifest import load_manifest
+    example = load_examples(load_manifest(), None, live_app.zoo).ids()[0]
+    data = [None, live_app.zoo, "gradcam", TOP1, "", 0.5, False, example]
+
+    def picture_urls() -> list[str]:
+        event, out = http_call(live_app, data)
+        assert event == "complete", out
+        return [d["url"].split(f":{live_app.port}", 1)[1] for d in json.loads(out) if isinstance(d, dict)
+                and str(d.get("url", "")).endswith(".png")]
+
+    urls, stop, cut, whole, errors = picture_urls(), time.monotonic() + 15, [], [0], []
+
+    def explain_again():
+        try:
+            while time.monotonic() < stop:
+                urls[:] = picture_urls()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def fetch():
+        while time.monotonic() < stop:
+            for url in list(urls):
+                conn = http.client.HTTPConnection("127.0.0.1", live_app.port, timeout=30)
+                conn.request("GET", url)
+                response = conn.getresponse()
+                try:
+                    body = response.read()
+                    if response.status == 200 and len(body) == int(response.getheader("content-length")):
+                        whole[0] += 1
+                    else:
+                        cut.append((url, response.status))
+                except http.client.IncompleteRead:
+                    cut.append((url, "incomplete"))
+                finally:
+                    conn.close()
+
+    threads = [threading.Thread(target=explain_again) for _ in range(2)] + [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and whole[0] > 300 and not cut, (errors, whole[0], cut[:5])
+    record("reliability", "pictures_fetched_while_reexplained", {"whole": whole[0], "cut": len(cut)})
