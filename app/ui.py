@@ -394,8 +394,10 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                     elem_classes="dsnet-footer")
 
         inputs = [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, example_id]
+        # always_last: a click while the previous run is still finishing (its download is being drawn) runs
+        # after it; Gradio's default ("once") drops such a click without a word.
         run.click(handlers.page, inputs + [session], outputs + [session], api_visibility="private",
-                  concurrency_id="explain", scroll_to_output=True)
+                  concurrency_id="explain", scroll_to_output=True, trigger_mode="always_last")
         api_door = gr.Button(visible=False)
         api_door.click(handlers.api, inputs, outputs, api_name="explain", concurrency_id="explain",
                        api_description="Explain one image with the three models: for each, the heatmap over the "

@@ -172,3 +172,24 @@ def test_a_gallery_outside_the_working_directory(browser, tmp_path):
         page.close()
     finally:
         app.stop()
+
+
+def test_an_explain_click_while_the_last_run_still_finishes_is_not_dropped(space, browser):
+    """Gradio drops a click on a button whose last run has not finished (its default trigger mode);
+    a visitor who clicks again (or uploads and clicks at once) would keep the old maps beside a new
+    image. The page runs such a click after the last run instead."""
+    import time
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(space.url)
+    page.get_by_role("button", name="Thumbnail 4 of").first.click()
+    page.get_by_text("True class:").wait_for(timeout=30_000)
+    before = explained_count(space)
+    explain = page.get_by_role("button", name="Explain", exact=True)
+    explain.click()
+    page.wait_for_function("() => document.body.innerText.includes('(explained)')", timeout=60_000)
+    explain.click()  # the first run's other columns and its download are still on their way
+    deadline = time.monotonic() + 60
+    while explained_count(space) < before + 6 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert explained_count(space) == before + 6
+    page.close()
