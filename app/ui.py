@@ -313,11 +313,21 @@ class ExplainApp:
         download = self._download(blended, session.params) if blended and session.params else gr.skip()
         return *out, download
 
-    def pick(self, evt: gr.SelectData):
-        """A gallery click: the example's id goes to the (hidden) example box; the picture is shown."""
+    def pick(self, session: Session, evt: gr.SelectData):
+        """A gallery click: the example's id goes to the (hidden) example box; the picture is shown; the
+        last results are cleared (they belong to another image)."""
         example = self.examples.get(evt.index)
-        return (self._publish(example.path, "example"), example.id, f"True class: **{example.caption}** (`{example.wnid}`, from the example's label)",
-                gr.Radio(choices=list(TARGETS)))
+        return (self._publish(example.path, "example"), example.id,
+                f"True class: **{example.caption}** (`{example.wnid}`, from the example's label)",
+                gr.Radio(choices=list(TARGETS)), *_new_image(session))
+
+    def own_image(self, example_id, session: Session):
+        """The visitor changed the image (upload, paste, webcam, clear): no example, no true class, nothing
+        selected in the gallery, and the last results cleared."""
+        if not example_id and not (session and session.results):
+            return (gr.skip(),) * (4 + N_OUT + 1)  # nothing to forget: no update, no re-render
+        return ("", "", gr.Radio(choices=OWN_IMAGE_TARGETS, value=OWN_IMAGE_TARGETS[0]),
+                gr.Gallery(selected_index=None), *_new_image(session))
 
     def example_list(self) -> list[dict]:
         """The example ids with their true classes (send one as `example` to /explain)."""
@@ -404,8 +414,10 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                        "image as the model saw it, a summary and the top-5. Send an image "
                                        "(uploaded file or data: URL) or an example id (see /examples).")
         gr.api(handlers.example_list, api_name="examples", queue=False)
-        gallery.select(handlers.pick, None, [image, example_id, true_class, target_mode], api_visibility="private")
-        image.input(_forget_example, example_id, [example_id, true_class, target_mode, gallery],
+        gallery.select(handlers.pick, session, [image, example_id, true_class, target_mode, *outputs, session],
+                       api_visibility="private")
+        image.input(handlers.own_image, [example_id, session], [example_id, true_class, target_mode, gallery,
+                                                                *outputs, session],
                     api_visibility="private", queue=False)  # any change by the visitor: upload, paste, webcam, clear
         target_mode.change(lambda t: gr.Dropdown(visible=t == "one class for all"), target_mode, target_class,
                            api_visibility="private", queue=False)
@@ -419,12 +431,12 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
     return demo
 
 
-def _forget_example(example_id):
-    """The visitor's own image: no example, no true class, nothing selected in the gallery."""
-    if not example_id:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing to forget: no update, no re-render
-    return ("", "", gr.Radio(choices=OWN_IMAGE_TARGETS, value=OWN_IMAGE_TARGETS[0]),
-            gr.Gallery(selected_index=None))
+def _new_image(session: Session | None) -> list:
+    """The result components and the session for a new image: the last results no longer apply (and the
+    opacity slider must not bring them back)."""
+    session = session or Session()
+    session.results, session.params = {}, None
+    return [*Outcome(status="New image: press **Explain**.").values(), session]
 
 
 def _class_names(manifest: Manifest, zoo: str) -> list[str]:

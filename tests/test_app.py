@@ -2,6 +2,7 @@
 import base64
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -130,6 +131,21 @@ def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_mode
                              no_progress))
     assert len(bad) == 1 and bad[0][0].startswith("⚠️ This image input is not accepted")
     assert all(v is None for v in bad[0][1:N_OUT - 1:3])  # old maps cleared
+
+
+def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
+    handlers = tiny_app.dsnet_handlers
+    session = Session()
+    no_progress = lambda *a, **k: None  # noqa: E731
+    example = handlers.examples.examples[0]
+    shown = list(handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, session, no_progress))[-1]
+    assert session.results and shown[2] is not None
+    cleared = handlers.own_image(example.id, session)  # an upload after an example
+    assert cleared[:2] == ("", "") and cleared[4] == "New image: press **Explain**."
+    assert [v for v in cleared[5:4 + N_OUT] if v not in (None, "")] == []  # no view, map, caption, top-5 or download
+    assert cleared[-1] is session and session.results == {}
+    assert handlers.reblend(session, 0.8) == (*(gr.skip(),) * 3, gr.skip())  # the slider brings nothing back
+    assert all(v == gr.skip() for v in handlers.own_image("", session))  # nothing to forget: no update
 
 
 def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, monkeypatch):

@@ -112,6 +112,10 @@ def test_a_visitor_journey(space, browser, tmp_path):
                            timeout=30_000)  # the upload has arrived and is shown
     page.wait_for_timeout(1000)  # as a person would: the page settles after an upload
     assert page.locator("button.thumbnail-item.selected").count() == 0  # the example is no longer marked
+    page.get_by_text("New image: press Explain.").wait_for(timeout=10_000)
+    text = page_text(page)  # the last maps belonged to the example: gone, not shown beside the new photo
+    assert "(explained)" not in text and "True class" not in text
+    page.screenshot(path=str(tmp_path / "new-image.png"), full_page=True)
     page.get_by_role("button", name="Explain", exact=True).click()
     wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
                        "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')")
