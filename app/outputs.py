@@ -4,10 +4,11 @@ Gradio stores a returned array or PIL image under a name made from its content a
 again, in place, every time the same picture is returned: a popular example explained by two
 visitors at once, or a streamed column re-sent with the next one. A browser that is fetching the file
 meanwhile receives a cut PNG (``h11 LocalProtocolError: Too little data for declared Content-Length``
-in the log, a broken picture on the page). A returned *file path* takes another road: Gradio copies
-it into its cache under a temporary name and renames it, and reuses the copy when it exists. So every
-picture goes out as a file of ours, written once under a unique name (``publish``); they live in the
-app's own Gradio folder (swept at start-up and SIGTERM) and expire after ``DSNET_CACHE_SECONDS``.
+in the log, a broken picture on the page). A returned *file path* is never rewritten: this folder
+lies inside Gradio's own, so Gradio serves the file as it is (a file elsewhere it would copy under a
+temporary name and rename). So every picture goes out as a file of ours, written once under a unique
+name (``publish``); they live in the app's own Gradio folder (swept at start-up and SIGTERM) and
+expire after ``DSNET_CACHE_SECONDS``, as the page's state does (README: after that, Explain again).
 """
 from __future__ import annotations
 

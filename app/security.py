@@ -29,6 +29,7 @@ MAX_BODY_BYTES = MAX_BYTES * 4 // 3 + 2**20
 REFUSED_INPUT = ("This image input is not accepted: upload a file, send the image as a data: URL, or pick "
                  "an example by its id.")
 PROCESS_START = time.time()
+COUNTED_BODY = 64 * 2**10  # a POST body above this counts against the image budgets (a data: URL image)
 
 
 class PublicGate:
@@ -36,8 +37,10 @@ class PublicGate:
 
     * a request body over ``max_body`` bytes: HTTP 413, without reading it (the declared length is
       checked up front; a body without one is buffered up to the limit and counted);
-    * uploads beyond ``upload_budget`` bytes per client, or ``upload_total`` for everyone, within
-      ``window`` seconds (the time an unused upload may stay on disk): HTTP 429 / 503;
+    * image bytes beyond ``upload_budget`` per client, or ``upload_total`` for everyone, within
+      ``window`` seconds (the time an unused upload may stay on disk, or a page keep an image): HTTP
+      429 / 503. Uploads count, and so does every POST body over ``COUNTED_BODY`` (a ``data:`` URL
+      sent to the queue or the API: it is held in memory while it is used);
     * routes a public demo does not need (screen-recording processing, vibe editing): HTTP 404;
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
     """
@@ -80,7 +83,8 @@ class PublicGate:
             receive_next = replay
         else:
             size, receive_next = int(declared or 0), receive
-        if scope.get("method") == "POST" and path.rstrip("/").endswith("/gradio_api/upload"):
+        # Every large body is image bytes: an upload, or a data: URL sent to the queue or the API.
+        if scope.get("method") == "POST" and (size > COUNTED_BODY or path.rstrip("/").endswith("/gradio_api/upload")):
             refusal = self._upload_refusal(_scope_ip(scope, self.trusted_proxies), size)
             if refusal:
                 return await _answer(send, *refusal)
@@ -91,8 +95,8 @@ class PublicGate:
         self.uploads = [u for u in self.uploads if now - u[0] < self.window]
         mine = sum(b for _, c, b in self.uploads if c == client)
         if mine + size > self.upload_budget:
-            return 429, (f"You uploaded {mine / 2**20:.0f} MB in the last {self.window / 60:.0f} minutes; the limit "
-                         f"is {self.upload_budget / 2**20:.0f} MB per visitor. Wait a few minutes.")
+            return 429, (f"You sent {mine / 2**20:.0f} MB of images in the last {self.window / 60:.0f} minutes; the "
+                         f"limit is {self.upload_budget / 2**20:.0f} MB per visitor. Wait a few minutes.")
         if sum(b for *_, b in self.uploads) + size > self.upload_total:
             return 503, "The server is busy with uploads; try again in a few minutes."
         self.uploads.append((now, client, size))

@@ -212,8 +212,10 @@ class ExplainApp:
             data = session.upload_data  # the same upload again (another method or class): kept in memory only
         else:  # a new upload (or the same file uploaded again: read and deleted like any other)
             upload_path, data = self.uploads.take(payload)
-            if session is not None:
+            image = open_image(data)
+            if session is not None:  # kept for a re-run only once it proved to be an image
                 session.upload_path, session.upload_data = upload_path, data
+            return image, None
         return open_image(data), None
 
     # -- the run -------------------------------------------------------------------------------------------
@@ -406,27 +408,29 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
         inputs = [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, example_id]
         # always_last: a click while the previous run is still finishing (its download is being drawn) runs
         # after it; Gradio's default ("once") drops such a click without a word.
-        run.click(handlers.page, inputs + [session], outputs + [session], api_visibility="private",
-                  concurrency_id="explain", scroll_to_output=True, trigger_mode="always_last")
+        explaining = run.click(handlers.page, inputs + [session], outputs + [session], api_visibility="private",
+                               concurrency_id="explain", scroll_to_output=True, trigger_mode="always_last")
         api_door = gr.Button(visible=False)
         api_door.click(handlers.api, inputs, outputs, api_name="explain", concurrency_id="explain",
                        api_description="Explain one image with the three models: for each, the heatmap over the "
                                        "image as the model saw it, a summary and the top-5. Send an image "
                                        "(uploaded file or data: URL) or an example id (see /examples).")
         gr.api(handlers.example_list, api_name="examples", queue=False)
+        # Another image stops a run still on its way: its last columns would land beside the new image.
         gallery.select(handlers.pick, session, [image, example_id, true_class, target_mode, *outputs, session],
-                       api_visibility="private")
+                       api_visibility="private", cancels=[explaining])
         image.input(handlers.own_image, [example_id, session], [example_id, true_class, target_mode, gallery,
                                                                 *outputs, session],
-                    api_visibility="private", queue=False)  # any change by the visitor: upload, paste, webcam, clear
+                    api_visibility="private", queue=False, cancels=[explaining])  # upload, paste, webcam, clear
         target_mode.change(lambda t: gr.Dropdown(visible=t == "one class for all"), target_mode, target_class,
                            api_visibility="private", queue=False)
         zoo_box.change(lambda z: (gr.Dropdown(choices=_class_names(manifest, z), value=""), label_notice(manifest, z)),
                        zoo_box, [target_class, notice], api_visibility="private", queue=False)
         method.change(lambda m: gr.Dropdown(info=f"cost: {METHODS[m].cost}" if m in METHODS else None), method,
                       method, api_visibility="private", queue=False)
+        # In the queue (its per-visitor limit): each call writes pictures.
         opacity.change(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)] + [download],
-                        api_visibility="private", queue=False)
+                       api_visibility="private", trigger_mode="always_last")
     demo.dsnet_handlers = handlers
     return demo
 

@@ -188,6 +188,35 @@ def test_uploads_have_a_budget_per_visitor(server, tmp_path):
     time.sleep(7)
 
 
+def test_data_urls_count_against_the_same_budget(server):
+    """A data: URL is image bytes held in memory while it is used: it counts like an upload (a flood of
+    25 MB data: URLs pinned gigabytes before)."""
+    junk = "data:image/jpeg;base64," + base64.b64encode(os.urandom(3 * 2**20)).decode()  # 4 MB of base64
+    data = [{"url": junk, "meta": {"_type": "gradio.FileData"}}, "imagenette", "gradcam", TOP1, "", 0.5, False, ""]
+    codes = [httpx.post(server.url + "gradio_api/call/explain", json={"data": data}, timeout=60).status_code
+             for _ in range(3)]
+    assert codes[0] == 200 and codes[-1] == 429, codes  # 8 MB per visitor per window
+    other = httpx.post(server.url + "gradio_api/call/explain", json={"data": data}, timeout=60,
+                       headers={"X-Forwarded-For": "198.51.100.10"})
+    assert other.status_code == 200
+    time.sleep(7)
+
+
+def test_functions_that_write_files_only_run_in_the_queue(server):
+    """Explain, a picked example and the opacity re-blend write pictures: they are queued (with the
+    per-visitor limit) and cannot be called at /run/predict; only widget updates that write nothing
+    (the example list, clearing for a new image, showing a field) run outside the queue."""
+    dependencies = httpx.get(server.url + "config", timeout=30).json()["dependencies"]
+    by_name = {d["api_name"]: d for d in dependencies}
+    for name in ("page", "explain", "pick", "reblend"):
+        assert by_name[name].get("queue") is not False, name
+        r = httpx.post(server.url + "gradio_api/run/predict", timeout=30,
+                       json={"fn_index": by_name[name]["id"], "data": [None, 0.3], "session_hash": "x"})
+        assert r.status_code == 404 and "join the queue" in r.text, (name, r.status_code)
+    unqueued = sorted(d["api_name"] for d in dependencies if d.get("queue") is False)
+    assert unqueued == ["examples", "lambda", "lambda_1", "lambda_2", "own_image", "unnamed", "unnamed_1"], unqueued
+
+
 def test_zz_sigterm_leaves_no_upload_or_output_behind(server):
     path = Path(upload(server, sample("tench")))
     assert path.is_file()

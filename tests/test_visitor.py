@@ -197,3 +197,22 @@ def test_an_explain_click_while_the_last_run_still_finishes_is_not_dropped(space
         time.sleep(0.2)
     assert explained_count(space) == before + 6
     page.close()
+
+
+def test_another_example_during_a_run_stops_it(space, browser):
+    """The last columns of a run still on its way must not land beside the next image."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(space.url)
+    page.get_by_text("Advanced: CAM method").click()
+    page.get_by_text("Faithfulness numbers (slower)").click()  # seconds per model: time to switch
+    page.get_by_role("button", name="Thumbnail 1 of").first.click()
+    page.get_by_text("True class:").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.get_by_text("(explained)").first.wait_for(timeout=60_000)
+    assert page_text(page).count("(explained)") < 3, "the run finished before the switch: nothing was tested"
+    page.get_by_role("button", name="Thumbnail 13 of").first.click()
+    page.get_by_text("New image: press Explain.").wait_for(timeout=30_000)
+    page.wait_for_timeout(8000)  # longer than the rest of the run would take
+    text = page_text(page)
+    assert "(explained)" not in text and "New image: press Explain." in text, text[:2000]
+    page.close()
