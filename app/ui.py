@@ -107,6 +107,8 @@ class Session:
     upload_data: bytes | str | None = None
     results: dict[str, CamResult] = field(default_factory=dict)
     params: ExplainParams | None = None  # the last run's (for the download after an opacity change)
+    generation: int = 0  # +1 for every run and every new image: a run whose image was replaced stops
+    busy: bool = False  # a run is on
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,11 @@ class ExplainApp:
         image, true_wnid = self._image(payload, params, session)
         if session is not None:
             session.params = params
+            session.generation += 1
+        run = session.generation if session is not None else 0
+
+        def replaced() -> bool:  # another image came while this run was on: none of it may be shown
+            return session is not None and session.generation != run
         policy = target_policy(params, true_wnid)
         slow = METHODS[params.method].slow
         progress(0, desc=METHODS[params.method].cost if slow else "computing")
@@ -237,6 +244,8 @@ class ExplainApp:
         for i, item in enumerate(explain_on_device(image, params.zoo, DEFAULT_MODELS, params.method, policy,
                                                    params.opacity, params.with_metrics,
                                                    self.settings.time_limit if slow else None)):
+            if replaced():
+                return
             if isinstance(item, ModelFailure):
                 log.warning("%s/%s failed: %s", params.zoo, item.model, item.reason)
                 title = "Not available." if item.unavailable else "Failed."
@@ -259,9 +268,13 @@ class ExplainApp:
             status = _agreement(results, true_name) if results else (
                 "No model of this zoo could run here: each column says why." if i == len(DEFAULT_MODELS) - 1 else "")
             outcome = Outcome(status, view, tuple(columns))
+            if replaced():
+                return
             yield outcome
         if results:
-            yield replace(outcome, download=self._download(results, params))
+            download = self._download(results, params)
+            if not replaced():
+                yield replace(outcome, download=download)
 
     def _download(self, results: list[CamResult], params: ExplainParams) -> str:
         explained = {r.explained.name for r in results}
@@ -277,13 +290,15 @@ class ExplainApp:
     def page(self, image, zoo, method, target, class_name, opacity, metrics, example, session: Session,
              progress=gr.Progress()):
         session = session or Session()
-        session.results = {}
+        session.results, session.busy = {}, True
         try:
             for outcome in self.stream(image, zoo, method, target, class_name, opacity, metrics, example, session,
                                        progress):
                 yield *outcome.values(), session
         except (ParameterError, ImageError, PermissionError) as e:
             yield *Outcome(status=f"⚠️ {e}").values(), session
+        finally:
+            session.busy = False
 
     def api(self, image=None, zoo: str = "imagenette", method: str = "gradcam", explain: str = "each model's top-1",
             class_name: str = "", opacity: float = 0.5, metrics: bool = False, example: str = "",
@@ -326,7 +341,7 @@ class ExplainApp:
     def own_image(self, example_id, session: Session):
         """The visitor changed the image (upload, paste, webcam, clear): no example, no true class, nothing
         selected in the gallery, and the last results cleared."""
-        if not example_id and not (session and session.results):
+        if not example_id and not (session and (session.results or session.busy)):
             return (gr.skip(),) * (4 + N_OUT + 1)  # nothing to forget: no update, no re-render
         return ("", "", gr.Radio(choices=OWN_IMAGE_TARGETS, value=OWN_IMAGE_TARGETS[0]),
                 gr.Gallery(selected_index=None), *_new_image(session))
@@ -440,6 +455,7 @@ def _new_image(session: Session | None) -> list:
     opacity slider must not bring them back)."""
     session = session or Session()
     session.results, session.params = {}, None
+    session.generation += 1  # a run still on stops before it shows anything more
     return [*Outcome(status="New image: press **Explain**.").values(), session]
 
 

@@ -191,3 +191,16 @@ def test_gradio_client_one_argument_call(live_app):
     ids = client.predict(api_name="/examples")
     out = client.predict(None, example=ids[0]["id"], method="gradcam++", opacity=0.3, api_name="/explain")
     assert f"True class: **{ids[0]['class']}**" in out[0]
+
+
+def test_a_run_whose_image_is_replaced_stops_and_leaves_the_new_state_alone(tiny_app):
+    handlers = tiny_app.dsnet_handlers
+    session = Session()
+    no_progress = lambda *a, **k: None  # noqa: E731
+    example = handlers.examples.examples[0]
+    run = handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, session, no_progress)
+    next(run), next(run)  # cleared, then the first column
+    assert session.busy and session.results
+    handlers.own_image(example.id, session)  # a new image while the run is on
+    assert list(run) == []  # nothing more of the old run is shown
+    assert session.results == {} and not session.busy
