@@ -235,7 +235,7 @@ def test_uploaded_files_are_deleted_after_their_time(tiny_zoo):
 def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
     """Two visitors explain the same example again and again while three others fetch its pictures: every
     response has the length it declared. (Gradio rewrites a returned array's cached PNG in place each time
-    the same picture comes back; before app/outputs.py about one fetch in 300 was cut off here.)"""
+    the same picture comes back; before app/outputs.py some of these fetches were cut off: the test failed.)"""
     import http.client
     import time
     from app.examples import load_examples
