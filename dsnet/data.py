@@ -92,10 +92,14 @@ def cached_images(items: list[LabelledImage], size: int, cache_dir: Path) -> Ten
     path = cache_dir / f"images-{size}px-{len(items)}-{key.hexdigest()[:16]}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
     images = torch.empty(len(items), 3, size, size, dtype=torch.uint8)
-    for i, it in enumerate(tqdm(items, desc=f"decoding to cache ({size}px)", unit="img")):
-        images[i] = decode_square(it.path, size)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # Pillow and the resize release the GIL
+        decoded = pool.map(lambda it: decode_square(it.path, size), items)
+        for i, image in enumerate(tqdm(decoded, total=len(items), desc=f"decoding to cache ({size}px)", unit="img")):
+            images[i] = image
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(images, tmp)
@@ -145,11 +149,12 @@ def eval_transform(resize: int, crop: int) -> v2.Transform:
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
 
 
-def standardize(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """uint8 NCHW -> float32 normalised NCHW (done on the training device, after transfer)."""
-    m = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
-    return (batch.float().div_(255) - m) / s
+def standardize(batch: Tensor, mean: tuple[float, ...] | Tensor, std: tuple[float, ...] | Tensor) -> Tensor:
+    """uint8 (or float 0..255) NCHW -> float32 normalised NCHW (done on the training device, after
+    transfer). ``mean`` and ``std`` given as tensors on the device need no copy (CUDA-graph capture)."""
+    m = torch.as_tensor(mean, device=batch.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=batch.device).view(1, -1, 1, 1)
+    return (batch.to(torch.float32) / 255 - m) / s
 
 
 def topk_hits(logits: Tensor, labels: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:

@@ -318,17 +318,25 @@ class Optimiser:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def make_optimiser(model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device,
-                   amp: bool) -> Optimiser:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on every tensor with more than one dimension (BN and biases: none; the shortcut
-    weights W are T x C x 1 x 1 and decay); the lr scales linearly with the batch size."""
+    weights W are T x C x 1 x 1 and decay)."""
     decay, no_decay = [], []
     for prm in model.parameters():
         (no_decay if prm.ndim <= 1 else decay).append(prm)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=recipe.lr * recipe.batch_size / recipe.base_batch, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def peak_lr(recipe: Recipe) -> float:
+    """The recipe's lr scaled linearly with the batch size."""
+    return recipe.lr * recipe.batch_size / recipe.base_batch
+
+
+def make_optimiser(model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device,
+                   amp: bool) -> Optimiser:
+    """SGD on ``param_groups`` at ``peak_lr``, the schedule per step."""
+    optimizer = torch.optim.SGD(param_groups(model, recipe.weight_decay), lr=peak_lr(recipe),
+                                momentum=recipe.momentum, nesterov=recipe.nesterov)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
     return Optimiser(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp))
 
@@ -410,13 +418,14 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Optimiser) -> Checkpoint:
     return Checkpoint(state["epoch"], state["history"], state.get("config"))
 
 
-def run_record(cfg: TrainConfig, data: TrainData, d: Dist, device: torch.device, amp: bool) -> dict[str, Any]:
+def run_record(cfg: TrainConfig, wnids: list[str], train_images: int, val_images: int, d: Dist,
+               device: torch.device, amp: bool) -> dict[str, Any]:
     """The run's provenance, saved in every checkpoint and, at export, in the manifest."""
-    return {"model": cfg.model, "kwargs": model_kwargs(cfg, len(data.wnids)), "recipe": cfg.recipe_name,
+    return {"model": cfg.model, "kwargs": model_kwargs(cfg, len(wnids)), "recipe": cfg.recipe_name,
             "resolved_recipe": dataclasses.asdict(cfg.recipe), "seed": cfg.seed, "data": str(cfg.data),
-            "train_images": len(data.train_set), "val_images": len(data.val_set), "world_size": d.world,
+            "train_images": train_images, "val_images": val_images, "world_size": d.world,
             "device": device.type, "amp": amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
-            "wnids": data.wnids, "torch": str(torch.__version__), "command": cfg.command}
+            "wnids": wnids, "torch": str(torch.__version__), "command": cfg.command}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -453,7 +462,8 @@ def train(cfg: TrainConfig) -> None:
         state = load_checkpoint(ckpt_path, model, opt)
         if d.main:
             print(f"resumed {ckpt_path} after epoch {state.epoch}")
-    record, history = run_record(cfg, data, d, device, amp), state.history
+    record = run_record(cfg, data.wnids, len(data.train_set), len(data.val_set), d, device, amp)
+    history = state.history
 
     val = None  # the last epoch's val metrics, when this run trains one
     for epoch in range(state.epoch, recipe.epochs):
@@ -493,14 +503,15 @@ def train(cfg: TrainConfig) -> None:
 
 
 def export(model: nn.Module, cfg: TrainConfig, record: dict[str, Any], history: list[dict],
-           final: dict[str, float]) -> Entry:
+           final: dict[str, float], dtype: torch.dtype | None = None) -> Entry:
     """Final weights as safetensors + a manifest entry in zoo ``cfg.export_zoo``; ``record`` is the
-    run that trained them, ``final`` their accuracy on ``cfg.data``/val measured at export."""
+    run that trained them, ``final`` their accuracy on ``cfg.data``/val measured at export; ``dtype``
+    rounds the floating-point tensors (a smaller file; loading casts them back)."""
     zoo = cfg.export_zoo
     export_dir = cfg.export_dir or (cfg.manifest.parent / zoo)  # sources.local is relative to the manifest
     export_dir.mkdir(parents=True, exist_ok=True)
     path = export_dir / f"{cfg.model}.safetensors"
-    sha = save_safetensors(model, path)
+    sha = save_safetensors(model, path, dtype)
     try:
         local = str(path.resolve().relative_to(cfg.manifest.resolve().parent))
     except ValueError:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .files import atomic_path
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
 
@@ -44,11 +45,13 @@ def read_state_dict(path: str | os.PathLike, fmt: str) -> dict[str, Tensor]:
     raise ValueError(f"unknown weight format {fmt!r}; expected safetensors or torch")
 
 
-def save_safetensors(model: nn.Module, path: str | os.PathLike) -> str:
-    """Write the state dict as safetensors (atomically) and return its SHA-256."""
+def save_safetensors(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None) -> str:
+    """Write the state dict as safetensors (atomically) and return its SHA-256; ``dtype`` rounds the
+    floating-point tensors to it (integers, e.g. BN's batch counts, stay as they are)."""
     from safetensors.torch import save_file
     path = Path(path)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype if dtype and v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     return sha256_file(path)

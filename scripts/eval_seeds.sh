@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Back here after scripts/gpu_seeds.sh: unpack the returned runs, check every returned weight file
+# Back here after scripts/gpu_seeds.sh: unpack the returned seeds, check every returned weight file
 # against the SHA-256 its run recorded at export, and evaluate the shipped zoo (seed 0) and every
 # finished seed on the FULL Imagenette val with per-image correctness, paired bootstrap intervals
 # and exact McNemar tests against ResNet50 (python -m dsnet.evaluate --runs; its JSON keeps
 # per_image.correct for every run/model). Unfinished runs (no weights) are listed and skipped.
 #   scripts/eval_seeds.sh FILES_AT [RUNS] [VAL] [JSON]
-#     FILES_AT  the folder holding seed<N>-<model>.tar and seeds.json (the run tool's files_at)
+#     FILES_AT  the folder holding seed<N>-<tag>.tar and study.json (the run tool's files_at)
 #     RUNS      where to unpack (runs/imagenette-seeds)
 #     VAL       ${DSNET_DATA:-../shared/data}/imagenette/val
 #     JSON      RUNS/evaluate.json
@@ -18,8 +18,9 @@ val=${3:-${DSNET_DATA:-../shared/data}/imagenette/val}
 json=${4:-$runs/evaluate.json}
 mkdir -p "$runs"
 for t in "$src"/seed*.tar; do tar -xf "$t" -C "$runs"; done
-[ -f "$src/seeds.json" ] && cp "$src/seeds.json" "$runs/seeds.json"
+[ -f "$src/study.json" ] && cp "$src/study.json" "$runs/study.json"
 python - "$runs" <<'EOF'
+import re
 import sys
 from pathlib import Path
 from dsnet.manifest import load_manifest
@@ -33,7 +34,8 @@ for seed_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
             print(f"{seed_dir.name}/{model}: unfinished, no weights (skipped)")
             continue
         entry = entries[model]
-        assert entry.provenance.get("seed") == int(seed_dir.name.removeprefix("seed")), f"{path}: seed mismatch"
+        if entry.provenance.get("seed") != int(re.match(r"seed(\d+)", seed_dir.name).group(1)):
+            raise SystemExit(f"{path}: the manifest's seed {entry.provenance.get('seed')} is not the folder's")
         verify(path, entry.sha256)  # raises ChecksumError on a damaged transfer
         print(f"{seed_dir.name}/{model}: sha256 ok, seed {entry.provenance['seed']}, {entry.provenance['epochs']} epochs, "
               f"{entry.provenance['train_seconds']} s on {entry.provenance['device']}")
