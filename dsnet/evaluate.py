@@ -261,7 +261,8 @@ def artifact_header(argv: list[str] | None, tool: str) -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"command": f"python -m {tool} " + shlex.join(sys.argv[1:] if argv is None else argv),
+    prefix = f"python {tool}" if tool.endswith(".py") else f"python -m {tool}"  # a script, or a module
+    return {"command": f"{prefix} " + shlex.join(sys.argv[1:] if argv is None else argv),
             "commit": git("rev-parse", "--short=7", "HEAD"), "dirty": bool(dirty),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

@@ -134,3 +134,26 @@ def test_sgd_with_a_tensor_lr_steps_as_with_a_float_lr():
         opt_b.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-7)
+
+
+def test_the_seed_report_pairs_models_within_seeds_and_counts_the_order_across_seeds():
+    from dsnet.seedreport import sentence, sign_test, summarise, t_interval
+    assert sign_test(5, 5) == pytest.approx(2 / 32) and sign_test(4, 5) == pytest.approx(12 / 32)
+    assert sign_test(0, 5) == sign_test(5, 5) and sign_test(2, 4) == 1.0
+    low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303
+    assert (low, high) == pytest.approx((2 - 4.303 / 3**0.5, 2 + 4.303 / 3**0.5), abs=1e-3)
+    n = 200  # resnet right on the first 160 images; dsnet on 170 (seed 0) and 165 (seed 1); the shipped run ignored
+    bits = {"seed0/resnet50/160": "1" * 160 + "0" * 40, "seed0-gpu/resnet50/160": "1" * 160 + "0" * 40,
+            "seed0-gpu/dsnet50/160": "1" * 170 + "0" * 30, "seed1-gpu/resnet50/160": "1" * 160 + "0" * 40,
+            "seed1-gpu/dsnet50/160": "0" * 5 + "1" * 170 + "0" * 25}
+    summary = summarise({"runs": [], "per_image": {"correct": bits}}, r"seed(\d+)-gpu")
+    assert summary["seeds"] == [0, 1] and summary["images"] == n
+    assert summary["models"]["resnet50"] == {"top1": [80.0, 80.0], "mean": 80.0, "sd": 0.0}
+    assert summary["models"]["dsnet50"]["top1"] == [85.0, 85.0]
+    (pair,) = summary["pairs"]
+    assert (pair["a"], pair["b"], pair["diff_mean"], pair["seeds_b_better"], pair["ordering_holds"]) == \
+        ("resnet50", "dsnet50", 5.0, 2, True)
+    seed0, seed1 = pair["per_seed"]
+    assert (seed0["only_a_right"], seed0["only_b_right"]) == (0, 10)  # images 160-169
+    assert (seed1["only_a_right"], seed1["only_b_right"]) == (5, 15)  # images 0-4 / 160-174
+    assert sentence(summary).startswith("dsnet50 beats resnet50 on all 2 seeds (mean 5.00 points")
