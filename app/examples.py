@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from dsnet.data import scan_labelled
-from dsnet.manifest import Manifest
+from dsnet.data.labelled import scan_labelled
+from dsnet.zoo.manifest import Manifest
 
 SHIPPED = Path(__file__).resolve().parent / "examples"
 EXTRA_SAMPLE = 30  # images shown from --gallery DIR (a spread of classes, the same on every start)

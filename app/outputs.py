@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dsnet.files import atomic_path
+from dsnet.core.files import atomic_path
 
 from .security import upload_folder
 

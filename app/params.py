@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dsnet.cam import METHODS, TargetPolicy
-from dsnet.manifest import Manifest
+from dsnet.cam.service import METHODS, TargetPolicy
+from dsnet.zoo.manifest import Manifest
 
 QUOTE = 100
 TARGETS = {"each model's top-1": "top1", "one class for all": "class", "the true class": "label"}

@@ -19,8 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsnet.files import pid_alive
-from dsnet.images import MAX_BYTES
+from dsnet.cam.images import MAX_BYTES
 
 log = logging.getLogger("dsnet.app")
 
@@ -276,21 +275,6 @@ def remove_upload(path: str) -> None:
         p.parent.rmdir()
     except OSError:
         pass
-
-
-def use_private_upload_folder() -> Path:
-    """Gradio's upload and cache folder is /tmp/gradio unless GRADIO_TEMP_DIR says otherwise, shared by
-    every Gradio app on the machine: give this process a folder of its own (and remove those of app
-    processes that are gone), so its sweeps touch only its own files. A GRADIO_TEMP_DIR that is set is
-    taken as this app's own. Call before Gradio is imported (some of its modules read it at import)."""
-    if not os.environ.get("GRADIO_TEMP_DIR"):
-        base = Path(tempfile.gettempdir())
-        for old in base.glob("dsnet-explain-gradio-*"):
-            pid = old.name.rsplit("-", 1)[1]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(old, ignore_errors=True)
-        os.environ["GRADIO_TEMP_DIR"] = str(base / f"dsnet-explain-gradio-{os.getpid()}")
-    return Path(os.environ["GRADIO_TEMP_DIR"])
 
 
 def upload_folder() -> Path:

@@ -1,8 +1,8 @@
-"""The Gradio UI. It wires widgets to the Grad-CAM service (``dsnet.cam``), the examples and the guards.
+"""The Gradio UI. It wires widgets to the Grad-CAM service (``dsnet.cam.service``), the examples and the guards.
 
 Data path of a request: the image payload goes through ``Uploads.take`` (uploads, data: URLs) or the
-example set (by id), then ``dsnet.images.open_image``; the parameters through ``parse_params``; then
-``dsnet.cam.explain_zoo`` streams one result per model. The page keeps the last results in a
+example set (by id), then ``dsnet.cam.images.open_image``; the parameters through ``parse_params``; then
+``dsnet.cam.service.explain_zoo`` streams one result per model. The page keeps the last results in a
 per-session state, so moving the opacity slider re-blends the maps without running a model.
 """
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, fields, replace
 
 import gradio as gr
 
-from dsnet.allocator import retain_freed_memory
-from dsnet.cam import METHODS, CamResult, ModelFailure, explain_zoo
-from dsnet.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, enlarge, open_image, overlay
-from dsnet.manifest import LabelSet, Manifest, load_manifest
-from dsnet.render import comparison
-from dsnet.zoo import DEFAULT_MODELS, entry_status, load_available
+from dsnet.core.allocator import retain_freed_memory
+from dsnet.cam.service import METHODS, CamResult, ModelFailure, explain_zoo
+from dsnet.cam.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, enlarge, open_image, overlay
+from dsnet.zoo.manifest import LabelSet, Manifest, load_manifest
+from dsnet.cam.service import comparison
+from dsnet.zoo.loader import DEFAULT_MODELS, entry_status, load_available
 
 from .examples import ExampleSet, load_examples
 from .outputs import publish

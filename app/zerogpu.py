@@ -5,7 +5,7 @@ On a ZeroGPU Space (``SPACES_ZERO_GPU=true``, set by the Hub; the rule ``spaces.
 moved to "cuda" at start-up, and ``on_gpu`` is ``spaces.GPU(duration=...)``, which runs the decorated
 function in a forked worker that holds a GPU for that call. Everywhere else ``on_gpu`` returns the
 function itself (``spaces.GPU`` does the same outside ZeroGPU), so the CPU path and plain GPU
-hardware (CUDA, picked by ``dsnet.zoo.pick_device``) run exactly as without it.
+hardware (CUDA, picked by ``dsnet.zoo.loader.pick_device``) run exactly as without it.
 """
 from __future__ import annotations
 
@@ -43,6 +43,6 @@ def on_gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
 
 
 def serving_device() -> str:
-    """"cpu", "cuda" or "mps": where the models run (``dsnet.zoo.pick_device``; ZeroGPU reports "cuda")."""
-    from dsnet.zoo import pick_device
+    """"cpu", "cuda" or "mps": where the models run (``dsnet.zoo.loader.pick_device``; ZeroGPU reports "cuda")."""
+    from dsnet.zoo.loader import pick_device
     return pick_device().type

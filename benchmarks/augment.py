@@ -1,11 +1,11 @@
-"""The training augmentation on the CPU: dsnet.train's per-image path against dsnet.augment's batched one.
+"""The training augmentation on the CPU: dsnet.evidence.train's per-image path against dsnet.data.augment's batched one.
 
 Both make one epoch's worth of batches (the recipe's 112 px random-resized crops + flips from the
 146 px cache of N random images, batch 128), interleaved rounds, medians:
 - per image: ``TensorImages`` + torchvision v2 ``RandomResizedCrop`` / ``RandomHorizontalFlip`` in a
-  DataLoader (no workers: the same core count for both), as ``python -m dsnet.train`` does;
-- batched: ``dsnet.augment.epoch_draws`` + ``resized_crops`` (two matrix products per batch), as
-  ``python -m dsnet.seedstudy`` does on the device.
+  DataLoader (no workers: the same core count for both), as ``python -m dsnet.evidence.train`` does;
+- batched: ``dsnet.data.augment.epoch_draws`` + ``resized_crops`` (two matrix products per batch), as
+  ``python -m dsnet.evidence.seedstudy`` does on the device.
 
     python benchmarks/augment.py [--images 2048] [--rounds 5] [--threads 2] [--json docs/augment-cpu.json]
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from dsnet.augment import epoch_draws, resized_crops
-from dsnet.data import TensorImages, train_transform
-from dsnet.evaluate import artifact_header
-from dsnet.train import RECIPES
+from dsnet.data.augment import epoch_draws, resized_crops
+from dsnet.data.labelled import TensorImages, train_transform
+from dsnet.core.provenance import artifact_header
+from dsnet.evidence.train import RECIPES
 
 
 def main(argv: list[str] | None = None) -> int:

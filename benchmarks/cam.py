@@ -3,13 +3,13 @@
 Full-width 1000-class ResNet50 + DSNet50 + DS2Net50 (random weights: timing only), one 224 px
 image, CPU (or CUDA), interleaved rounds, medians:
 - floor: three plain ``inference_mode`` forwards of the same models on the preprocessed image;
-- service: ``dsnet.cam.explain`` for the three (decode + preprocessing + top-5 + CAM + overlay);
+- service: ``dsnet.cam.service.explain`` for the three (decode + preprocessing + top-5 + CAM + overlay);
 - stock: per model, a GradCAM object built per call as in pytorch-grad-cam's README, plus a
   separate forward for the top-5, plus preprocessing and overlay;
 - AblationCAM relative to GradCAM in the service (its ablations re-run only pool + fc). Stock
   AblationCAM re-runs the whole network for every batch of 32 ablated channels (64 batches at
   full width: about 10 minutes per model on this CPU), so it is left out of the rounds.
-The heap keeps freed memory, as in the app (``dsnet.allocator``).
+The heap keeps freed memory, as in the app (``dsnet.core.allocator``).
 
     python benchmarks/cam.py [--rounds 10] [--threads 2] [--device cpu|cuda]
 """
@@ -30,11 +30,11 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import dsnet
-from dsnet.allocator import retain_freed_memory
-from dsnet.cam import explain
-from dsnet.images import model_view, open_image, overlay, to_tensor
-from dsnet.manifest import load_manifest
-from dsnet.zoo import ZooModel
+from dsnet.core.allocator import retain_freed_memory
+from dsnet.cam.service import explain
+from dsnet.cam.images import model_view, open_image, overlay, to_tensor
+from dsnet.zoo.manifest import load_manifest
+from dsnet.zoo.loader import ZooModel
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
 FLOOR, SERVICE = "floor: 3 inference forwards", "service: explain (GradCAM)"

@@ -21,17 +21,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dsnet.core.provenance import revision  # noqa: E402 - no PyTorch: the timings stay clean
 
 # Every command line of the project, and whether its help may import PyTorch.
 COMMANDS: dict[str, tuple[list[str], bool]] = {
     "python app.py": (["app.py"], False),
-    "python -m dsnet.train": (["-m", "dsnet.train"], True),
-    "python -m dsnet.evaluate": (["-m", "dsnet.evaluate"], True),
-    "python -m dsnet.explain": (["-m", "dsnet.explain"], True),
-    "python -m dsnet.figure": (["-m", "dsnet.figure"], True),
+    "python -m dsnet.evidence.train": (["-m", "dsnet.evidence.train"], True),
+    "python -m dsnet.evidence.evaluate": (["-m", "dsnet.evidence.evaluate"], True),
+    "python -m dsnet.evidence.explain": (["-m", "dsnet.evidence.explain"], True),
+    "python -m dsnet.evidence.figure": (["-m", "dsnet.evidence.figure"], True),
     "python -m dsnet.zoo": (["-m", "dsnet.zoo"], False),
-    "python -m dsnet.space": (["-m", "dsnet.space"], False),
-    "python -m dsnet.curves": (["-m", "dsnet.curves"], False),
+    "python -m app.space": (["-m", "app.space"], False),
+    "python -m dsnet.evidence.curves": (["-m", "dsnet.evidence.curves"], False),
+    "python -m dsnet.evidence.seedstudy": (["-m", "dsnet.evidence.seedstudy"], True),
+    "python -m dsnet.evidence.seedreport": (["-m", "dsnet.evidence.seedreport"], False),
 }
 SLOW_TO_IMPORT = ("torchvision", "pytorch_grad_cam", "scipy", "matplotlib", "gradio")
 
@@ -55,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name + ' --help':<34} {median:5.2f} s  ({median / torch_import:.2f}x `import torch`)")
     print(f"{'import torch':<34} {torch_import:5.2f} s")
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
+        rev = revision(ROOT)
+        commit = rev.commit
+        dirty = rev.dirty
         record = {"command": "python benchmarks/cli_help.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "what": "median wall seconds of `<command> --help` in a fresh process, and of `import torch`",
                   "commit": commit, "local_changes": dirty,

@@ -3,9 +3,9 @@ it fast", each old way against the new one, medians of interleaved runs; and a c
 baseline of every ratio, our ResNet50, runs as fast as torchvision's.
 
 - page faults per settled DSNet50 forward (batch 1), glibc's default heap vs
-  ``dsnet.allocator.retain_freed_memory`` (fresh processes: the default varies with the heap's
+  ``dsnet.core.allocator.retain_freed_memory`` (fresh processes: the default varies with the heap's
   history); the measurements after it keep freed memory, as the other benchmarks do;
-- DS2's strided 2x2 pool: ``avg_pool2d`` vs ``dsnet.kernels.MeanPool`` (1 x 128 x 56 x 56);
+- DS2's strided 2x2 pool: ``avg_pool2d`` vs ``dsnet.models.kernels.MeanPool`` (1 x 128 x 56 x 56);
 - backward of one folded shortcut term and of the folded N's statistics (8 x 256 x 56 x 56):
   autograd's ``addcmul_`` / ``sum`` + ``vector_norm`` vs the hand-written backwards;
 - ResNet50 inference (batch 1, 224 px): ``torchvision.models.resnet50`` vs ``dsnet.get_model("resnet50")``.
@@ -25,12 +25,12 @@ import torch
 import torchvision
 
 import dsnet
-from dsnet.allocator import retain_freed_memory
-from dsnet.kernels import FoldedShortcutSum, GroupNormAffine, MeanPool, per_channel
+from dsnet.core.allocator import retain_freed_memory
+from dsnet.models.kernels import FoldedShortcutSum, GroupNormAffine, MeanPool, per_channel
 
 FAULTS = textwrap.dedent("""
     import resource, sys, torch, dsnet
-    from dsnet.allocator import retain_freed_memory
+    from dsnet.core.allocator import retain_freed_memory
     if sys.argv[1] == "retained":
         retain_freed_memory()
     torch.set_num_threads(2)

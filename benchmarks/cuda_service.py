@@ -1,7 +1,7 @@
 """The app's Grad-CAM service on CUDA, in one run (issue 19, part 1); writes one JSON file.
 
 1. agreement: for the shipped imagenette zoo and full-width 1000-class random models (seeded) of
-   ResNet50 / DSNet50 / DS2Net50, ``dsnet.cam.explain_model`` on the CPU and on DEVICE (the same
+   ResNet50 / DSNet50 / DS2Net50, ``dsnet.cam.service.explain_model`` on the CPU and on DEVICE (the same
    weights, the same image, the same explained class: the CPU's top-1): top-5 classes, top-5
    probabilities and GradCAM maps, max abs differences against stated tolerances, twice: as served
    (PyTorch's defaults: TF32 convolutions on CUDA) and with TF32 off (full fp32);
@@ -36,13 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import dsnet  # noqa: E402
-from dsnet import zoo as zoo_mod  # noqa: E402
-from dsnet.allocator import retain_freed_memory  # noqa: E402
-from dsnet.files import free_port, wait_until_serving  # noqa: E402
-from dsnet.cam import TargetPolicy, explain_model  # noqa: E402
-from dsnet.images import open_image  # noqa: E402
-from dsnet.manifest import load_manifest  # noqa: E402
-from dsnet.zoo import ZooModel  # noqa: E402
+from dsnet.zoo import loader as zoo_mod  # noqa: E402
+from dsnet.core.allocator import retain_freed_memory  # noqa: E402
+from dsnet.core.provenance import revision  # noqa: E402
+from dsnet.core.files import free_port, wait_until_serving  # noqa: E402
+from dsnet.cam.service import TargetPolicy, explain_model  # noqa: E402
+from dsnet.cam.images import open_image  # noqa: E402
+from dsnet.zoo.manifest import load_manifest  # noqa: E402
+from dsnet.zoo.loader import ZooModel  # noqa: E402
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
 # Tolerances (max abs difference, CPU vs DEVICE). Probabilities are in [0, 1]; maps are min-max
@@ -197,8 +198,7 @@ def main() -> int:
     result: dict = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
                     "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                     "cpu_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-                    "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                             text=True).stdout.strip() or None,
+                    "commit": revision(ROOT).commit or None,
                     "argv": sys.argv[1:], "notes": []}
     try:
         import gradio

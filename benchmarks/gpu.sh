@@ -2,7 +2,7 @@
 # README's GPU measurements in one go on a CUDA machine (under 10 minutes), the one that decides issue
 # #2 first: torch.compile'd models (training step only; compiling three models takes most of the
 # time, each prints how long it took), fp32 eager (PyTorch's default TF32 convolutions), the setting
-# dsnet.train uses on CUDA (fp16 autocast + channels_last), and fp32 without TF32 (as on GPUs before
+# dsnet.evidence.train uses on CUDA (fp16 autocast + channels_last), and fp32 without TF32 (as on GPUs before
 # Ampere).
 #   benchmarks/gpu.sh [OUT]    environment: PYTHON (python), DEVICE (cuda), ROUNDS (30), BATCH (64),
 #                              LIMIT_FACTOR (1; the time limits below are sized for an H200)

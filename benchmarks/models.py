@@ -9,10 +9,10 @@ give the interquartile range of those per-round ratios.
     python benchmarks/models.py [--rounds 15] [--threads 2] [--device cpu|cuda] [--glibc-default-heap]
                                 [--amp] [--channels-last] [--compile] [--train-only] [--ieee-fp32]
 
-The heap keeps freed memory (dsnet.allocator, as the app does); with glibc's adaptive default
+The heap keeps freed memory (dsnet.core.allocator, as the app does); with glibc's adaptive default
 every forward may fault the memory of DSNet's N(Y_i) history back in, or not, run by run.
 ``--amp`` (fp16 autocast on CUDA, bf16 on the CPU) and ``--channels-last`` time the models as
-``dsnet.train`` trains them on CUDA; ``--compile`` times ``torch.compile``d models (all three, so
+``dsnet.evidence.train`` trains them on CUDA; ``--compile`` times ``torch.compile``d models (all three, so
 the baseline gets the same fusion); ``--ieee-fp32`` turns off TF32 convolutions on CUDA (PyTorch's
 default is on; GPUs before Ampere had none, and the paper, from 2020, does not name its GPUs). The
 memory line is always eager fp32, Table 9's setting.
@@ -27,8 +27,8 @@ import time
 import torch
 
 import dsnet
-from dsnet.allocator import retain_freed_memory
-from dsnet.evaluate import train_step_memory
+from dsnet.core.allocator import retain_freed_memory
+from dsnet.evidence.evaluate import train_step_memory
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
 PAPER = {"dsnet50": (1.19, 1.22), "ds2net50": (1.26, 1.31)}  # Table 9: (time, memory) vs ResNet50

@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dsnet.files import free_port, wait_until_serving  # noqa: E402
+from dsnet.core.files import free_port, wait_until_serving  # noqa: E402
+from dsnet.core.provenance import revision  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -66,7 +67,7 @@ def one_run(timeout: float) -> dict:
 FIRST_USE = """
 import json, time
 t0 = time.perf_counter()
-from dsnet.zoo import load_available
+from dsnet.zoo.loader import load_available
 t1 = time.perf_counter()
 models, missing = load_available("imagenette")
 t2 = time.perf_counter()
@@ -98,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     median = statistics.median(r["seconds"] for r in runs)
     print(f"python app.py serves after {median:.2f} s (median of {len(runs)})")
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
+        rev = revision(ROOT)
+        commit = rev.commit
+        dirty = rev.dirty
         record = {
             "command": "python benchmarks/startup.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "what": "seconds from starting `python app.py` (repo root, no DSNET_/GRADIO_ settings) until GET / "

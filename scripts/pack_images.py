@@ -1,8 +1,8 @@
 """Copy a labelled image folder as small WebP squares, to carry it to a remote GPU machine.
 
-Each image becomes exactly what the training cache holds (``dsnet.data.decode_square``: shorter
+Each image becomes exactly what the training cache holds (``dsnet.data.labelled.decode_square``: shorter
 side resized to SIZE, centre square), re-encoded lossy, in the ImageFolder layout that
-``python -m dsnet.train --data`` reads. Imagenette's train split at 146 px, quality 80: 35 MB.
+``python -m dsnet.evidence.train --data`` reads. Imagenette's train split at 146 px, quality 80: 35 MB.
 
     python scripts/pack_images.py ../shared/data/imagenette/train .data/imagenette/train
     python scripts/pack_images.py ../shared/data/imagenette/val .data/imagenette/val --per-class 100
@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dsnet.data import decode_square, limit_per_class, scan_labelled
+from dsnet.data.labelled import decode_square, limit_per_class, scan_labelled
 
 
 def main() -> None:

@@ -3,13 +3,13 @@
 # seed, side by side. Resumable: run it again after an interruption.
 # Usage: [SEED=N] [TRAIN_ARGS=...] scripts/train_imagenette_zoo.sh [DATA] [RUNS] [EPOCHS]
 #   EPOCHS (optional) overrides the recipe's 60.
-#   TRAIN_ARGS: more dsnet.train flags for every model; default "--threads 1" (two CPU cores, three
+#   TRAIN_ARGS: more dsnet.evidence.train flags for every model; default "--threads 1" (two CPU cores, three
 #   processes sharing them evenly). One GPU: TRAIN_ARGS="--threads 2 --workers 3".
 #   SEED: 0 (default) is the shipped zoo: RUNS defaults to runs/imagenette and the weights are exported
 #   into checkpoints/imagenette and checkpoints/manifest.json. Any other seed (the seed study) leaves
 #   the shipped zoo alone: RUNS defaults to runs/imagenette-seed<N>, and each model is exported as
 #   RUNS/<model>.safetensors with its entry in RUNS/manifest.json (a copy of the shipped manifest), the
-#   layout `python -m dsnet.evaluate --runs` reads (RUNS/../<run>/<model>.safetensors).
+#   layout `python -m dsnet.evidence.evaluate --runs` reads (RUNS/../<run>/<model>.safetensors).
 set -euo pipefail
 seed=${SEED:-0}
 data=${1:-${DSNET_DATA:-../shared/data}/imagenette}
@@ -24,8 +24,8 @@ if [ "$seed" != 0 ]; then
 fi
 for model in resnet50 dsnet50 ds2net50; do
   # shellcheck disable=SC2086
-  python -m dsnet.train --model "$model" --recipe imagenette --data "$data" --out "$runs/$model" \
+  python -m dsnet.evidence.train --model "$model" --recipe imagenette --data "$data" --out "$runs/$model" \
     --seed "$seed" --resume "${export_args[@]}" $epochs $extra >> "$runs/$model.log" 2>&1 &
 done
 wait
-python -m dsnet.curves "$runs"/{resnet50,dsnet50,ds2net50}/log.jsonl --out "$runs/figure4.png"
+python -m dsnet.evidence.curves "$runs"/{resnet50,dsnet50,ds2net50}/log.jsonl --out "$runs/figure4.png"

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import dsnet
-from dsnet import zoo
-from dsnet.files import free_port, wait_until_serving  # noqa: F401 - free_port: for the tests
-from dsnet.manifest import MANIFEST_PATH
-from dsnet.weights import save_safetensors
+from dsnet.zoo import loader as zoo
+from dsnet.core.files import free_port, wait_until_serving  # noqa: F401 - free_port: for the tests
+from dsnet.core.provenance import revision
+from dsnet.zoo.manifest import MANIFEST_PATH
+from dsnet.zoo.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DSNET_DATA", ROOT.parent / "shared" / "data"))
@@ -76,7 +77,7 @@ def live_app():
     from dataclasses import replace
     from app import build_app, launch
     from app.ui import SETTINGS
-    from dsnet.manifest import load_manifest
+    from dsnet.zoo.manifest import load_manifest
     zoos = list(load_manifest().zoos)
     zoo_name = "imagenette" if "imagenette" in zoos else zoos[0]
     settings = replace(SETTINGS, per_client=1000)
@@ -173,8 +174,7 @@ def record(artifact: str, key: str, value) -> None:
         return
     path = Path(folder) / f"{artifact}.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    data.update({"commit": commit.strip(), "date": datetime.date.today().isoformat(),
+    data.update({"commit": revision(ROOT).commit, "date": datetime.date.today().isoformat(),
                  "command": f"DSNET_RECORD_DIR={folder} python -m pytest tests/test_{artifact}.py -q"})
     data.setdefault("values", {})[key] = value
     path.write_text(json.dumps(data, indent=1) + "\n")

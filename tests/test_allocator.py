@@ -8,7 +8,7 @@ import pytest
 
 FAULTS_PER_FORWARD = textwrap.dedent("""
     import resource, sys, torch, dsnet
-    from dsnet.allocator import retain_freed_memory
+    from dsnet.core.allocator import retain_freed_memory
     assert retain_freed_memory()
     torch.set_num_threads(1)
     model = dsnet.get_model("dsnet50").eval()
@@ -22,7 +22,7 @@ FAULTS_PER_FORWARD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="counts glibc's page faults: Linux with glibc only (dsnet.allocator is a no-op elsewhere)")
+                    reason="counts glibc's page faults: Linux with glibc only (dsnet.core.allocator is a no-op elsewhere)")
 def test_retained_memory_makes_settled_forwards_fault_free():
     """With glibc's adaptive thresholds a DSNet50 forward can fault thousands of pages back in (its N(Y_i)
     history raises the peak); with retain_freed_memory(), once oneDNN's caches and the heap have

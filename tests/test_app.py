@@ -10,8 +10,8 @@ from PIL import Image
 from app.examples import FIGURE5_WNIDS, SHIPPED, load_examples
 from app.params import ParameterError
 from app.ui import N_OUT, Session, build_app
-from dsnet.cam import METHODS
-from dsnet.manifest import load_manifest
+from dsnet.cam.service import METHODS
+from dsnet.zoo.manifest import load_manifest
 
 from conftest import IMAGENETTE, SAMPLES, TRIO, sample, write_tiny_zoo
 
@@ -149,7 +149,7 @@ def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
 
 
 def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, monkeypatch):
-    from dsnet import zoo
+    from dsnet.zoo import loader as zoo
     monkeypatch.setenv("DSNET_MANIFEST", str(write_tiny_zoo(tmp_path, unavailable=("dsnet50",))))
     handlers = build_app(None, "tiny").dsnet_handlers
     final = stream(handlers, data_url(sample("tench")))[-1]

@@ -1,5 +1,5 @@
-"""The batched training augmentation (dsnet.augment) against torchvision and the DataLoader, and the
-seed study (dsnet.seedstudy) end to end on the CPU."""
+"""The batched training augmentation (dsnet.data.augment) against torchvision and the DataLoader, and the
+seed study (dsnet.evidence.seedstudy) end to end on the CPU."""
 from __future__ import annotations
 
 import json
@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dsnet.augment import epoch_draws, resized_crop_boxes, resized_crops
-from dsnet.seedstudy import seeds_that_fit
-from dsnet.train import RECIPES
+from dsnet.data.augment import epoch_draws, resized_crop_boxes, resized_crops
+from dsnet.evidence.seedstudy import seeds_that_fit
+from dsnet.evidence.train import RECIPES
 
 from conftest import IMAGENETTE, ROOT
 
@@ -82,7 +82,7 @@ def test_the_budget_rule_keeps_the_lowest_seeds_that_fit():
 @pytest.mark.slow
 def test_the_study_trains_exports_and_packs_every_seed_on_the_cpu(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    cmd = [sys.executable, "-m", "dsnet.seedstudy", "--data", str(IMAGENETTE), "--runs", str(runs), "--pack", str(out),
+    cmd = [sys.executable, "-m", "dsnet.evidence.seedstudy", "--data", str(IMAGENETTE), "--runs", str(runs), "--pack", str(out),
            "--seeds", "0", "3", "--epochs", "2", "--limit-per-class", "4", "--batch-size", "8", "--device", "cpu",
            "--cache-dir", str(tmp_path / "cache")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -97,8 +97,8 @@ def test_the_study_trains_exports_and_packs_every_seed_on_the_cpu(tmp_path):
             names = set(tar.getnames())
         assert {f"seed{seed}-gpu/{m}.safetensors" for m in ("resnet50", "dsnet50", "ds2net50")} <= names
         assert f"seed{seed}-gpu/manifest.json" in names and f"seed{seed}-gpu/dsnet50/log.jsonl" in names
-        from dsnet.manifest import load_manifest
-        from dsnet.weights import read_state_dict, verify
+        from dsnet.zoo.manifest import load_manifest
+        from dsnet.zoo.weights import read_state_dict, verify
         entries = load_manifest(runs / f"seed{seed}-gpu" / "manifest.json").zoo("imagenette").entries
         for m in ("resnet50", "dsnet50", "ds2net50"):
             path = runs / f"seed{seed}-gpu" / f"{m}.safetensors"
@@ -137,7 +137,7 @@ def test_sgd_with_a_tensor_lr_steps_as_with_a_float_lr():
 
 
 def test_the_seed_report_pairs_models_within_seeds_and_counts_the_order_across_seeds():
-    from dsnet.seedreport import sentence, sign_test, summarise, t_interval
+    from dsnet.evidence.seedreport import sentence, sign_test, summarise, t_interval
     assert sign_test(5, 5) == pytest.approx(2 / 32) and sign_test(4, 5) == pytest.approx(12 / 32)
     assert sign_test(0, 5) == sign_test(5, 5) and sign_test(2, 4) == 1.0
     low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from dsnet import zoo
-from dsnet.cam import METHODS, CamTimeout, TargetPolicy, explain, explain_model, normalised_entropy, top10_mass
-from dsnet.images import open_image, to_tensor
+from dsnet.zoo import loader as zoo
+from dsnet.cam.service import METHODS, CamTimeout, TargetPolicy, explain, explain_model, normalised_entropy, top10_mass
+from dsnet.cam.images import open_image, to_tensor
 
 from conftest import IMAGENETTE, TRIO, sample
 
@@ -143,7 +143,7 @@ def test_focus_numbers_mean_what_readme_says(trio):
 
 
 def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path):
-    from dsnet.explain import main
+    from dsnet.evidence.explain import main
     out, js = tmp_path / "fig.png", tmp_path / "out.json"
     assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "label", "--out", str(out),
                  "--json", str(js), "--metrics"]) == 0
@@ -158,7 +158,7 @@ def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path):
 
 @pytest.mark.slow
 def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
-    from dsnet.figure import main
+    from dsnet.evidence.figure import main
     out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
     folder = IMAGENETTE / "val" / "n03445777"
     assert main(["--images", str(folder), "--zoo", "tiny", "--out", str(out), "--stats", str(stats),
@@ -175,11 +175,11 @@ def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
 
 @pytest.mark.slow
 def test_figure_cli_crop_sets_the_test_size(tiny_zoo, tmp_path):
-    from dsnet.figure import main
+    from dsnet.evidence.figure import main
     out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
     image = str(IMAGENETTE / "val" / "n03445777")
     base = ["--images", image, "--zoo", "tiny", "--out", str(out), "--stats", str(stats), "--limit", "1", "--tile", "64"]
-    assert main(base + ["--crop", "96"]) == 0  # resize scaled as dsnet.evaluate --crops: 96 * 183 / 160 = 109.8 -> 110
+    assert main(base + ["--crop", "96"]) == 0  # resize scaled as dsnet.evidence.evaluate --crops: 96 * 183 / 160 = 109.8 -> 110
     pre = json.loads(stats.with_suffix(".summary.json").read_text())["preprocessing"]
     assert pre == {m: {"resize": 110, "crop": 96} for m in TRIO}
     assert main(base + ["--crop", "96", "--resize", "104"]) == 0

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsnet.images import ImageError, enlarge, model_view, open_image, overlay, to_tensor
-from dsnet.manifest import Preprocessing
+from dsnet.cam.images import ImageError, enlarge, model_view, open_image, overlay, to_tensor
+from dsnet.zoo.manifest import Preprocessing
 
 from badimages import EXPECTED, awkward_inputs, bad_inputs, data_url, photo
 from conftest import SAMPLES

@@ -1,4 +1,4 @@
-"""dsnet.localisation: boxes through model_view's preprocessing, and the metrics on hand-made maps with known
+"""dsnet.cam.localisation: boxes through model_view's preprocessing, and the metrics on hand-made maps with known
 answers. The real-data tests read ilsvrc-val-boxes/ from the shared data (conftest.DATA): without it they skip,
 under CI they fail."""
 from __future__ import annotations
@@ -13,12 +13,12 @@ from PIL import Image
 from scipy import ndimage
 
 from conftest import DATA
-from dsnet.images import model_view, open_image
-from dsnet.localisation import (
+from dsnet.cam.images import model_view, open_image
+from dsnet.cam.localisation import (
     IOU_DELTAS, THRESHOLDS, Box, LocalisationEvaluator, MaxBoxAccV2, best_iou_curve, boxes_mask, boxes_to_view,
     centre_gaussian, energy_in_boxes, estimated_boxes, flat_map, pointing_game, read_boxes, view_geometry,
 )
-from dsnet.manifest import MANIFEST_PATH, Preprocessing, load_manifest
+from dsnet.zoo.manifest import MANIFEST_PATH, Preprocessing, load_manifest
 
 BOXES = DATA / "ilsvrc-val-boxes"
 RED, GREY = (255, 0, 0), (60, 60, 60)

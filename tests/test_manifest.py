@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from dsnet import zoo
-from dsnet.manifest import SCHEMA, ManifestError, label_set_for, load_manifest, write_entry
+from dsnet.zoo import loader as zoo
+from dsnet.zoo.manifest import SCHEMA, ManifestError, label_set_for, load_manifest, write_entry
 
 from conftest import write_tiny_zoo
 

@@ -6,10 +6,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import dsnet
-from dsnet.images import model_view, open_image, to_tensor
-from dsnet.manifest import Preprocessing
-from dsnet.models import BLOCKS_BY_DEPTH, Stage, parameter_free_norm
-from dsnet.weights import warm_start_from_resnet
+from dsnet.cam.images import model_view, open_image, to_tensor
+from dsnet.zoo.manifest import Preprocessing
+from dsnet.models.networks import BLOCKS_BY_DEPTH, Stage, parameter_free_norm
+from dsnet.zoo.weights import warm_start_from_resnet
 
 from conftest import sample
 
@@ -99,9 +99,9 @@ def test_shared_normalisation_equals_the_equation(name, weight):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_folded_normalisation_has_the_gradients_of_groupnorm(monkeypatch, channels_last):
-    """Training uses N folded into scale/shift (dsnet.kernels.apply_norm); its backward must equal
+    """Training uses N folded into scale/shift (dsnet.models.kernels.apply_norm); its backward must equal
     that of PyTorch's GroupNorm, also for a dead (all-zero) channel and in channels_last."""
-    from dsnet import models
+    from dsnet.models import networks as models
     torch.manual_seed(0)
     model = dsnet.get_model("ds2net50", width=0.25, num_classes=10).train()
     x = torch.randn(2, 3, 64, 64)
@@ -130,7 +130,7 @@ def test_hand_written_backwards_pass_gradcheck():
     passes and ops than autograd's); finite differences in float64 confirm them, also for a constant
     (zero-variance) group (eps 1e-2: at 1e-5, 1/std amplifies the one-pass variance's 1e-17 rounding
     past the tolerance)."""
-    from dsnet.kernels import FoldedShortcutSum, GroupNormAffine
+    from dsnet.models.kernels import FoldedShortcutSum, GroupNormAffine
     torch.manual_seed(0)
     y = torch.randn(2, 6, 4, 5, dtype=torch.float64)
     y[1, :3] = 0.5  # group 0 of sample 1 is constant
@@ -150,7 +150,7 @@ def test_hand_written_backwards_pass_gradcheck():
 def test_shortcut_weight_gradients_are_not_rounded_to_the_activations_dtype():
     """In a bf16 (or fp16) sum, the float32 factors' gradients are float32 sums, not bf16 roundings
     (2^-8 relative error, and fp16 overflow at 65504 under a loss scale)."""
-    from dsnet.kernels import FoldedShortcutSum
+    from dsnet.models.kernels import FoldedShortcutSum
     torch.manual_seed(0)
     y = torch.randn(2, 8, 16, 16).bfloat16()
     out = torch.randn(2, 8, 16, 16).bfloat16().requires_grad_()
@@ -300,7 +300,7 @@ def test_layer4_forward_split_matches_forward():
 
 
 def test_an_unknown_shortcut_kind_is_refused_with_the_known_ones():
-    from dsnet.models import SHORTCUT_KINDS
+    from dsnet.models.networks import SHORTCUT_KINDS
     with pytest.raises(ValueError, match=f"unknown shortcut kind 'densee'; choose {', '.join(SHORTCUT_KINDS)}$"):
         dsnet.ShortcutSpec("densee")
 

@@ -210,7 +210,7 @@ FOCUS_METRICS = (("top1_accuracy", "top1 (points)", 1), ("top10_mass", "top10_ma
 
 
 def test_focus_by_test_size_table_equals_its_artifacts():
-    """The focus/faithfulness numbers on the same images at every test size (dsnet.figure --crop)."""
+    """The focus/faithfulness numbers on the same images at every test size (dsnet.evidence.figure --crop)."""
     rows = table(section(FOCUS), "size, model")
     images = set()
     for size in FOCUS_SIZES:
@@ -273,7 +273,7 @@ def test_command_line_help_times():
     data = load("cli-help.json")
     text = " ".join(section("## Benchmarks").split())
     rows = data["commands"]
-    fast = [rows[f"python {c}"]["median_seconds"] for c in ("app.py", "-m dsnet.zoo", "-m dsnet.space", "-m dsnet.curves")]
+    fast = [rows[f"python {c}"]["median_seconds"] for c in ("app.py", "-m dsnet.zoo", "-m app.space", "-m dsnet.evidence.curves")]
     torch_users = [rows[f"python -m dsnet.{c}"]["median_seconds"] for c in ("train", "evaluate", "explain", "figure")]
     assert f"commit {data['commit'][:7]}, {data['date'][:10]}" in text
     assert f"in at most {max(fast):.2f} s" in text
@@ -282,7 +282,7 @@ def test_command_line_help_times():
 
 
 def test_the_cam_cost_table_lists_every_method_of_the_method_table_once():
-    from dsnet.cam import METHODS
+    from dsnet.cam.service import METHODS
     rows = table(section("## Grad-CAM service"), "method | cost per model")
     listed = [name.strip() for first in rows for name in first.split(",")]
     assert sorted(listed) == sorted(METHODS)

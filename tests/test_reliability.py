@@ -12,7 +12,7 @@ from PIL import Image
 
 from badimages import EXPECTED, awkward_inputs, bad_inputs
 from app.security import REFUSED_INPUT
-from dsnet.cam import METHODS
+from dsnet.cam.service import METHODS
 from conftest import IMAGENETTE, ROOT, record, sample
 
 pytestmark = pytest.mark.slow  # a live server, hundreds of requests
@@ -239,7 +239,7 @@ def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
     import http.client
     import time
     from app.examples import load_examples
-    from dsnet.manifest import load_manifest
+    from dsnet.zoo.manifest import load_manifest
     example = load_examples(load_manifest(), None, live_app.zoo).ids()[0]
     data = [None, live_app.zoo, "gradcam", TOP1, "", 0.5, False, example]
 

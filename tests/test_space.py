@@ -1,4 +1,4 @@
-"""The Space deploy (``python -m dsnet.space``) and the ZeroGPU seam (``app.zerogpu``), without network."""
+"""The Space deploy (``python -m app.space``) and the ZeroGPU seam (``app.zerogpu``), without network."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsnet import space
-from dsnet.space import DeployError, check, deploy
+from app import space
+from app.space import DeployError, check, deploy
 
 from conftest import ROOT, free_port, sample
 
@@ -45,7 +45,7 @@ def test_dry_run_on_the_repository_passes(capsys):
     out = capsys.readouterr().out
     plan = check(ROOT)
     assert plan.ok, plan.problems
-    for path in ["app.py", "app/__init__.py", "app/ui.py", "app/zerogpu.py", "dsnet/zoo.py", "dsnet/cam.py",
+    for path in ["app.py", "app/__init__.py", "app/ui.py", "app/zerogpu.py", "dsnet/zoo/loader.py", "dsnet/cam/service.py",
                  "checkpoints/manifest.json", "requirements.txt", "README.md", *WEIGHTS]:
         assert path in plan.files, path
         assert path in out
@@ -196,7 +196,7 @@ def test_nothing_is_called_when_the_checks_fail(tmp_path, monkeypatch):
 def _run_cli(env_extra: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(tmp_path / "hf-home"), **env_extra)  # no stored token either
-    return subprocess.run([sys.executable, "-m", "dsnet.space", "deploy", "alice/dsnet-explain", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "app.space", "deploy", "alice/dsnet-explain", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -235,8 +235,8 @@ def _same(a, b) -> None:
 def test_on_gpu_returns_what_the_plain_service_returns_on_the_cpu(monkeypatch):
     spaces = pytest.importorskip("spaces")
     from app.zerogpu import on_gpu, on_zerogpu, serving_device
-    from dsnet.cam import explain
-    from dsnet.zoo import load_available
+    from dsnet.cam.service import explain
+    from dsnet.zoo.loader import load_available
 
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     monkeypatch.setenv("DSNET_DEVICE", "cpu")
@@ -284,7 +284,7 @@ def test_on_gpu_is_spaces_gpu_on_zerogpu(monkeypatch):
 
 def test_serving_device_follows_the_zoo(monkeypatch):
     from app.zerogpu import serving_device
-    from dsnet.zoo import pick_device
+    from dsnet.zoo.loader import pick_device
     monkeypatch.delenv("DSNET_DEVICE", raising=False)
     assert serving_device() == pick_device().type
     monkeypatch.setenv("DSNET_DEVICE", "cuda")  # as on GPU hardware, where CUDA is picked

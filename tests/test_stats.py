@@ -1,4 +1,4 @@
-"""dsnet.stats on hand-made cases whose answers are known in closed form."""
+"""dsnet.evidence.stats on hand-made cases whose answers are known in closed form."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dsnet import stats
+from dsnet.evidence import stats
 
 
 def _pairs(both_right: int, only_a: int, only_b: int, both_wrong: int) -> tuple[list[bool], list[bool]]:
@@ -87,16 +87,16 @@ def test_unpaired_shapes_are_refused():
         stats.compare_metric([1.0, 2.0], [1.0, 2.0, 3.0])
 
 
-# --- dsnet.evaluate: paired comparisons, test sizes, the artifact ---------------------------------
+# --- dsnet.evidence.evaluate: paired comparisons, test sizes, the artifact ---------------------------------
 
 def _report(model: str, correct: str, crop: int = 128, run: str = "seed0"):
-    from dsnet.evaluate import ModelReport
+    from dsnet.evidence.evaluate import ModelReport
     return ModelReport(model, len(correct), 0, 100 * correct.count("1") / len(correct), 100.0, 1.0, 0.1, None, None,
                        run, "", crop, 146, correct)
 
 
 def test_evaluate_compares_each_model_with_the_baseline_and_each_size_with_the_first():
-    from dsnet.evaluate import compare
+    from dsnet.evidence.evaluate import compare
     base = "1" * 7 + "1" + "0" * 9 + "000"  # 20 images; vs other: 1 only-base-right, 9 only-other-right
     other = "1" * 7 + "0" + "1" * 9 + "000"
     comps = compare([_report("resnet50", base), _report("dsnet50", other), _report("dsnet50", base, crop=160)])
@@ -109,8 +109,8 @@ def test_evaluate_compares_each_model_with_the_baseline_and_each_size_with_the_f
 
 
 def test_test_sizes_scale_the_resize_with_the_crop():
-    from dsnet.evaluate import scaled
-    from dsnet.manifest import Preprocessing
+    from dsnet.evidence.evaluate import scaled
+    from dsnet.zoo.manifest import Preprocessing
     pre = Preprocessing(resize=146, crop=128)
     assert [(scaled(pre, c).crop, scaled(pre, c).resize) for c in (128, 160, 192, 224)] == \
         [(128, 146), (160, 183), (192, 219), (224, 256)]
@@ -119,7 +119,7 @@ def test_test_sizes_scale_the_resize_with_the_crop():
 def test_timing_never_moves_or_retrains_the_shared_model(monkeypatch):
     import torch
     import dsnet
-    from dsnet.evaluate import latency_ms, train_step_memory
+    from dsnet.evidence.evaluate import latency_ms, train_step_memory
     model = dsnet.get_model("dsnet50", width=0.125, num_classes=10).eval()
     moved = []
     for name in ("cpu", "to", "cuda", "train"):
@@ -136,7 +136,7 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     import json
     import os
     from conftest import IMAGENETTE
-    from dsnet.evaluate import main
+    from dsnet.evidence.evaluate import main
     folder = tmp_path / "val"
     for wnid_dir in sorted((IMAGENETTE / "val").iterdir()):
         (folder / wnid_dir.name).mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     assert main(["--zoo", "tiny", "--data", str(folder), "--models", "resnet50,dsnet50", "--crops", "64,96",
                  "--runs", str(runs.parent), "--no-timing", "--pipeline", "export", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert len(d["commit"]) >= 7 and d["date"].endswith("UTC") and d["command"].startswith("python -m dsnet.evaluate")
+    assert len(d["commit"]) >= 7 and d["date"].endswith("UTC") and d["command"].startswith("python -m dsnet.evidence.evaluate")
     assert d["crops"] == [64, 96] and d["runs"] == ["seed0", "seed7"] and len(d["models"]) == 8
     assert len(d["per_image"]["images"]) == 20
     assert all(len(v) == 20 for v in d["per_image"]["correct"].values())
@@ -162,12 +162,12 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     assert "McNemar p" in capsys.readouterr().out
 
 
-# --- dsnet.figure --stats: the paired summaries ----------------------------------------------------
+# --- dsnet.evidence.figure --stats: the paired summaries ----------------------------------------------------
 
 def test_figure_pairs_every_number_with_the_baseline_on_the_same_images(tmp_path):
     import csv
     import json
-    from dsnet.figure import STAT_FIELDS, paired, read_rows, write_summaries
+    from dsnet.evidence.figure import STAT_FIELDS, paired, read_rows, write_summaries
     rows = []
     for i in range(6):  # dsnet50's top10_mass is higher on all six images: exact Wilcoxon p = 2 / 2^6
         for model, bump, correct in (("resnet50", 0.0, i % 2), ("dsnet50", 0.1 + 0.01 * i, 1)):

@@ -60,7 +60,7 @@ def test_triton_count_is_the_triton_schedule_of_the_same_graphs():
 
     class ReluThenStatistics(torch.nn.Module):
         def forward(self, x):
-            return dsnet.kernels.apply_norm(norm, torch.relu(x * 2))  # y, and N's scale and shift
+            return dsnet.models.kernels.apply_norm(norm, torch.relu(x * 2))  # y, and N's scale and shift
 
     x = torch.randn(2, 32, 16, 16, requires_grad=True)
     loss = lambda n: n.y.sum() + n.scale.sum() + n.shift.sum()  # noqa: E731

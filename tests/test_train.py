@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 
-from dsnet import zoo
-from dsnet.evaluate import accuracy, evaluate_zoo
-from dsnet.images import model_view, open_image, to_tensor
-from dsnet.manifest import MANIFEST_PATH, load_manifest
-from dsnet.data import limit_per_class, scan_labelled
-from dsnet.train import main as train_main, save_atomic
+from dsnet.zoo import loader as zoo
+from dsnet.evidence.evaluate import accuracy, evaluate_zoo
+from dsnet.cam.images import model_view, open_image, to_tensor
+from dsnet.zoo.manifest import MANIFEST_PATH, load_manifest
+from dsnet.data.labelled import limit_per_class, scan_labelled
+from dsnet.evidence.train import main as train_main, save_atomic
 
 from conftest import IMAGENETTE, ROOT, TRIO
 
@@ -99,7 +99,7 @@ WRITER = """
 import sys
 from pathlib import Path
 import torch
-from dsnet.train import save_atomic
+from dsnet.evidence.train import save_atomic
 print("writing", flush=True)
 i = int(sys.argv[2])
 while True:
@@ -137,7 +137,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "dsnet.train", "--model", "ds2net50", *TINY, "--epochs", "1", "--out", str(out),
+                             "-m", "dsnet.evidence.train", "--model", "ds2net50", *TINY, "--epochs", "1", "--out", str(out),
                              "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,7 +190,7 @@ def test_shipped_imagenette_zoo_loads_verifies_and_classifies(monkeypatch):
 
 
 def test_the_width_is_part_of_the_recipe_and_the_command_line_overrides_it(tmp_path):
-    from dsnet.train import build_parser, config_from_args
+    from dsnet.evidence.train import build_parser, config_from_args
     def config(*extra):
         return config_from_args(build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path), *extra]))
     assert config().recipe.width == 0.25 and config().recipe_name == "imagenette"  # the shipped zoo's width
@@ -202,7 +202,7 @@ def test_the_width_is_part_of_the_recipe_and_the_command_line_overrides_it(tmp_p
 
 def test_curves_plots_the_logs_of_several_runs(tmp_path):
     from PIL import Image
-    from dsnet.curves import main as curves_main
+    from dsnet.evidence.curves import main as curves_main
     for run, offset in (("resnet50", 0), ("dsnet50", 5)):
         (tmp_path / run).mkdir()
         rows = [{"epoch": e, "train_top1": 10 * e + offset, "val_top1": 9 * e + offset} for e in (1, 2, 3)]

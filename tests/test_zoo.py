@@ -11,9 +11,9 @@ import torch
 import torchvision
 
 import dsnet
-from dsnet import zoo
-from dsnet.manifest import load_manifest
-from dsnet.weights import ChecksumError, sha256_file
+from dsnet.zoo import loader as zoo
+from dsnet.zoo.manifest import load_manifest
+from dsnet.zoo.weights import ChecksumError, sha256_file
 
 from conftest import TRIO, sample
 
@@ -275,8 +275,8 @@ def test_zoo_cli_lists_and_verifies(tiny_zoo, capsys):
 
 
 def test_a_model_the_zoo_lacks_is_a_failure_in_its_column_not_an_exception(tiny_zoo):
-    from dsnet.cam import ModelFailure, explain_zoo
-    from dsnet.images import open_image
+    from dsnet.cam.service import ModelFailure, explain_zoo
+    from dsnet.cam.images import open_image
     results = list(explain_zoo(open_image(sample("tench")), "tiny", names=("resnet50", "dsnet101")))
     assert results[0].model == "resnet50" and not isinstance(results[0], ModelFailure)
     assert isinstance(results[1], ModelFailure) and results[1].unavailable

@@ -1,4 +1,4 @@
-"""One image, every model of a zoo: ``python -m dsnet.explain IMAGE --out fig.png --json out.json``."""
+"""One image, every model of a zoo: ``python -m dsnet.evidence.explain IMAGE --out fig.png --json out.json``."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from .cam import METHODS, CamResult, TargetPolicy, explain
-from .data import WNID
-from .images import ImageError, open_image
-from .render import comparison
-from .zoo import DEFAULT_MODELS, ZooError, load_or_skip
+from dsnet.cam.service import METHODS, CamResult, TargetPolicy, explain
+from dsnet.data.labelled import WNID
+from dsnet.cam.images import ImageError, open_image
+from dsnet.cam.service import comparison
+from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, load_or_skip
 
 
 def result_json(r: CamResult) -> dict:
@@ -22,7 +22,7 @@ def result_json(r: CamResult) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.explain", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.explain", description=__doc__)
     p.add_argument("image", type=Path)
     p.add_argument("--zoo", default="imagenette")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo model names")

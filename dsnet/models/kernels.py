@@ -1,6 +1,6 @@
 """Fast, exact equivalents of the operations in the dense shortcuts (docs/architecture.md).
 
-The architecture (``dsnet.models``) says *what* is computed; this module says *how*, so that the
+The architecture (``dsnet.models.networks``) says *what* is computed; this module says *how*, so that the
 paper's equations stay readable there. Every kernel here is tested against the plain PyTorch
 expression it replaces, values and gradients (tests/test_models.py), and its speed is measured
 side by side in benchmarks/cpu_details.py.

@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .images import LoadedImage, model_view, open_image, overlay, to_tensor
-from .weights import ChecksumError
-from .zoo import DEFAULT_MODELS, ZooError, ZooModel, load
+from PIL import Image
+
+from dsnet.cam.images import LoadedImage, model_view, open_image, overlay, to_tensor
+from dsnet.cam.render import grid, shorten, titled
+from dsnet.zoo.weights import ChecksumError
+from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, ZooModel, load
 
 
 @dataclass(frozen=True)
@@ -310,3 +313,13 @@ def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_M
         except (ValueError, CamTimeout, ZooError, ChecksumError) as e:
             yield ModelFailure(name, str(e), False, str(e) if isinstance(e, (ValueError, CamTimeout)) else
                                getattr(e, "summary", "The model failed."))
+
+
+def comparison(results: list[CamResult], tile: int = 224, title: str | None = None) -> Image.Image:
+    """One row: the input as the first model saw it, then each model's overlay, titled with its class;
+    ``title`` (e.g. zoo, method and class) goes on a line above."""
+    titles = ["input"] + [
+        f"{r.model}\n{shorten(r.explained.name, 22)} {100 * r.explained.probability:.0f}%\ntop-1: "
+        f"{shorten(r.top5[0].name, 16)}" for r in results]
+    body = grid([[results[0].view] + [r.overlay for r in results]], titles, [], tile)
+    return titled(body, title, tile) if title else body

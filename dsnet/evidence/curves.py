@@ -1,6 +1,6 @@
-"""Training curves: ``python -m dsnet.curves RUN/log.jsonl ... --out figure.png``.
+"""Training curves: ``python -m dsnet.evidence.curves RUN/log.jsonl ... --out figure.png``.
 
-Train and val top-1 error per epoch for one or more runs of ``python -m dsnet.train`` (each writes
+Train and val top-1 error per epoch for one or more runs of ``python -m dsnet.evidence.train`` (each writes
 ``log.jsonl`` and its own ``curves.png``), the layout of the paper's Figure 4.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .files import atomic_path
+from dsnet.core.files import atomic_path
 
 
 def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:
@@ -38,7 +38,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.curves", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.curves", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="log.jsonl files; a run is named by its folder")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")

@@ -1,6 +1,6 @@
-"""Does the ordering of the models hold across seeds? ``python -m dsnet.seedreport EVALUATE_JSON``.
+"""Does the ordering of the models hold across seeds? ``python -m dsnet.evidence.seedreport EVALUATE_JSON``.
 
-Reads what ``python -m dsnet.evaluate --runs`` wrote for the seed study (per-image correctness of
+Reads what ``python -m dsnet.evidence.evaluate --runs`` wrote for the seed study (per-image correctness of
 every run and model on the same images) and reports, for the runs whose name matches ``--runs``
 (``seed<N>-gpu``: one training pipeline for every seed):
 
@@ -22,8 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from . import stats
-from .evaluate import artifact_header
+from dsnet.evidence import stats
+from dsnet.core.provenance import artifact_header
 
 
 def per_seed(report: dict, pattern: str) -> dict[int, dict[str, list[bool]]]:
@@ -102,7 +102,7 @@ def sentence(summary: dict) -> str:
 def curves(runs: Path, shipped: Path, models: list[str], seeds: list[int], tag: str) -> dict[str, Any]:
     """The shipped run's train-loss curve (DataLoader pipeline, seed 0) beside the study's seeds: the
     largest per-epoch difference from the study's seed 0 says whether the new pipeline trains alike."""
-    from .curves import read_log
+    from dsnet.evidence.curves import read_log
     out = {}
     for m in models:
         old = read_log(shipped / f"{m}.log.jsonl")
@@ -138,9 +138,9 @@ def plot(curves_by_model: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.seedreport", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.seedreport", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("evaluate_json", type=Path, help="python -m dsnet.evaluate --runs ... --json's output")
+    p.add_argument("evaluate_json", type=Path, help="python -m dsnet.evidence.evaluate --runs ... --json's output")
     p.add_argument("--runs", default=r"seed(\d+)-gpu", help="regular expression of the run names; group 1 is the seed")
     p.add_argument("--json", type=Path, help="write the summary (with the command, commit and date)")
     p.add_argument("--logs", type=Path, help="the study's run folders (seed<N>-<tag>/<model>/log.jsonl): compare the "
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary["reading"])
     if args.json:
         source = {k: report[k] for k in ("command", "commit", "dirty", "date", "data", "pipeline")}
-        args.json.write_text(json.dumps({**artifact_header(argv, "dsnet.seedreport"), "source": source, **summary},
+        args.json.write_text(json.dumps({**artifact_header(argv, "dsnet.evidence.seedreport"), "source": source, **summary},
                                         indent=1) + "\n")
     return 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .manifest import Preprocessing
+from dsnet.zoo.manifest import Preprocessing
 
 THRESHOLDS = np.arange(0, 1, 0.01)  # wsolevaluation's cam_curve_interval 0.01: tau = 0, 0.01, ..., 0.99
 IOU_DELTAS = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds, in percent
@@ -66,7 +66,7 @@ def read_boxes(folder: str | os.PathLike) -> dict[str, list[Box]]:
 
 @dataclass(frozen=True)
 class ViewGeometry:
-    """Where a width x height image lands in the model's view, computed as ``dsnet.images.model_view`` does."""
+    """Where a width x height image lands in the model's view, computed as ``dsnet.cam.images.model_view`` does."""
 
     width: int
     height: int

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 from filelock import FileLock
 
-from .files import atomic_path
+from dsnet.core.files import atomic_path
 
-CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINTS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 MANIFEST_PATH = CHECKPOINTS_DIR / "manifest.json"
 SCHEMA = 1  # the manifest layout this code reads and writes (its "schema" field)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

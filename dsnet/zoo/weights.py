@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .files import atomic_path
+from dsnet.core.files import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,7 @@ def read_state_dict(path: str | os.PathLike, fmt: str) -> dict[str, Tensor]:
     if fmt == "torch":
         import torch
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return state["model"] if "model" in state else state  # a dsnet.train checkpoint, or a bare state dict
+        return state["model"] if "model" in state else state  # a dsnet.evidence.train checkpoint, or a bare state dict
     raise ValueError(f"unknown weight format {fmt!r}; expected safetensors or torch")
 
 

@@ -1,11 +1,11 @@
 """Many runs of one training recipe side by side in one process: the seed study on one GPU.
 
-``python -m dsnet.seedstudy --data DIR --runs DIR --seeds 0 1 2 3 4`` trains every (seed, model)
-of the recipe at once. ``dsnet.train`` is bound by kernel launches and data loading at the zoo's
+``python -m dsnet.evidence.seedstudy --data DIR --runs DIR --seeds 0 1 2 3 4`` trains every (seed, model)
+of the recipe at once. ``dsnet.evidence.train`` is bound by kernel launches and data loading at the zoo's
 0.25x width (about 90 ms a step on an H200 with three processes); here the step is cheap:
 
 * the decoded training set (the recipe's 146 px cache) lives on the device, and each batch is
-  augmented there by ``dsnet.augment`` (the same sample order as the DataLoader for the same epoch
+  augmented there by ``dsnet.data.augment`` (the same sample order as the DataLoader for the same epoch
   seed; the same crop-box and flip distributions, drawn from the same per-epoch seed);
 * on CUDA the whole step (augmentation, forward, backward, SGD) is one CUDA graph per run,
   replayed on a stream of its own, so the runs overlap on the GPU; bf16 autocast (fp16 needs a loss
@@ -14,7 +14,7 @@ of the recipe at once. ``dsnet.train`` is bound by kernel launches and data load
 
 A time budget keeps the study inside one time-boxed call: after every epoch from the third on, the
 highest seeds are dropped until the projected end (the last epoch's time per run, times the runs
-left) fits; finished runs are exported (safetensors + a manifest entry, as ``dsnet.train --export``)
+left) fits; finished runs are exported (safetensors + a manifest entry, as ``dsnet.evidence.train --export``)
 and packed one tar per seed. ``RUNS/study.json`` (and its copy beside the tars) is rewritten every epoch.
 """
 from __future__ import annotations
@@ -35,15 +35,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .augment import epoch_draws, resized_crops
-from .data import cached_images, class_index, eval_transform, limit_per_class, scan_labelled, standardize, topk_hits
-from .files import cache_root
-from .manifest import IMAGENET_MEAN, IMAGENET_STD
-from .train import (RECIPES, Dist, TrainConfig, build_model, export, lr_factor, param_groups, peak_lr, run_record,
+from dsnet.data.augment import epoch_draws, resized_crops
+from dsnet.data.labelled import cached_images, class_index, eval_transform, limit_per_class, scan_labelled, standardize, topk_hits
+from dsnet.core.files import cache_root
+from dsnet.zoo.manifest import IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH
+from dsnet.evidence.train import (RECIPES, Dist, TrainConfig, build_model, export, lr_factor, param_groups, peak_lr, run_record,
                     training_device)
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
-PIPELINE = ("dsnet.seedstudy: the 146 px training set on the device, dsnet.augment's batched random-resized crop "
+PIPELINE = ("dsnet.evidence.seedstudy: the 146 px training set on the device, dsnet.data.augment's batched random-resized crop "
             "and flip (the DataLoader's sample order), one CUDA graph per run, bf16 autocast, fused SGD")
 WARMUP_STEPS = 3  # eager steps before a capture (cuDNN picks its kernels, SGD makes its momentum buffers)
 
@@ -132,7 +132,7 @@ class Study:
         run.sums[1].add_((logits.argmax(1) == labels).sum())
 
     def evaluate(self, run: Run) -> None:
-        """Val loss sum, top-1 and top-5 counts into ``run.sums[2:]`` (eval mode, fp32 as dsnet.train)."""
+        """Val loss sum, top-1 and top-5 counts into ``run.sums[2:]`` (eval mode, fp32 as dsnet.evidence.train)."""
         run.sums[2:].zero_()
         with torch.no_grad():
             for a, b in self.eval_chunks:
@@ -274,7 +274,7 @@ def pack(folder: Path, tar_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.seedstudy", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.seedstudy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (ImageFolder layout)")
     p.add_argument("--runs", type=Path, required=True, help="where each seed's folder RUNS/seed<N>-<tag> goes")
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-per-class", type=int, help="at most N images per class (tests)")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size (tests)")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=Path(__file__).resolve().parent.parent / "checkpoints" / "manifest.json",
+    p.add_argument("--manifest", type=Path, default=MANIFEST_PATH,
                    help="copied into each seed folder; the entries are written there")
     p.add_argument("--no-amp", action="store_true", help="float32 (default: bf16 autocast on CUDA)")
     args = p.parse_args(argv)
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     amp = device.type == "cuda" and not args.no_amp
     data = load_device_data(args.data, recipe, args.cache_dir or cache_root(), device, args.limit_per_class)
     study = Study(data, recipe, device, amp)
-    command = "python -m dsnet.seedstudy " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m dsnet.evidence.seedstudy " + " ".join(sys.argv[1:] if argv is None else argv)
     runs: list[Run] = []
     for seed in args.seeds:
         folder = args.runs / f"seed{seed}-{args.tag}"

@@ -1,10 +1,11 @@
-"""Compose result pictures: labelled grids of equally sized RGB tiles (explain PNG, Figure 5, app download)."""
+"""Compose result pictures: labelled grids of equally sized RGB tiles (explain PNG, Figure 5, app download).
+
+Pure image composition: nothing here knows of models or CAM results (``dsnet.cam.service.comparison``
+lays those out with it)."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from .cam import CamResult
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -36,19 +37,13 @@ def grid(tiles: list[list[np.ndarray]], col_titles: list[str], row_titles: list[
     return canvas
 
 
-def _wrap(text: str, width: int) -> str:
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis."""
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def comparison(results: list[CamResult], tile: int = 224, title: str | None = None) -> Image.Image:
-    """One row: the input as the first model saw it, then each model's overlay, titled with its class;
-    ``title`` (e.g. zoo, method and class) goes on a line above."""
-    titles = ["input"] + [
-        f"{r.model}\n{_wrap(r.explained.name, 22)} {100 * r.explained.probability:.0f}%\ntop-1: "
-        f"{_wrap(r.top5[0].name, 16)}" for r in results]
-    body = grid([[results[0].view] + [r.overlay for r in results]], titles, [], tile)
-    if not title:
-        return body
+def titled(body: Image.Image, title: str, tile: int = 224) -> Image.Image:
+    """``body`` under a line of ``title`` (font sized for ``tile`` px tiles)."""
     font = _font(max(12, tile // 14))
     head = font.size + 12
     canvas = Image.new("RGB", (body.width, body.height + head), "white")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .files import cache_root
-from .manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
-from .registry import get_builder
-from .weights import ChecksumError, read_state_dict, verify
+from dsnet.core.files import cache_root
+from dsnet.zoo.manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
+from dsnet.models import get_builder
+from dsnet.zoo.weights import ChecksumError, read_state_dict, verify
 
 if TYPE_CHECKING:  # PyTorch is imported on use: `python -m dsnet.zoo list` never needs it
     import torch

@@ -1,19 +1,19 @@
 """Evaluate every model of a zoo on the same images, in the layout of the paper's Table 9 (plus accuracy).
 
-``python -m dsnet.evaluate --zoo imagenette --data ../shared/data/imagenette/val --json out.json``.
+``python -m dsnet.evidence.evaluate --zoo imagenette --data ../shared/data/imagenette/val --json out.json``.
 ``--data`` is an ImageFolder (``<wnid>/*.JPEG``, e.g. ImageNet's val folder) or a flat folder of
 ``<wnid>_*.JPEG`` files; images of classes outside a model's label set are counted and left out.
 
 Every model sees the same images, and each image's top-1 correctness is kept, so models are
 compared *paired*: for every model against ``--baseline`` (resnet50) the difference of top-1 with
-a paired bootstrap 95 % interval and the exact McNemar test (``dsnet.stats``).
+a paired bootstrap 95 % interval and the exact McNemar test (``dsnet.evidence.stats``).
 
 ``--crops 128,160,192,224`` evaluates at several test sizes (the resize scaled with the crop, in
 the ratio of the manifest's resize / crop, rounded half up), each size also compared, paired, with
 the first. ``--runs DIR`` adds more trained copies of the zoo's models (``DIR/<run>/<model>.safetensors``,
 e.g. one folder per seed); the shipped weights are the run ``seed<N>`` of their provenance. Within
 each run, every model is compared with that run's baseline. ``--pipeline export`` measures the way
-``dsnet.train --export`` does (torchvision: shorter side resized with antialiasing, centre-cropped
+``dsnet.evidence.train --export`` does (torchvision: shorter side resized with antialiasing, centre-cropped
 to a ``resize`` square, then the centre ``crop``) instead of the app's PIL preprocessing.
 The ``--json`` artifact records the command, commit, date, image list and per-image correctness.
 """
@@ -37,13 +37,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import stats
-from .allocator import retain_freed_memory
-from .data import LabelledImage, decode_square, scan_labelled, standardize, topk_hits
-from .images import model_view, open_image, to_tensor
-from .manifest import Preprocessing, load_manifest
-from .weights import read_state_dict
-from .zoo import ZooModel, build, load_or_skip, load_state
+from dsnet.core.provenance import artifact_header
+from dsnet.evidence import stats
+from dsnet.core.allocator import retain_freed_memory
+from dsnet.data.labelled import LabelledImage, decode_square, scan_labelled, standardize, topk_hits
+from dsnet.cam.images import model_view, open_image, to_tensor
+from dsnet.zoo.manifest import Preprocessing, load_manifest
+from dsnet.zoo.weights import read_state_dict
+from dsnet.zoo.loader import ZooModel, build, load_or_skip, load_state
 
 PIPELINES = ("app", "export")
 
@@ -79,7 +80,7 @@ class _Views(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        if self.pipeline == "export":  # = dsnet.train's cache (a resize square) + eval_transform's centre crop
+        if self.pipeline == "export":  # = dsnet.evidence.train's cache (a resize square) + eval_transform's centre crop
             from torchvision.transforms.v2.functional import center_crop
             image = center_crop(decode_square(self.items[i].path, self.pre.resize), self.pre.crop)
             return standardize(image[None], self.pre.mean, self.pre.std)[0], self.labels[i]
@@ -251,22 +252,6 @@ def describe(c: dict) -> str:
             f"only {b['model'] if c['kind'] == 'model' else b['crop']} right: {c['only_b_right']})")
 
 
-def artifact_header(argv: list[str] | None, tool: str) -> dict:
-    """What every saved artifact starts with: the command, the commit it ran at (and whether the
-    tracked files differed from it), the date."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                  text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    prefix = f"python {tool}" if tool.endswith(".py") else f"python -m {tool}"  # a script, or a module
-    return {"command": f"{prefix} " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "commit": git("rev-parse", "--short=7", "HEAD"), "dirty": bool(dirty),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
 def table(reports: list[ModelReport]) -> str:
     """Table 9's layout (memory, time) next to accuracy; ratios are relative to the first row.
     A column nothing was measured for is left out."""
@@ -289,7 +274,7 @@ def table(reports: list[ModelReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoo", default="imagenette")
     p.add_argument("--data", type=Path, required=True, help="labelled image folder")
@@ -298,13 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crops", help="comma-separated test sizes, e.g. 128,160,192,224 (default: the manifest's)")
     p.add_argument("--runs", type=Path, help="more trained copies: RUNS/<run>/<model>.safetensors")
     p.add_argument("--pipeline", choices=PIPELINES, default="app",
-                   help="app: the app's PIL preprocessing; export: dsnet.train's (as the manifest metrics)")
+                   help="app: the app's PIL preprocessing; export: dsnet.evidence.train's (as the manifest metrics)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and memory measurements")
     p.add_argument("--no-latency", action="store_true",
                    help="skip the latency (one CPU image, noise-dominated on a shared machine); keep memory")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    header = artifact_header(argv, "dsnet.evaluate")
+    header = artifact_header(argv, "dsnet.evidence.evaluate")
     retain_freed_memory()
     crops = [int(c) for c in args.crops.split(",")] if args.crops else None
     reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing,

@@ -1,6 +1,6 @@
 """The paper's Figure 5 for any images, and §4.4's "DSNet focuses better" as a measurement.
 
-``python -m dsnet.figure --images DIR_OR_FILES --out fig5.png [--stats out.csv]``: columns are
+``python -m dsnet.evidence.figure --images DIR_OR_FILES --out fig5.png [--stats out.csv]``: columns are
 images (titled with their class), rows are the input and one row per model. With ``--stats`` every
 image of the folder is explained and per-image focus/faithfulness numbers go to a CSV, plus a
 per-model summary (mean with a 95 % interval; how often each model's map is the most focused) in
@@ -9,7 +9,7 @@ against ``--baseline`` (resnet50) on the same images, the mean difference with a
 95 % interval and the Wilcoxon signed-rank p (top-1 on those images: exact McNemar), plus the
 command, commit, date and seconds per image. ``--from-csv CSV`` recomputes both summaries from a
 saved per-image CSV without explaining anything. ``--crop N`` explains at another test size (N px,
-the resize scaled with it as ``dsnet.evaluate --crops`` does: the manifest's resize / crop ratio,
+the resize scaled with it as ``dsnet.evidence.evaluate --crops`` does: the manifest's resize / crop ratio,
 rounded half up; ``--resize R`` sets it instead), so the same images can be measured at several sizes.
 """
 from __future__ import annotations
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cam import METHODS, CamResult, TargetPolicy, explain
-from .data import IMAGE_SUFFIXES, WNID, limit_per_class, scan_labelled
-from .images import ImageError, open_image
-from .manifest import load_manifest
-from .render import grid
-from .stats import compare_accuracy, compare_metric
-from .zoo import DEFAULT_MODELS, load_or_skip
+from dsnet.cam.service import METHODS, CamResult, TargetPolicy, explain
+from dsnet.data.labelled import IMAGE_SUFFIXES, WNID, limit_per_class, scan_labelled
+from dsnet.cam.images import ImageError, open_image
+from dsnet.zoo.manifest import load_manifest
+from dsnet.cam.render import grid
+from dsnet.evidence.stats import compare_accuracy, compare_metric
+from dsnet.zoo.loader import DEFAULT_MODELS, load_or_skip
 
 STAT_FIELDS = ("top10_mass", "entropy", "confidence_change", "road")
 
@@ -163,7 +163,7 @@ def image_wnid(path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.figure", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.figure", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", nargs="+", help="image files and/or folders")
     p.add_argument("--out", type=Path, help="the grid PNG")
@@ -179,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--baseline", default="resnet50", help="the model the paired comparisons are against")
     p.add_argument("--from-csv", type=Path, help="only recompute the summaries of a saved per-image CSV")
-    p.add_argument("--crop", type=int, help="test size in px (resize scaled as dsnet.evaluate --crops does; "
+    p.add_argument("--crop", type=int, help="test size in px (resize scaled as dsnet.evidence.evaluate --crops does; "
                                             "default: the manifest's)")
     p.add_argument("--resize", type=int, help="with --crop: this resize instead of the scaled one")
     args = p.parse_args(argv)
-    from .evaluate import artifact_header
-    header = artifact_header(argv, "dsnet.figure")
+    from dsnet.core.provenance import artifact_header
+    header = artifact_header(argv, "dsnet.evidence.figure")
     if args.from_csv:
         write_summaries(read_rows(args.from_csv), args.from_csv, header, args.baseline)
         return 0
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resize and not args.crop:
         p.error("--resize needs --crop")
     if args.crop:
-        from .evaluate import scaled
+        from dsnet.evidence.evaluate import scaled
 
         def at_size(pre):
             pre = scaled(pre, args.crop)

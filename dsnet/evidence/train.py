@@ -1,4 +1,4 @@
-"""Train any registered model on an ImageFolder: ``python -m dsnet.train --help``.
+"""Train any registered model on an ImageFolder: ``python -m dsnet.evidence.train --help``.
 
 CPU, one GPU, or many GPUs/nodes via ``torchrun`` (DDP). Checkpoints are written atomically every
 epoch and ``--resume`` continues exactly: every random draw of epoch ``e`` is seeded from
@@ -28,16 +28,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from . import get_model
-from .allocator import retain_freed_memory
-from .files import atomic_path, cache_root
-from .data import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
+from dsnet.models import get_builder
+from dsnet.core.allocator import retain_freed_memory
+from dsnet.core.files import atomic_path, cache_root
+from dsnet.data.labelled import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
                    scan_labelled, standardize, topk_hits, train_transform)
-from .manifest import (IMAGENET_MEAN, IMAGENET_STD, Entry, Metrics, Preprocessing, Sources,
+from dsnet.zoo.manifest import (IMAGENET_MEAN, IMAGENET_STD, Entry, Metrics, Preprocessing, Sources,
                        label_set_for, manifest_path, write_entry)
-from .curves import plot_curves
-from .weights import save_safetensors, warm_start_from_resnet
-from .zoo import pick_device
+from dsnet.evidence.curves import plot_curves
+from dsnet.zoo.weights import save_safetensors, warm_start_from_resnet
+from dsnet.zoo.loader import pick_device
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
 # --- checkpoints --------------------------------------------------------------------------------
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """temp file + fsync + rename (``dsnet.files.atomic_path``): a kill at any moment leaves the previous
+    """temp file + fsync + rename (``dsnet.core.files.atomic_path``): a kill at any moment leaves the previous
     checkpoint intact."""
     with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
@@ -168,7 +168,7 @@ RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsnet.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="dsnet50", help="a registered model (dsnet.list_models())")
     p.add_argument("--model-kwargs", default="{}", help='JSON builder kwargs, e.g. \'{"norm": "batch"}\'')
@@ -213,7 +213,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         cache_dir=args.cache_dir or cache_root(), channels_last=args.channels_last, amp=args.amp, compile=args.compile,
         limit_per_class=args.limit_per_class, stop_after=args.stop_after, export_zoo=args.export,
         export_dir=args.export_dir, manifest=args.manifest or manifest_path(),
-        command="python -m dsnet.train " + " ".join(sys.argv[1:] if argv is None else argv))
+        command="python -m dsnet.evidence.train " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 def training_device(name: str) -> torch.device:
@@ -282,7 +282,7 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainData:
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, d: Dist) -> nn.Module:
     """The registered model for ``num_classes``, seeded, optionally warm-started, on ``device``."""
     torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model, **model_kwargs(cfg, num_classes))
+    model = get_builder(cfg.model)(**model_kwargs(cfg, num_classes))
     if cfg.init_from:
         report = warm_start_from_resnet(model, torch.load(cfg.init_from, map_location="cpu", weights_only=True))
         if d.main:

@@ -1,4 +1,4 @@
-"""Deploy the app to a Hugging Face Space: ``python -m dsnet.space deploy USER/NAME [--dry-run]``.
+"""Deploy the app to a Hugging Face Space: ``python -m app.space deploy USER/NAME [--dry-run]``.
 
 A plain ``git push`` of this repository to a Space is refused: the Hub's pre-receive hook rejects
 binary files (the safetensors weights, the PNGs) that are not stored through its large-file storage
@@ -12,7 +12,7 @@ caches or secrets.
 every problem listed, when: the README front matter does not parse or does not name ``app.py`` with
 the Gradio SDK; its ``sdk_version`` differs from the gradio pin in requirements.txt; its
 ``python_version`` is missing, unquoted or outside ``requires-python``; a shipped weight is missing
-or does not verify against ``checkpoints/manifest.json`` (``dsnet.weights.verify``, the loader's own
+or does not verify against ``checkpoints/manifest.json`` (``dsnet.zoo.weights.verify``, the loader's own
 check); a secret (``.env``, keys, a Hub token in a file) lies in the folder; the total is too big.
 The real deploy runs the same checks first, then creates the Space (Gradio SDK, hardware) and
 uploads the files in one commit. The token comes from ``HF_TOKEN`` or ``hf auth login``, never from
@@ -29,8 +29,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .manifest import load_manifest
-from .weights import ChecksumError, verify
+from dsnet.core.provenance import revision
+from dsnet.zoo.manifest import load_manifest
+from dsnet.zoo.weights import ChecksumError, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,10 +41,13 @@ ALLOW_FILES = ("app.py", "requirements.txt", "README.md", "checkpoints/manifest.
                "docs/figure5-imagenette.png",  # the pictures README shows on the Space's page
                "LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "LICENCE.md", "LICENCE.txt")
 # ... these patterns (``*`` stays inside one folder, ``**`` crosses folders) ...
-ALLOW_PATTERNS = ("app/*.py", "dsnet/*.py",
+ALLOW_PATTERNS = ("app/*.py", "dsnet/*.py", "dsnet/core/*.py", "dsnet/models/*.py", "dsnet/data/*.py",
+                  "dsnet/zoo/*.py", "dsnet/cam/*.py",
                   "app/examples/**.jpg", "app/examples/**.jpeg", "app/examples/**.png", "app/examples/**.webp",
                   "app/examples/**.JPEG", "app/examples/**.JPG", "app/examples/**.PNG",
                   "app/examples/**.txt", "app/examples/**.md", "app/examples/**.json", "app/examples/**.csv")
+# The deploy tooling itself stays here; dsnet.evidence (training, evaluation) is not on the list.
+NOT_UPLOADED = ("app/space.py",)
 # ... and the weight files the manifest ships (``sources.local`` under checkpoints/, verified).
 REQUIRED_FILES = ("app.py", "requirements.txt", "README.md", "checkpoints/manifest.json")
 
@@ -95,6 +99,8 @@ def allowed(path: str) -> bool:
     """Whether a repository path is on the allow-list (weights are added from the manifest)."""
     if path in ALLOW_FILES:
         return True
+    if path in NOT_UPLOADED:
+        return False
     for pattern in ALLOW_PATTERNS:
         # fnmatch's * crosses "/", so "app/*.py" must not match app/sub/x.py: compare the depth too.
         if fnmatch.fnmatchcase(path, pattern) and ("**" in pattern or path.count("/") == pattern.count("/")):
@@ -345,15 +351,7 @@ def refusal(plan: Plan) -> str:
 
 
 def _revision(root: Path) -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "a working tree"
-    return f"{head}{' + local changes' if dirty else ''}" if head else "a working tree"
-
+    return revision(root).describe()
 
 def upload(plan: Plan, repo_id: str, private: bool = False, hardware: str | None = None, api=None) -> str:
     """Create (or reuse) the Space and upload the plan's files in one commit; returns the Space URL."""
@@ -408,7 +406,7 @@ def deploy(repo_id: str, private: bool = False, hardware: str | None = None, dry
         raise DeployError(refusal(plan))
     if dry_run:
         flags = (" --private" if private else "") + (f" --hardware {hardware}" if hardware else "")
-        print(f"dry run: all checks passed; `python -m dsnet.space deploy {repo_id}{flags}` would upload these "
+        print(f"dry run: all checks passed; `python -m app.space deploy {repo_id}{flags}` would upload these "
               f"{len(plan.files)} files ({plan.total / 2**20:.1f} MB) to the Space {repo_id}", file=out)
         return plan
     print(f"uploaded: {upload(plan, repo_id, private, hardware, api)}", file=out)
@@ -416,7 +414,7 @@ def deploy(repo_id: str, private: bool = False, hardware: str | None = None, dry
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.space", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m app.space", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("deploy", help="check, then create the Space and upload the allow-listed files")
     d.add_argument("repo_id", metavar="USER/NAME", help="the Space, e.g. alice/dsnet-explain")

@@ -29,8 +29,8 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
-from .kernels import FoldedNorm, MeanPool, add_shortcuts, apply_norm
-from .registry import register_model
+from dsnet.models.kernels import FoldedNorm, MeanPool, add_shortcuts, apply_norm
+from dsnet.models.registry import register_model
 
 Shortcut = Literal["identity", "dense", "dense_a", "dense_identity"]
 NormKind = Literal["group", "layer", "instance", "batch", "none"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .manifest import Preprocessing
+from dsnet.zoo.manifest import Preprocessing
 
 # Limits for untrusted images (documented in README, "Limits").
 MAX_BYTES = 20 * 1024 * 1024

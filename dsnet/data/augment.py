@@ -1,6 +1,6 @@
 """The training augmentation as batched tensor operations, for a data set resident on the device.
 
-``dsnet.train`` augments one image at a time on the CPU (torchvision's ``RandomResizedCrop`` and
+``dsnet.evidence.train`` augments one image at a time on the CPU (torchvision's ``RandomResizedCrop`` and
 ``RandomHorizontalFlip`` in DataLoader workers); on a GPU that costs more than the 0.25x-width
 network itself. This module computes the same thing for a whole batch with a few kernels:
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .files import atomic_path
+from dsnet.core.files import atomic_path
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2

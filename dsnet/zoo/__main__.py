@@ -1,0 +1,3 @@
+from dsnet.zoo.loader import main
+
+raise SystemExit(main())
