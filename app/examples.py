@@ -1,6 +1,7 @@
 """The app's example photos: addressed by id on the server, never by a path a client sends.
 
-The shipped set (``app/examples``, Imagenette val, see its README) is always there, so a Space
+The shipped set (``app/examples``: Imagenette val photos, and ILSVRC2012 val photos with their object
+boxes in ``boxes.csv``; see its README) is always there, so a Space
 visitor gets a result in one click; ``--gallery DIR`` / ``$DSNET_GALLERY`` adds a sample of a labelled
 folder anywhere on disk. The gallery shows thumbnails made here, so no file path ever has to be
 served or allowed.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dsnet.cam.localisation import Box, read_boxes
 from dsnet.data.labelled import scan_labelled
 from dsnet.zoo.manifest import Manifest
 
@@ -31,6 +33,8 @@ class Example:
     path: Path  # server side only
     wnid: str
     caption: str  # the class name
+    boxes: tuple[Box, ...] = ()  # ground-truth object boxes in the file's pixels (a boxes.csv beside it), if any
+    origin: str = "Imagenette val"
 
 
 class ExampleSet:
@@ -73,19 +77,34 @@ def class_names(manifest: Manifest) -> dict[str, str]:
     return names
 
 
+def folder_boxes(root: Path) -> dict[str, list[Box]]:
+    """The boxes of a folder with a ``boxes.csv`` (the ilsvrc-val-boxes layout), by relative path; else none."""
+    return read_boxes(root) if (root / "boxes.csv").is_file() else {}
+
+
 def load_examples(manifest: Manifest, gallery: str | None = None, zoo: str = "imagenette",
                   shipped: Path = SHIPPED) -> ExampleSet:
-    """The shipped examples, then a seeded sample of ``gallery`` (Figure 5's classes first for imagenet)."""
+    """The shipped examples (the boxed ILSVRC val ones first), then a seeded sample of ``gallery``
+    (Figure 5's classes first for imagenet)."""
     names = class_names(manifest)
-    examples = [Example(it.path.stem, it.path, it.wnid, names.get(it.wnid, it.wnid))
-                for it in scan_labelled(shipped)]
+    boxes = folder_boxes(shipped)
+    examples = []
+    for it in scan_labelled(shipped):
+        rel = it.path.relative_to(shipped).as_posix()
+        boxed = tuple(boxes.get(rel, ()))
+        examples.append(Example(it.path.stem, it.path, it.wnid, names.get(it.wnid, it.wnid), boxed,
+                                "ILSVRC2012 val, with its object boxes" if boxed else "Imagenette val"))
+    examples.sort(key=lambda e: not e.boxes)  # stable: the boxed ones first, each group in file order
     if gallery:
         root = Path(gallery)
         items = scan_labelled(root)
+        gallery_boxes = folder_boxes(root)
         first = [it for it in items if it.wnid in FIGURE5_WNIDS] if zoo == "imagenet" else []
         rest = [it for it in items if it not in first]
         random.Random(0).shuffle(rest)
         for it in (first + rest)[:EXTRA_SAMPLE]:
             stem = it.path.relative_to(root).with_suffix("").as_posix()
-            examples.append(Example(f"gallery:{stem}", it.path, it.wnid, names.get(it.wnid, it.wnid)))
+            boxed = tuple(gallery_boxes.get(it.path.relative_to(root).as_posix(), ()))
+            examples.append(Example(f"gallery:{stem}", it.path, it.wnid, names.get(it.wnid, it.wnid), boxed,
+                                    "with its object boxes" if boxed else "gallery"))
     return ExampleSet(examples)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsnet.core.provenance import revision
+
+from app.evidence import FILES as EVIDENCE_FILES
 from dsnet.zoo.manifest import load_manifest
 from dsnet.zoo.weights import ChecksumError, verify
 
@@ -39,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOW_FILES = ("app.py", "requirements.txt", "README.md", "checkpoints/manifest.json",
                "docs/screenshot.png", "docs/screenshot-phone.png", "docs/figure4-imagenette.png",
                "docs/figure5-imagenette.png",  # the pictures README shows on the Space's page
-               "LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "LICENCE.md", "LICENCE.txt")
+               "LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "LICENCE.md", "LICENCE.txt",
+               *EVIDENCE_FILES)  # the saved measurements the page's evidence section shows
 # ... these patterns (``*`` stays inside one folder, ``**`` crosses folders) ...
 ALLOW_PATTERNS = ("app/*.py", "dsnet/*.py", "dsnet/core/*.py", "dsnet/models/*.py", "dsnet/data/*.py",
                   "dsnet/zoo/*.py", "dsnet/cam/*.py",

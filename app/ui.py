@@ -19,11 +19,14 @@ import gradio as gr
 
 from dsnet.core.allocator import retain_freed_memory
 from dsnet.cam.service import METHODS, CamResult, ModelFailure, explain_zoo
-from dsnet.cam.images import MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, enlarge, open_image, overlay
+from dsnet.cam.images import (MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, difference_overlay,
+                              draw_boxes, enlarge, open_image, overlay, signed_difference)
+from dsnet.cam.localisation import Box, MapScore, boxes_to_view, score_map
 from dsnet.zoo.manifest import LabelSet, Manifest, load_manifest
 from dsnet.cam.service import comparison
 from dsnet.zoo.loader import DEFAULT_MODELS, entry_status, load_available
 
+from .evidence import evidence_panel, method_label
 from .examples import ExampleSet, load_examples
 from .outputs import publish
 from .params import OWN_IMAGE_TARGETS, TARGETS, ExplainParams, ParameterError, parse_opacity, parse_params, target_policy
@@ -60,13 +63,23 @@ class ServingSettings:
 SETTINGS = ServingSettings.from_env()
 DISPLAY_SIDE = 256  # maps are shown at least this large (the imagenette models see 160 px)
 DOWNLOAD_TILE = 320
-N_OUT = 2 + 3 * len(DEFAULT_MODELS) + 1  # status, model view, (heatmap, summary, top-5) per model, download
+DIFFERENCES = (("dsnet50", "resnet50"), ("ds2net50", "resnet50"))  # (a, b): where a looks and b does not
+# status, model view, (heatmap, summary, top-5) per model, download, then (added later, so the API's first
+# outputs kept their places) one difference view per pair and the localisation numbers
+DOWNLOAD = 2 + 3 * len(DEFAULT_MODELS)  # the download's place among the outputs
+N_OUT = DOWNLOAD + 1 + len(DIFFERENCES) + 1
 # Jet, as pytorch-grad-cam's show_cam_on_image colours the maps (OpenCV's COLORMAP_JET).
 COLOUR_SCALE = ("<div style='display:flex;align-items:center;gap:8px;font-size:0.85em'>"
                 "<span>low</span><div style='flex:1;height:12px;border-radius:3px;background:linear-gradient("
                 "to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)'></div>"
                 "<span>high</span></div><div style='font-size:0.8em;opacity:0.75'>how much each region raised the "
                 "explained class's score (each map is scaled to its own maximum)</div>")
+DIFFERENCE_SCALE = ("<div style='display:flex;align-items:center;gap:8px;font-size:0.85em'>"
+                    "<span>ResNet50 looks here more</span><div style='flex:1;height:12px;border-radius:3px;"
+                    "background:linear-gradient(to right,#053061,#4393c3,#f7f7f7,#d6604d,#67001f)'></div>"
+                    "<span>DSNet looks here more</span></div><div style='font-size:0.8em;opacity:0.75'>the "
+                    "difference of the two maps, each scaled to [0, 1]; the photo shows through where they agree"
+                    "</div>")
 
 
 class RawInput:
@@ -107,6 +120,7 @@ class Session:
     upload_data: bytes | str | None = None
     results: dict[str, CamResult] = field(default_factory=dict)
     params: ExplainParams | None = None  # the last run's (for the download after an opacity change)
+    view_boxes: dict[str, list[Box]] = field(default_factory=dict)  # per model: the example's boxes in its view
     generation: int = 0  # +1 for every run and every new image: a run whose image was replaced stops
     busy: bool = False  # a run is on
 
@@ -119,9 +133,12 @@ class Outcome:
     view: object = None
     columns: tuple = tuple((None, "", None) for _ in DEFAULT_MODELS)
     download: str | None = None
+    differences: tuple = tuple(None for _ in DIFFERENCES)
+    localisation: dict | None = None  # per model, for an example with object boxes
 
     def values(self) -> list:
-        return [self.status, self.view, *[v for col in self.columns for v in col], self.download]
+        return [self.status, self.view, *[v for col in self.columns for v in col], self.download, *self.differences,
+                self.localisation]
 
 
 def zoo_label(manifest: Manifest, zoo: str) -> str:
@@ -153,12 +170,36 @@ def label_notice(manifest: Manifest, zoo: str) -> str:
             "A photo of anything else is still forced into one of them, often with high confidence.")
 
 
-def _caption(r: CamResult, labels: LabelSet, true_wnid: str | None) -> str:
+def localisation_line(score: MapScore | None) -> str:
+    """One line for a map against the example's boxes (None: the crop left no box in the view)."""
+    if score is None:
+        return "the object's box is outside what the model sees"
+    mark = "✓" if score.hit else "✗"
+    energy = "no mass" if score.energy != score.energy else f"{100 * score.energy:.0f} % of the map inside the box"
+    return f"peak inside the box {mark} · {energy} (the box covers {100 * score.coverage:.0f} %)"
+
+
+def localisation_numbers(scores: dict[str, MapScore | None], view_boxes: dict[str, list[Box]]) -> dict:
+    """What the API returns for an example with boxes: per model, the boxes in its view and its map's numbers."""
+    out = {}
+    for model, s in scores.items():
+        boxes = [[round(v, 1) for v in (b.x0, b.y0, b.x1, b.y1)] for b in view_boxes.get(model, [])]
+        out[model] = {"boxes_in_view": boxes} | ({} if s is None else {
+            "peak_in_box": s.hit, "peak_within_15px": s.hit_tolerant, "peak_in_box_ties_at_random": round(s.hit_share, 3),
+            "energy_in_boxes": None if s.energy != s.energy else round(s.energy, 4),
+            "box_coverage": round(s.coverage, 4)})
+    return out
+
+
+def _caption(r: CamResult, labels: LabelSet, true_wnid: str | None, score: MapScore | None = None,
+             boxed: bool = False) -> str:
     lines = [f"**{r.explained.name}** {100 * r.explained.probability:.1f}% (explained)"]
     if true_wnid in labels.wnids:
         true = labels.wnids.index(true_wnid)
         lines.append(f"✓ top-1 is the true class ({labels.names[true]})" if r.top5[0].index == true
                      else f"✗ top-1 is {r.top5[0].name}; the true class is {labels.names[true]}")
+    if boxed:
+        lines.append(localisation_line(score))
     lines.append(f"{1000 * r.seconds:.0f} ms · {r.method} · {r.device}")
     if r.faithfulness:
         f = r.faithfulness
@@ -199,14 +240,15 @@ class ExplainApp:
         self.manifest, self.examples, self.uploads, self.settings = manifest, examples, uploads, settings
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _image(self, payload, params: ExplainParams, session: Session | None) -> tuple[LoadedImage, str | None]:
-        """The image to explain and its true wnid (examples only)."""
+    def _image(self, payload, params: ExplainParams,
+               session: Session | None) -> tuple[LoadedImage, str | None, tuple[Box, ...]]:
+        """The image to explain, its true wnid and its object boxes (examples only)."""
         if params.example:
             try:
                 example = self.examples.get(params.example)
             except ValueError as e:
                 raise ParameterError(str(e)) from None
-            return open_image(example.path.read_bytes()), example.wnid
+            return open_image(example.path.read_bytes()), example.wnid, example.boxes
         if payload is None:
             raise ParameterError("Upload an image or pick an example first.")
         path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
@@ -217,15 +259,15 @@ class ExplainApp:
             image = open_image(data)
             if session is not None:  # kept for a re-run only once it proved to be an image
                 session.upload_path, session.upload_data = upload_path, data
-            return image, None
-        return open_image(data), None
+            return image, None, ()
+        return open_image(data), None, ()
 
     # -- the run -------------------------------------------------------------------------------------------
     def stream(self, payload, zoo, method, target, class_name, opacity, with_metrics, example,
-               session: Session | None, progress):
+               session: Session | None, progress, show_boxes: bool = True):
         """Yield an ``Outcome`` as each model finishes; ParameterError / ImageError / PermissionError for bad input."""
         params = parse_params(self.manifest, zoo, method, target, class_name, opacity, with_metrics, example)
-        image, true_wnid = self._image(payload, params, session)
+        image, true_wnid, boxes = self._image(payload, params, session)
         if session is not None:
             session.params = params
             session.generation += 1
@@ -238,6 +280,8 @@ class ExplainApp:
         progress(0, desc=METHODS[params.method].cost if slow else "computing")
         columns = [(None, "_waiting…_", None) for _ in DEFAULT_MODELS]
         results: list[CamResult] = []
+        scores: dict[str, MapScore | None] = {}
+        view_boxes: dict[str, list[Box]] = {}
         true_name = view = None
         outcome = Outcome(status="", columns=tuple(columns))
         yield outcome
@@ -253,18 +297,26 @@ class ExplainApp:
             else:
                 log.info("explained %s/%s %s on %s in %.0f ms", params.zoo, item.model, params.method, item.device,
                          1000 * item.seconds)
-                labels = self.manifest.labels(self.manifest.entry(params.zoo, item.model))
+                entry = self.manifest.entry(params.zoo, item.model)
+                labels = self.manifest.labels(entry)
                 results.append(item)
+                if boxes:
+                    view_boxes[item.model] = [b for b in boxes_to_view(boxes, image.image.size, entry.preprocessing)
+                                              if b]
+                    scores[item.model] = score_map(item.cam, view_boxes[item.model])
                 if session is not None:
                     session.results[item.model] = item
+                    session.view_boxes = view_boxes
                 if true_wnid in labels.wnids:
                     true_name = labels.names[labels.wnids.index(true_wnid)]
-                columns[i] = (self._publish(enlarge(item.overlay, DISPLAY_SIDE), f"{item.model}-heatmap"),
-                              _caption(item, labels, true_wnid),
+                shown = view_boxes.get(item.model, []) if show_boxes else []
+                columns[i] = (self._shown(item.overlay, shown, f"{item.model}-heatmap"),
+                              _caption(item, labels, true_wnid, scores.get(item.model), bool(boxes)),
                               {p.name: p.probability for p in item.top5})
             progress((i + 1) / len(DEFAULT_MODELS), desc=f"{DEFAULT_MODELS[i]} done")
             if results and view is None:
-                view = self._publish(enlarge((results[0].view * 255).round().astype("uint8"), DISPLAY_SIDE), "view")
+                shown = view_boxes.get(results[0].model, []) if show_boxes else []
+                view = self._shown((results[0].view * 255).round().astype("uint8"), shown, "view")
             status = _agreement(results, true_name) if results else (
                 "No model of this zoo could run here: each column says why." if i == len(DEFAULT_MODELS) - 1 else "")
             outcome = Outcome(status, view, tuple(columns))
@@ -272,9 +324,32 @@ class ExplainApp:
                 return
             yield outcome
         if results:
-            download = self._download(results, params)
+            outcome = replace(outcome, download=self._download(results, params),
+                              differences=self._differences(results, view_boxes if show_boxes else {}),
+                              localisation=localisation_numbers(scores, view_boxes) if boxes else None)
             if not replaced():
-                yield replace(outcome, download=download)
+                yield outcome
+
+    def _differences(self, results: list[CamResult], view_boxes: dict[str, list[Box]]) -> tuple:
+        """Per pair (a, b) of DIFFERENCES: where a's map is high and b's is not, over the view (same view size)."""
+        by_model = {r.model: r for r in results}
+        out = []
+        for a, b in DIFFERENCES:
+            if a in by_model and b in by_model and by_model[a].cam.shape == by_model[b].cam.shape:
+                diff = signed_difference(by_model[a].cam, by_model[b].cam)
+                out.append(self._shown(difference_overlay(by_model[b].view, diff), view_boxes.get(b, []),
+                                       f"{a}-minus-{b}"))
+            else:
+                out.append(None)
+        return tuple(out)
+
+    def _shown(self, rgb, boxes: list[Box], stem: str) -> str:
+        """A view-sized picture enlarged for display, the boxes outlined at the enlarged size, published."""
+        big = enlarge(rgb, DISPLAY_SIDE)
+        if boxes:
+            f = big.shape[0] / rgb.shape[0]
+            big = draw_boxes(big, [(b.x0 * f, b.y0 * f, b.x1 * f, b.y1 * f) for b in boxes], width=3)
+        return self._publish(big, stem)
 
     def _download(self, results: list[CamResult], params: ExplainParams) -> str:
         explained = {r.explained.name for r in results}
@@ -287,13 +362,13 @@ class ExplainApp:
         return publish(picture, stem, self.settings.cache_seconds)
 
     # -- the two doors: the page (messages stay in the page) and the API (errors are errors) ------------------
-    def page(self, image, zoo, method, target, class_name, opacity, metrics, example, session: Session,
+    def page(self, image, zoo, method, target, class_name, opacity, metrics, example, show_boxes, session: Session,
              progress=gr.Progress()):
         session = session or Session()
-        session.results, session.busy = {}, True
+        session.results, session.busy, session.view_boxes = {}, True, {}
         try:
             for outcome in self.stream(image, zoo, method, target, class_name, opacity, metrics, example, session,
-                                       progress):
+                                       progress, show_boxes is not False):
                 yield *outcome.values(), session
         except (ParameterError, ImageError, PermissionError) as e:
             yield *Outcome(status=f"⚠️ {e}").values(), session
@@ -306,14 +381,14 @@ class ExplainApp:
         try:
             outcome = Outcome()
             for outcome in self.stream(image, zoo, method, explain, class_name, opacity, metrics, example, None,
-                                       progress):
+                                       progress, show_boxes=False):  # the API's numbers carry the boxes
                 pass
             return tuple(outcome.values())
         except (ParameterError, ImageError, PermissionError) as e:
             raise gr.Error(str(e)) from None
 
-    def reblend(self, session: Session, opacity):
-        """New opacity: blend the cached maps again; no model runs."""
+    def reblend(self, session: Session, opacity, show_boxes=True):
+        """New opacity, or the box outline turned on or off: draw the cached maps again; no model runs."""
         session = session or Session()
         try:
             opacity = parse_opacity(opacity)
@@ -326,16 +401,25 @@ class ExplainApp:
                 out.append(gr.skip())
                 continue
             blended.append(replace(r, overlay=overlay(r.view, r.cam, opacity)))
-            out.append(self._publish(enlarge(blended[-1].overlay, DISPLAY_SIDE), f"{name}-heatmap"))
+            shown = session.view_boxes.get(name, []) if show_boxes is not False else []
+            out.append(self._shown(blended[-1].overlay, shown, f"{name}-heatmap"))
         download = self._download(blended, session.params) if blended and session.params else gr.skip()
-        return *out, download
+        if blended:
+            boxes = session.view_boxes if show_boxes is not False else {}
+            view = self._shown((blended[0].view * 255).round().astype("uint8"), boxes.get(blended[0].model, []), "view")
+            differences = self._differences(blended, boxes)
+        else:
+            view, differences = gr.skip(), tuple(gr.skip() for _ in DIFFERENCES)
+        return view, *out, download, *differences
 
     def pick(self, session: Session, evt: gr.SelectData):
         """A gallery click: the example's id goes to the (hidden) example box; the picture is shown; the
         last results are cleared (they belong to another image)."""
         example = self.examples.get(evt.index)
+        boxed = (f" · {example.origin}: the models' maps are scored against the {len(example.boxes)} box"
+                 f"{'es' if len(example.boxes) > 1 else ''}") if example.boxes else f" · {example.origin}"
         return (self._publish(example.path, "example"), example.id,
-                f"True class: **{example.caption}** (`{example.wnid}`, from the example's label)",
+                f"True class: **{example.caption}** (`{example.wnid}`, from the example's label){boxed}",
                 gr.Radio(choices=list(TARGETS)), *_new_image(session))
 
     def own_image(self, example_id, session: Session):
@@ -348,7 +432,8 @@ class ExplainApp:
 
     def example_list(self) -> list[dict]:
         """The example ids with their true classes (send one as `example` to /explain)."""
-        return [{"id": e.id, "wnid": e.wnid, "class": e.caption} for e in self.examples.examples]
+        return [{"id": e.id, "wnid": e.wnid, "class": e.caption, "origin": e.origin, "boxes": len(e.boxes)}
+                for e in self.examples.examples]
 
 
 def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
@@ -393,8 +478,12 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                     opacity = RawSlider(0, 1, value=0.5, step=0.05, label="Heatmap opacity",
                                         info="changes the maps at once, without running the models")
                     gr.HTML(COLOUR_SCALE)
+                show_boxes = RawCheckbox(label="Outline the object's box (examples with boxes)", value=True,
+                                         info="the ILSVRC val examples come with ground-truth boxes; each column "
+                                              "then says whether the map's peak is on the object")
                 with gr.Accordion("Advanced: CAM method and faithfulness numbers", open=False):
-                    method = RawDropdown([(f"{m} — {spec.summary}", m) for m, spec in METHODS.items()], value="gradcam",
+                    method = RawDropdown([(method_label(m, spec.summary), m) for m, spec in METHODS.items()],
+                                         value="gradcam",
                                          label="CAM method", info=f"cost: {METHODS['gradcam'].cost}")
                     with_metrics = RawCheckbox(label="Faithfulness numbers (slower)", value=False,
                                                info="focus (how concentrated a map is) and faithfulness (does "
@@ -413,6 +502,16 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                         gr.Label(num_top_classes=5, label=f"{name} top-5")]
                 download = gr.DownloadButton("Download the comparison (PNG)", label="comparison PNG")
                 outputs.append(download)
+                with gr.Accordion("Where do they differ?", open=True):
+                    gr.HTML(DIFFERENCE_SCALE)
+                    with gr.Row(equal_height=False):
+                        for a, b in DIFFERENCES:
+                            outputs.append(gr.Image(label=f"{a} − {b}", type="numpy", format="png", interactive=False,
+                                                    height=256, buttons=["fullscreen"]))
+                localisation = gr.JSON(label="localisation numbers (examples with object boxes)", visible=False)
+                outputs.append(localisation)
+        with gr.Accordion("The evidence: how the zoo's maps score over the whole boxed data set", open=False):
+            evidence_panel()
         example_id = RawDropdown(handlers.examples.ids(), value="", allow_custom_value=True, label="example",
                                  visible=False)
         gr.Markdown(f"Running on **{serving_device()}** · {len(examples)} examples · queue bound "
@@ -423,7 +522,8 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
         inputs = [image, zoo_box, method, target_mode, target_class, opacity, with_metrics, example_id]
         # always_last: a click while the previous run is still finishing (its download is being drawn) runs
         # after it; Gradio's default ("once") drops such a click without a word.
-        explaining = run.click(handlers.page, inputs + [session], outputs + [session], api_visibility="private",
+        explaining = run.click(handlers.page, inputs + [show_boxes, session], outputs + [session],
+                               api_visibility="private",
                                concurrency_id="explain", scroll_to_output=True, trigger_mode="always_last")
         api_door = gr.Button(visible=False)
         api_door.click(handlers.api, inputs, outputs, api_name="explain", concurrency_id="explain",
@@ -444,8 +544,10 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
         method.change(lambda m: gr.Dropdown(info=f"cost: {METHODS[m].cost}" if m in METHODS else None), method,
                       method, api_visibility="private", queue=False)
         # In the queue (its per-visitor limit): each call writes pictures.
-        opacity.change(handlers.reblend, [session, opacity], outputs[2::3][:len(DEFAULT_MODELS)] + [download],
-                       api_visibility="private", trigger_mode="always_last")
+        redrawn = [outputs[1], *outputs[2::3][:len(DEFAULT_MODELS)], download, *outputs[-1 - len(DIFFERENCES):-1]]
+        for control in (opacity, show_boxes):
+            control.change(handlers.reblend, [session, opacity, show_boxes], redrawn, api_visibility="private",
+                           trigger_mode="always_last")
     demo.dsnet_handlers = handlers
     return demo
 

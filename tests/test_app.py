@@ -9,7 +9,7 @@ from PIL import Image
 
 from app.examples import FIGURE5_WNIDS, SHIPPED, load_examples
 from app.params import ParameterError
-from app.ui import N_OUT, Session, build_app
+from app.ui import DOWNLOAD, N_OUT, Session, build_app
 from dsnet.cam.service import METHODS
 from dsnet.zoo.manifest import load_manifest
 
@@ -117,17 +117,17 @@ def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_mode
     handlers = tiny_app.dsnet_handlers
     session = Session()
     no_progress = lambda *a, **k: None  # noqa: E731
-    steps = list(handlers.page(data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
+    steps = list(handlers.page(data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session,
                                no_progress))
     assert set(session.results) == set(TRIO)
     first = picture(steps[-1][2])
     import app.ui as ui
     monkeypatch.setattr(ui, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
-    reblended = handlers.reblend(session, 0.9)
-    *maps, download = reblended
+    view, *maps, download, dsnet_diff, ds2net_diff = handlers.reblend(session, 0.9)
     assert len(maps) == 3 and not np.array_equal(picture(maps[0]), first)
-    assert Path(download).is_file() and download != steps[-1][N_OUT - 1]  # the download follows the opacity
-    bad = list(handlers.page({"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", session,
+    assert Path(download).is_file() and download != steps[-1][DOWNLOAD]  # the download follows the opacity
+    assert picture(dsnet_diff).shape == picture(view).shape  # the difference views are drawn again too
+    bad = list(handlers.page({"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session,
                              no_progress))
     assert len(bad) == 1 and bad[0][0].startswith("⚠️ This image input is not accepted")
     assert all(v is None for v in bad[0][1:N_OUT - 1:3])  # old maps cleared
@@ -138,13 +138,13 @@ def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
     session = Session()
     no_progress = lambda *a, **k: None  # noqa: E731
     example = handlers.examples.examples[0]
-    shown = list(handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, session, no_progress))[-1]
+    shown = list(handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, True, session, no_progress))[-1]
     assert session.results and shown[2] is not None
     cleared = handlers.own_image(example.id, session)  # an upload after an example
     assert cleared[:2] == ("", "") and cleared[4] == "New image: press **Explain**."
     assert [v for v in cleared[5:4 + N_OUT] if v not in (None, "")] == []  # no view, map, caption, top-5 or download
     assert cleared[-1] is session and session.results == {}
-    assert handlers.reblend(session, 0.8) == (*(gr.skip(),) * 3, gr.skip())  # the slider brings nothing back
+    assert handlers.reblend(session, 0.8) == (gr.skip(),) * 7  # the slider brings nothing back
     assert all(v == gr.skip() for v in handlers.own_image("", session))  # nothing to forget: no update
 
 
@@ -162,8 +162,13 @@ def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, mon
 def test_examples_ship_with_the_app_and_a_gallery_adds_a_sample():
     manifest = load_manifest()
     shipped = load_examples(manifest)
-    assert len(shipped) == len(list(SHIPPED.glob("*.JPEG"))) and 20 <= len(shipped) <= 30
-    assert sum(p.stat().st_size for p in SHIPPED.glob("*")) < 2_000_000
+    files = [p for p in SHIPPED.rglob("*") if p.is_file()]
+    assert len(shipped) == len([p for p in files if p.suffix == ".JPEG"]) and 20 <= len(shipped) <= 40
+    assert sum(p.stat().st_size for p in files) < 2_000_000
+    boxed = [e for e in shipped.examples if e.boxes]
+    assert len(boxed) == 10 and {e.wnid for e in boxed} == set(manifest.label_sets["imagenette10"].wnids)
+    assert shipped.examples[:10] == boxed and all(e.origin.startswith("ILSVRC2012 val") for e in boxed)
+    assert all(0 <= b.x0 < b.x1 <= 224 and 0 <= b.y0 < b.y1 <= 224 for e in boxed for b in e.boxes)
     assert {e.caption for e in shipped.examples} == set(manifest.label_sets["imagenette10"].names)
     for e in shipped.examples:
         with Image.open(e.path) as im:
@@ -187,10 +192,21 @@ def test_gradio_client_one_argument_call(live_app):
             assert im.size == (256, 256) and np.asarray(im).std() > 5
         assert "(explained)" in out[i + 1]
         assert len(out[i + 2]["confidences"]) == 5
-    assert Path(out[-1]).stat().st_size > 10_000
+    assert Path(out[DOWNLOAD]).stat().st_size > 10_000
+    for diff in out[DOWNLOAD + 1:-1]:  # where DSNet50 / DS2Net50 look and ResNet50 does not
+        with Image.open(diff) as im:
+            assert im.size == (256, 256)
+    assert out[-1] is None  # an upload has no object boxes: no localisation numbers
     ids = client.predict(api_name="/examples")
+    assert ids[0]["boxes"] >= 1 and ids[0]["origin"].startswith("ILSVRC2012 val")
     out = client.predict(None, example=ids[0]["id"], method="gradcam++", opacity=0.3, api_name="/explain")
     assert f"True class: **{ids[0]['class']}**" in out[0]
+    numbers = out[-1]
+    assert set(numbers) == set(TRIO)
+    for model, n in numbers.items():
+        assert len(n["boxes_in_view"]) >= 1 and 0 < n["box_coverage"] < 1 and 0 <= n["energy_in_boxes"] <= 1
+        assert isinstance(n["peak_in_box"], bool)
+        assert ("peak inside the box ✓" if n["peak_in_box"] else "peak inside the box ✗") in out[3 + 3 * TRIO.index(model)]
 
 
 def test_a_run_whose_image_is_replaced_stops_and_leaves_the_new_state_alone(tiny_app):
@@ -198,7 +214,7 @@ def test_a_run_whose_image_is_replaced_stops_and_leaves_the_new_state_alone(tiny
     session = Session()
     no_progress = lambda *a, **k: None  # noqa: E731
     example = handlers.examples.examples[0]
-    run = handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, session, no_progress)
+    run = handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, True, session, no_progress)
     next(run), next(run)  # cleared, then the first column
     assert session.busy and session.results
     handlers.own_image(example.id, session)  # a new image while the run is on

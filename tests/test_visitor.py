@@ -80,8 +80,31 @@ def test_a_visitor_journey(space, browser, tmp_path):
     text = page_text(page)
     assert text.count("✓ top-1 is the true class") + text.count("✗ top-1 is") == 3
     assert "These models know only 10 classes" in text and ("say **" not in text)
+    # the first example is an ILSVRC val photo with its object box: a localisation line per model, the box
+    # drawn, and the two difference views
+    assert "ILSVRC2012 val, with its object boxes" in text
+    assert text.count("peak inside the box ✓") + text.count("peak inside the box ✗") == 3
+    assert text.count("of the map inside the box (the box covers") == 3
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.src.includes('-minus-resnet50') && i.complete && i.naturalWidth === 256).length === 2""",
+                           timeout=30_000)
     assert_no_error_text(page)
     page.screenshot(path=str(shots / "screenshot.png"), full_page=True)
+    maps = wait_for_three_maps(page)
+    # the box outline off: the maps are drawn again without it, and no model runs
+    page.get_by_label("Outline the object's box (examples with boxes)").uncheck()
+    page.wait_for_function("""prev => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.src.endsWith('.png') && i.naturalWidth === 256 && i.complete && !prev.includes(i.src))
+        .length >= 4""", arg=list(maps), timeout=30_000)
+    assert explained_count(space) == 3
+    page.get_by_label("Outline the object's box (examples with boxes)").check()
+    # the evidence section: read from the saved artifacts, no model runs
+    page.get_by_text("The evidence: how the zoo's maps score").click()
+    wait_or_show(page, "() => document.body.innerText.includes('Is the map on the object?')", timeout=30_000)
+    assert "MaxBoxAccV2" in page_text(page) and "Accuracy over 5 training seeds" in page_text(page)
+    page.locator("#evidence-text").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "screenshot-evidence.png"), full_page=True)
+    assert explained_count(space) == 3
     runs = explained_count(space)
     assert runs == 3
 
@@ -115,12 +138,13 @@ def test_a_visitor_journey(space, browser, tmp_path):
     assert page.locator("button.thumbnail-item.selected").count() == 0  # the example is no longer marked
     wait_or_show(page, "() => document.body.innerText.includes('New image: press Explain.')", timeout=10_000)
     text = page_text(page)  # the last maps belonged to the example: gone, not shown beside the new photo
-    assert "(explained)" not in text and "True class" not in text
+    assert "(explained)" not in text and "True class" not in text and "peak inside the box" not in text
     page.screenshot(path=str(tmp_path / "new-image.png"), full_page=True)
     page.get_by_role("button", name="Explain", exact=True).click()
     wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
                        "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')")
     assert "These models know only 10 classes" in page_text(page)
+    assert "peak inside the box" not in page_text(page)  # an upload has no box: no localisation line
     assert page.get_by_label("the true class").count() == 0  # offered for examples only
 
     # 5. a file that is not an image: a sentence in the page, old maps gone

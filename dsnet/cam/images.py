@@ -194,3 +194,48 @@ def overlay(view: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarr
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     return show_cam_on_image(view, cam, use_rgb=True, image_weight=1.0 - opacity)
+
+
+def draw_boxes(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]], width: int = 2,
+               colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """uint8 H x W x 3 with each box (x0, y0, x1, y1, in this image's pixel-edge coordinates) outlined:
+    a ``width`` px line in ``colour`` inside a 1 px black one, visible on any heatmap. A new array."""
+    from PIL import ImageDraw
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(im)
+    h, w = rgb.shape[:2]
+    for x0, y0, x1, y1 in boxes:
+        left, top = max(0, round(x0)), max(0, round(y0))
+        right, bottom = min(w - 1, round(x1) - 1), min(h - 1, round(y1) - 1)
+        if right < left or bottom < top:
+            continue
+        draw.rectangle((left, top, right, bottom), outline=(0, 0, 0), width=width + 1)
+        draw.rectangle((left + 1, top + 1, right - 1, bottom - 1), outline=colour, width=width - 1 or 1)
+    return np.asarray(im)
+
+
+def signed_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Where map ``a`` looks and map ``b`` does not: each H x W map min-max scaled to [0, 1], then a - b,
+    in [-1, 1] (0 where they agree; a flat map counts as all zeros)."""
+    def scaled(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=np.float32)
+        span = float(m.max() - m.min())
+        return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"the maps differ in size: {np.shape(a)} and {np.shape(b)}")
+    return scaled(a) - scaled(b)
+
+
+DIVERGING = "RdBu_r"  # matplotlib's red (a > b) / white (equal) / blue (b > a) colour map
+
+
+def difference_overlay(view: np.ndarray, difference: np.ndarray, opacity: float = 0.75) -> np.ndarray:
+    """A signed difference in [-1, 1] over the view (float32 H x W x 3 in [0, 1]) with the diverging
+    colour map: red where the first map is higher, blue where the second is, the image where they agree."""
+    from matplotlib import colormaps
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    colours = colormaps[DIVERGING]((np.clip(difference, -1, 1) + 1) / 2)[..., :3]
+    # agreement shows the image itself; the square root lets a moderate difference show too
+    weight = opacity * np.sqrt(np.abs(np.clip(difference, -1, 1)))[..., None]
+    return (np.clip((1 - weight) * view + weight * colours, 0, 1) * 255).round().astype(np.uint8)

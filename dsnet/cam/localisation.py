@@ -285,6 +285,13 @@ class MaxBoxAccV2:
         self.curves.append(curve)
         return curve
 
+    def add_curve(self, key: str, curve: np.ndarray) -> None:
+        """An image's best-IoU-per-tau curve computed before (e.g. saved by a resumable evaluation)."""
+        if len(curve) != len(self.thresholds):
+            raise ValueError(f"a curve has {len(self.thresholds)} values, one per threshold; got {len(curve)}")
+        self.keys.append(key)
+        self.curves.append(np.asarray(curve, dtype=np.float64))
+
     def accuracy(self, delta: int) -> np.ndarray:
         """Per tau: the share of scored images whose best IoU is >= delta %, in percent."""
         if not self.curves:
@@ -305,6 +312,28 @@ class MaxBoxAccV2:
 
 
 # --- baselines and the whole evaluation ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MapScore:
+    """One map against its image's boxes (in the map's view): what the app shows and the evidence counts."""
+
+    hit: bool  # a peak of the map inside a box (any of tied peaks, as Quantus and TorchRay count)
+    hit_tolerant: bool  # within POINTING_TOLERANCE px of a box
+    hit_share: float  # the chance of a hit when ties are broken at random
+    peaks: int
+    energy: float  # share of the map's mass inside the boxes (NaN: no mass)
+    coverage: float  # share of the view inside the boxes: a flat map's energy
+
+
+def score_map(saliency: np.ndarray, boxes: Sequence[Box | None]) -> MapScore | None:
+    """Pointing and energy of one map; None when no box is left in the view."""
+    kept = [b for b in boxes if b is not None and b.area > 0]
+    point, energy = pointing_game(saliency, kept), energy_in_boxes(saliency, kept)
+    if point is None or energy is None:
+        return None
+    return MapScore(point.hit(), point.hit(POINTING_TOLERANCE), point.hit_share(), point.peaks, energy.share,
+                    energy.coverage)
+
 
 def flat_map(shape: tuple[int, int]) -> np.ndarray:
     """The map that says nothing: every pixel equal."""
