@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[list[str], bool]] = {
     "python -m dsnet.evidence.curves": (["-m", "dsnet.evidence.curves"], False),
     "python -m dsnet.evidence.seedstudy": (["-m", "dsnet.evidence.seedstudy"], True),
     "python -m dsnet.evidence.seedreport": (["-m", "dsnet.evidence.seedreport"], False),
+    "python -m dsnet.evidence.localise": (["-m", "dsnet.evidence.localise"], True),
+    "python -m dsnet.evidence.sanity": (["-m", "dsnet.evidence.sanity"], True),
+    "python -m dsnet.evidence.report": (["-m", "dsnet.evidence.report"], False),
 }
 SLOW_TO_IMPORT = ("torchvision", "pytorch_grad_cam", "scipy", "matplotlib", "gradio")
 

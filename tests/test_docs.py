@@ -84,7 +84,8 @@ def test_the_rendering_is_a_pure_function_of_the_artifacts():
     again = {p: new for p, (_, new) in report.render(ROOT).items()}
     assert first == again
     source = (ROOT / "dsnet" / "evidence" / "report.py").read_text()
-    for clock in ("datetime", "time.", "subprocess", "random"):
+    for clock in ("import datetime", "import time", "import subprocess", "import random", "from random",
+                  "from datetime", "from time"):
         assert clock not in source, clock
 
 
@@ -243,10 +244,12 @@ def test_every_link_into_the_repository_resolves(page):
             assert anchor in headings, f"{page.name}: {target}"
 
 
-def test_the_localisation_section_is_reserved():
+def test_the_localisation_and_sanity_sections_are_generated():
     results = (DOCS / "results.md").read_text()
-    assert "## Localisation\n" in results
-    assert "Ground-truth localisation: see docs/localisation-metrics.md (results pending)" in results
+    assert "## Localisation: is the map on the object?" in results and "READING_PENDING" not in results
+    for name in ("localisation-gradcam", "localisation-methods", "localisation-paired", "sanity"):
+        assert f"<!-- table:{name} -->" in results, name
+    assert "<!-- table:readme-localisation -->" in (ROOT / "README.md").read_text()
 
 
 # ---------------------------------------------------------------- (c) the manifest and the artifacts agree

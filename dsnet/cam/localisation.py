@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from dsnet.zoo.manifest import Preprocessing
 
@@ -28,7 +27,7 @@ IOU_DELTAS = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds, in percent
 SELECT_DELTA = 50  # the delta whose best tau is "the dataset's optimal tau" (per-image IoUs are read there)
 POINTING_TOLERANCE = 15.0  # Zhang et al.'s tolerance in pixels: the secondary pointing number (primary: 0)
 _EIGHT = np.ones((3, 3), dtype=bool)
-_FOUR = ndimage.generate_binary_structure(2, 1)
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivity
 
 
 @dataclass(frozen=True)
@@ -166,6 +165,7 @@ def _hits(distances: np.ndarray, tolerance: float) -> np.ndarray:
 
 def pointing_game(saliency: np.ndarray, boxes: Sequence[Box]) -> Pointing | None:
     """The pointing game of one map (Zhang et al. 2016); None when no box has a pixel in the view."""
+    from scipy import ndimage  # on use: SciPy takes a second to import
     s = _checked(saliency)
     mask = boxes_mask(boxes, s.shape)
     if not mask.any():
@@ -208,6 +208,7 @@ def estimated_boxes(foreground: np.ndarray) -> np.ndarray:
     boundingRect), found without OpenCV: one per 8-connected foreground component, and one per hole (a 4-connected
     background component not touching the border) whose contour runs through the foreground pixels around it, so
     its box is the hole's grown by one pixel. k x 4 float (x0, y0, x1, y1), pixel-edge coordinates."""
+    from scipy import ndimage  # on use: SciPy takes a second to import
     fg = np.asarray(foreground, dtype=bool)
     found = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
              for sl in ndimage.find_objects(ndimage.label(fg, structure=_EIGHT)[0])]

@@ -685,6 +685,24 @@ def localisation_gradcam(root: Path) -> str:
     return markdown(header, rows) + "\n\n" + footer(source(LOCALISATION, s) + f"; {s['images']} images")
 
 
+@table("readme-localisation")
+def readme_localisation(root: Path) -> str:
+    s = load(root, LOCALISATION)
+    paired = {c["b"]: c for c in s["comparisons"] if c["method"] == "gradcam" and c["subset"] == "all"}
+    header = ["Grad-CAM map of", "peak in the box (%)", "map mass in the box (%)", "MaxBoxAccV2",
+              "mass in the box − ResNet50 (Wilcoxon p)"]
+    rows = []
+    for key, label in [*((f"gradcam/{m}", m) for m in TRIO), ("-/centre", "a centred Gaussian (no model)")]:
+        g, m = s["groups"][key], key.split("/")[1]
+        diff = (f"{100 * paired[m]['energy']['diff']:+.1f} points (p = {p(paired[m]['energy']['p_value'])})"
+                if m in paired else "—")
+        rows.append([label, f"{100 * g['pointing']['mean']:.1f}", f"{100 * g['energy']['mean']:.1f}",
+                     f"{g['max_box_acc_v2']['value']:.1f}", diff])
+    cover = s["groups"]["gradcam/resnet50"]["coverage"]
+    return (markdown(header, rows) + f"\n\nThe boxes cover {100 * cover:.1f} % of the view on average (what a flat map "
+            f"scores). " + footer(source(LOCALISATION, s, brief=True) + f"; {s['images']} images"))
+
+
 @table("localisation-methods")
 def localisation_methods(root: Path) -> str:
     s = load(root, LOCALISATION)
