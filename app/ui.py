@@ -12,13 +12,14 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 
 import gradio as gr
 
 from dsnet.core.allocator import retain_freed_memory
-from dsnet.cam.service import METHODS, CamResult, ModelFailure, explain_zoo
+from dsnet.cam.service import METHODS, CamResult, ModelFailure, explain_zoo, grad_cam_ready
 from dsnet.cam.images import (MAX_ASPECT, MAX_BYTES, MAX_PIXELS, ImageError, LoadedImage, difference_overlay,
                               draw_boxes, enlarge, open_image, overlay, signed_difference)
 from dsnet.cam.localisation import Box, MapScore, boxes_to_view, score_map
@@ -572,8 +573,12 @@ def launch(demo: gr.Blocks, settings: ServingSettings | None = None, handle_sigt
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    log.info("serving on %s (DSNET_DEVICE overrides)", serving_device())
+    chosen = os.environ.get("DSNET_DEVICE")
+    log.info("serving on %s (%s)", serving_device(),
+             f"DSNET_DEVICE={chosen}" if chosen else "the default: CUDA, else MPS, else CPU; DSNET_DEVICE chooses")
     retain_freed_memory()
+    # pytorch-grad-cam's import (seconds) in the background, so no visitor waits for it
+    threading.Thread(target=grad_cam_ready, name="grad-cam-import", daemon=True).start()
     sweep_upload_folder()
     # api_open=False: no route runs a function outside the queue (/gradio_api/run/..., /gradio_api/api/...),
     # so the queue bound and the per-visitor limit hold for every caller.

@@ -187,3 +187,25 @@ def test_figure_cli_crop_sets_the_test_size(tiny_zoo, tmp_path):
     assert pre == {m: {"resize": 104, "crop": 96} for m in TRIO}
     with pytest.raises(SystemExit):
         main(base + ["--resize", "104"])
+
+
+def test_no_model_is_charged_the_grad_cam_import(tmp_path):
+    """pytorch-grad-cam's import (seconds) happens before a model's timer starts, so the first model of
+    the first request is timed like the others (the app also imports it in the background at start)."""
+    import subprocess
+    import sys
+    probe = (
+        "import sys, time\n"
+        "import dsnet.cam.service as service\n"
+        "from dsnet.cam.images import open_image\n"
+        "from dsnet.zoo.loader import load\n"
+        "zm = load('imagenette', 'resnet50')\n"
+        "assert 'pytorch_grad_cam' not in sys.modules\n"
+        "real, seen = time.perf_counter, []\n"
+        "time.perf_counter = lambda: (seen.append('pytorch_grad_cam' in sys.modules), real())[1]\n"
+        "service.explain_model(open_image(sys.argv[1]), zm)\n"
+        "print(seen[0])\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(sample("golf_ball"))], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"  # imported before the first timer reading

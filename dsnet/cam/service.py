@@ -238,12 +238,22 @@ def _run_cam(cam, spec: Method, x: torch.Tensor, targets: list) -> np.ndarray:
         cam.activations_and_grads.release()
 
 
+def grad_cam_ready() -> None:
+    """Import pytorch-grad-cam once (2-3 s on two cores: it brings OpenCV and Matplotlib), outside any
+    model's timing: a side-by-side tool must not charge the first model of the first request for it.
+    The app also calls it in the background at start-up, so the first visitor does not wait for it."""
+    import pytorch_grad_cam  # noqa: F401
+    import pytorch_grad_cam.metrics.road  # noqa: F401
+    import pytorch_grad_cam.utils.model_targets  # noqa: F401
+
+
 def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", target: TargetPolicy = TargetPolicy(),
                   opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None) -> CamResult:
     """One model's top-5 and CAM for an already validated image."""
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     spec = METHODS[method]
+    grad_cam_ready()
     started = time.perf_counter()
     deadline = time.monotonic() + time_limit if time_limit else None
     pre = zm.entry.preprocessing
