@@ -69,7 +69,7 @@ def localisation_table(data: dict, method: str = "gradcam") -> str:
         if c["method"] == method and c["subset"] == "all":
             p, e = c["pointing"], c["energy"]
             tests.append(f"{c['b']} − {c['a']}: pointing {p['diff']:+.1f} points (McNemar p = {p['p_value']:.2g}), "
-                         f"energy {e['diff']:+.3f} (Wilcoxon p = {e['p_value']:.2g})")
+                         f"map mass in the boxes {100 * e['diff']:+.1f} points (Wilcoxon p = {e['p_value']:.2g})")
     return "\n".join(rows) + ("\n\nPaired, on the same images: " + "; ".join(tests) + "." if tests else "")
 
 
@@ -80,7 +80,11 @@ def evidence_markdown() -> str:
     if loc:
         parts.append(f"**Is the map on the object?** {loc['images']} ILSVRC2012 validation images of the 10 classes "
                      f"(never trained on), each explained for its true class, scored against its ground-truth boxes "
-                     f"carried into the model's view. Grad-CAM, 95 % intervals:\n\n" + localisation_table(loc))
+                     f"carried into the model's view. *Pointing game*: the map's maximum lies in a box. *Energy*: the "
+                     f"share of the map's mass inside the boxes (a flat map scores the share of the view they cover). "
+                     f"*MaxBoxAccV2*: how often a box drawn around the map's hot region overlaps a true box (IoU "
+                     f"≥ 30/50/70 %, the best threshold), averaged. Grad-CAM, 95 % intervals:\n\n"
+                     + localisation_table(loc))
     else:
         parts.append("_The localisation artifact (docs/localisation-imagenette.json) is missing._")
     seeds = _read(SEEDS)

@@ -176,6 +176,8 @@ def localisation_line(score: MapScore | None) -> str:
     if score is None:
         return "the object's box is outside what the model sees"
     mark = "✓" if score.hit else "✗"
+    if score.peaks > 1 and 0 < score.hit_share < 1:  # a plateau of equal maxima, partly in the box
+        mark += f" ({100 * score.hit_share:.0f} % of its {score.peaks} tied maxima)"
     energy = "no mass" if score.energy != score.energy else f"{100 * score.energy:.0f} % of the map inside the box"
     return f"peak inside the box {mark} · {energy} (the box covers {100 * score.coverage:.0f} %)"
 

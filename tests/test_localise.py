@@ -80,7 +80,8 @@ def test_the_evidence_section_reads_only_the_artifacts(tmp_path):
                                                  "energy": {"diff": 0.01, "p_value": 0.04}}]})
     assert "| resnet50 | 50 % [40, 60] | 50 % [40, 60] (30 %) | 55.0 [50.0, 60.0] |" in table
     assert "baseline: flat map | — (every pixel ties)" in table
-    assert "dsnet50 − resnet50: pointing +2.0 points (McNemar p = 0.5), energy +0.010 (Wilcoxon p = 0.04)" in table
+    assert ("dsnet50 − resnet50: pointing +2.0 points (McNemar p = 0.5), map mass in the boxes +1.0 points "
+            "(Wilcoxon p = 0.04)") in table
 
 
 @pytest.mark.slow

@@ -50,9 +50,11 @@ def test_dry_run_on_the_repository_passes(capsys):
         assert path in plan.files, path
         assert path in out
     assert not [p for p in plan.files if p.startswith(("tests/", "runs/", "benchmarks/", "scripts/", "."))]
-    pictures = {p for p in plan.files if p.startswith("docs/")}  # only the pictures README shows
-    assert pictures and pictures <= {"docs/screenshot.png", "docs/screenshot-phone.png", "docs/figure4-imagenette.png",
-                                     "docs/figure5-imagenette.png"}
+    from app.evidence import FILES as EVIDENCE
+    docs = {p for p in plan.files if p.startswith("docs/")}  # the pictures README shows, the page's evidence
+    assert set(EVIDENCE) <= docs and docs <= {"docs/screenshot.png", "docs/screenshot-phone.png",
+                                              "docs/figure4-imagenette.png", "docs/figure5-imagenette.png", *EVIDENCE}
+    assert not [p for p in plan.files if p.startswith("dsnet/evidence/") or p == "app/space.py"]  # not the app's
     assert not [p for p in plan.files if "__pycache__" in p or p.endswith(".log.jsonl")]
     assert plan.files["checkpoints/imagenette/dsnet50.safetensors"] == (ROOT / WEIGHTS[1]).stat().st_size
     assert f"{len(plan.files)} files" in out and "all checks passed" in out

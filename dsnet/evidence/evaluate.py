@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dsnet.core.provenance import artifact_header
 from dsnet.evidence import stats
 from dsnet.core.allocator import retain_freed_memory
-from dsnet.data.labelled import LabelledImage, decode_square, scan_labelled, standardize, topk_hits
+from dsnet.data.labelled import LabelledImage, decode_square, limit_per_class, scan_labelled, standardize, topk_hits
 from dsnet.cam.images import model_view, open_image, to_tensor
 from dsnet.zoo.manifest import Preprocessing, load_manifest
 from dsnet.zoo.weights import read_state_dict
@@ -185,12 +185,12 @@ def load_runs(zoo: str, names: list[str], runs: Path | None = None,
 
 def evaluate_zoo(zoo: str, data: Path, models: list[str] | None = None, timing: bool = True,
                  crops: list[int] | None = None, runs: Path | None = None, pipeline: str = "app",
-                 latency: bool = True) -> list[ModelReport]:
+                 latency: bool = True, per_class: int | None = None) -> list[ModelReport]:
     """One report per (test size, run, model), in that order; latency (unless ``latency`` is false)
-    and memory at the first size only, when ``timing``."""
+    and memory at the first size only, when ``timing``; ``per_class``: the first N images of each class."""
     manifest = load_manifest()
     loaded = load_runs(zoo, models or list(manifest.zoo(zoo).entries), runs)
-    items = scan_labelled(data)
+    items = limit_per_class(scan_labelled(data), per_class)
     reports = []
     for c, crop in enumerate(crops or [None]):
         groups: dict[tuple, list[tuple[str, ZooModel]]] = {}  # models sharing a preprocessing share a loader
@@ -287,13 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-timing", action="store_true", help="skip latency and memory measurements")
     p.add_argument("--no-latency", action="store_true",
                    help="skip the latency (one CPU image, noise-dominated on a shared machine); keep memory")
+    p.add_argument("--limit-per-class", type=int, metavar="N", help="only the first N images of each class (a quick look)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     header = artifact_header(argv, "dsnet.evidence.evaluate")
     retain_freed_memory()
     crops = [int(c) for c in args.crops.split(",")] if args.crops else None
     reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing,
-                           crops, args.runs, args.pipeline, not args.no_latency)
+                           crops, args.runs, args.pipeline, not args.no_latency, args.limit_per_class)
     if not reports:
         print("error: no model of this zoo is available", file=sys.stderr)
         return 2

@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.model:<10} explains {r.explained.name!r} ({100 * r.explained.probability:.1f}%) "
               f"in {r.seconds * 1000:.0f} ms | top-5: {top}")
         if r.faithfulness:
-            print(f"{'':<10} {r.faithfulness}")
+            f = r.faithfulness
+            print(f"{'':<10} focus: top-10% mass {f.top10_mass:.3f}, entropy {f.entropy:.3f} · faithfulness: "
+                  f"confidence change {f.confidence_change:+.3f}, ROAD {f.road:+.3f}")
     if args.out:
         comparison(results).save(args.out)
         print(f"wrote {args.out}")

@@ -282,21 +282,30 @@ def plot(summary: dict, rows: list[dict], out: Path, focus_csv: Path | None = No
     plt.close(fig)
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsnet.evidence.localise", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
-    p.add_argument("--out", type=Path, required=True, help="writes OUT.csv and OUT.json")
+    p.add_argument("--out", type=Path, required=True, help="writes OUT.csv, OUT.json and OUT.png")
     p.add_argument("--work", type=Path, default=Path("runs/localisation"), help="resumable rows (default: %(default)s)")
-    p.add_argument("--zoo", default="imagenette")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--zoo", default="imagenette", help="a zoo of the manifest (default: %(default)s)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models of the zoo (default: all three)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--slow-per-class", type=int, default=2,
                    help="the slow methods (AblationCAM, ScoreCAM) on this many images of each class (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="only the first N images (a quick look)")
+    p.add_argument("--limit", type=positive, help="only the first N images (a quick look)")
     p.add_argument("--focus-csv", type=Path, default=Path("docs/focus-imagenette-size160.csv"),
                    help="per-image focus numbers (python -m dsnet.evidence.figure --stats) for the plot's last panels")
     args = p.parse_args(argv)
+    if not (args.data / "boxes.csv").is_file():
+        p.error(f"no boxes.csv in {args.data}: expected an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
     started = time.perf_counter()
     rows = explain_all(args.data, args.zoo, args.models, args.methods, args.slow_per_class, args.work, args.limit)
     wanted = {(m) for m in args.methods} | {"-"}
@@ -316,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plot({**summary, "images": result["images"]}, rows, args.out.with_suffix(".png"), args.focus_csv)
     for key, g in summary["groups"].items():
-        print(f"{key:<26} pointing {100 * g['pointing']['mean']:5.1f}%  energy {g['energy']['mean']:.3f} "
+        point = "    — " if key == "-/flat" else f"{100 * g['pointing']['mean']:5.1f}%"  # a flat map: every pixel ties
+        print(f"{key:<26} pointing {point}  energy {g['energy']['mean']:.3f} "
               f"(boxes cover {g['coverage']:.3f})  MaxBoxAccV2 {g['max_box_acc_v2']['value']:.1f}", file=sys.stdout)
     return 0
 

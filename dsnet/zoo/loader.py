@@ -357,6 +357,13 @@ class EntryStatus:
     top1: float | None
 
 
+def status_word(entry: Entry) -> str:
+    """For weights not here yet: whether they download on first use (a source, and downloads allowed)."""
+    if (entry.sources.hub or entry.sources.url) and not os.environ.get("DSNET_OFFLINE"):
+        return "downloads"
+    return "missing"
+
+
 def entry_status(zoo: str, entry: Entry, root: Path) -> EntryStatus:
     present = next((p for p in candidate_paths(entry, root) if p.is_file()), None)
     top1 = entry.metrics[0].top1 if entry.metrics else None
@@ -381,9 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=1))
     else:
-        print(f"{'zoo/model':<22} {'weights':<12} {'top-1':>6}  details")
+        print(f"{'zoo/model':<22} {'weights':<12} {'top-1':>6}  details (downloads: fetched and verified on first use)")
         for r in rows:
-            state = "verified" if r.verified else ("MISMATCH" if r.present else ("missing" if r.available else "none yet"))
+            state = "verified" if r.verified else ("MISMATCH" if r.present else (status_word(manifest.zoo(r.zoo).entries[
+                r.name]) if r.available else "none yet"))
             top1 = f"{r.top1:.2f}" if r.top1 is not None else "-"
             print(f"{r.zoo + '/' + r.name:<22} {state:<12} {top1:>6}  {r.path if r.verified else r.message}")
     if args.command == "verify":
