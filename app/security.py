@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsnet.cam.images import MAX_BYTES
+from dsnet.cam.images import MAX_BYTES, looks_like_image
 
 log = logging.getLogger("dsnet.app")
 
@@ -29,6 +29,7 @@ REFUSED_INPUT = ("This image input is not accepted: upload a file, send the imag
                  "an example by its id.")
 PROCESS_START = time.time()
 COUNTED_BODY = 64 * 2**10  # a POST body above this counts against the image budgets (a data: URL image)
+MAX_FILES_PER_UPLOAD = 1  # the page uploads one image at a time; more in one request is refused (HTTP 400)
 
 
 class PublicGate:
@@ -36,10 +37,13 @@ class PublicGate:
 
     * a request body over ``max_body`` bytes: HTTP 413, without reading it (the declared length is
       checked up front; a body without one is buffered up to the limit and counted);
+    * an upload of more than one file: HTTP 400; of a file that does not start as an image: 415 (the
+      body is read before the app parses it, so nothing else is ever stored or served back);
     * image bytes beyond ``upload_budget`` per client, or ``upload_total`` for everyone, within
       ``window`` seconds (the time an unused upload may stay on disk, or a page keep an image): HTTP
       429 / 503. Uploads count, and so does every POST body over ``COUNTED_BODY`` (a ``data:`` URL
-      sent to the queue or the API: it is held in memory while it is used);
+      sent to the queue or the API: it is held in memory while it is used); likewise files beyond
+      ``files_per_client`` / ``files_total``;
     * routes a public demo does not need (screen-recording processing, vibe editing): HTTP 404;
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
     """
@@ -47,11 +51,13 @@ class PublicGate:
     BLOCKED = ("/gradio_api/process_recording", "/gradio_api/vibe-", "/gradio_api/undo-vibe-")
 
     def __init__(self, app, max_body: int = MAX_BODY_BYTES, upload_budget: int = 100 * 2**20,
-                 upload_total: int = 1000 * 2**20, window: float = 600, trusted_proxies: int = 0) -> None:
+                 upload_total: int = 1000 * 2**20, window: float = 600, trusted_proxies: int = 0,
+                 files_per_client: int = 200, files_total: int = 2000) -> None:
         self.app, self.max_body = app, max_body
         self.upload_budget, self.upload_total, self.window = upload_budget, upload_total, window
         self.trusted_proxies = trusted_proxies
-        self.uploads: list[tuple[float, str, int]] = []  # (when, client, bytes) within the window
+        self.files_per_client, self.files_total = files_per_client, files_total
+        self.uploads: list[tuple[float, str, int, int]] = []  # (when, client, bytes, files) within the window
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,19 +69,25 @@ class PublicGate:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await self._too_large(send)
-        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            messages, seen = [], 0  # no declared length (chunked): buffer up to the limit, then replay
-            while True:
-                message = await receive()
-                messages.append(message)
-                if message["type"] != "http.request":
-                    break
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    return await self._too_large(send)
-                if not message.get("more_body", False):
-                    break
-            size = seen
+        is_upload = scope.get("method") == "POST" and path.rstrip("/").endswith("/gradio_api/upload")
+        files = 0
+        if is_upload or (declared is None and scope.get("method") in ("POST", "PUT", "PATCH")):
+            # no declared length (chunked), or an upload whose files must be counted: buffer up to the
+            # limit, then replay to the app
+            messages = await _buffered(receive, self.max_body)
+            if messages is None:
+                return await self._too_large(send)
+            body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+            size = len(body)
+            if is_upload:
+                content_type = headers.get(b"content-type", b"")
+                files = _multipart_parts(body, content_type)
+                if files > MAX_FILES_PER_UPLOAD:
+                    return await _answer(send, 400, f"One image per upload: this request carries {files} files.")
+                if files == 1 and not looks_like_image(_first_part_head(body, content_type)):
+                    return await _answer(send, 415, "Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF "
+                                                    "or AVIF); this file is none of them.")
+            del body
 
             async def replay():
                 return messages.pop(0) if messages else await receive()
@@ -83,27 +95,67 @@ class PublicGate:
         else:
             size, receive_next = int(declared or 0), receive
         # Every large body is image bytes: an upload, or a data: URL sent to the queue or the API.
-        if scope.get("method") == "POST" and (size > COUNTED_BODY or path.rstrip("/").endswith("/gradio_api/upload")):
-            refusal = self._upload_refusal(_scope_ip(scope, self.trusted_proxies), size)
+        if scope.get("method") == "POST" and (size > COUNTED_BODY or is_upload):
+            refusal = self._upload_refusal(_scope_ip(scope, self.trusted_proxies), size, max(files, 1))
             if refusal:
                 return await _answer(send, *refusal)
         await self.app(scope, receive_next, _short_422(send))
 
-    def _upload_refusal(self, client: str, size: int) -> tuple[int, str] | None:
+    def _upload_refusal(self, client: str, size: int, files: int = 1) -> tuple[int, str] | None:
+        """Bytes and files within the window, per visitor and for everyone (a file on disk costs more
+        than its bytes: a thousand one-byte files are a thousand inodes)."""
         now = time.monotonic()
         self.uploads = [u for u in self.uploads if now - u[0] < self.window]
-        mine = sum(b for _, c, b in self.uploads if c == client)
-        if mine + size > self.upload_budget:
-            return 429, (f"You sent {mine / 2**20:.0f} MB of images in the last {self.window / 60:.0f} minutes; the "
+        mine = [u for u in self.uploads if u[1] == client]
+        minutes = f"{self.window / 60:.0f} minutes"
+        if sum(u[2] for u in mine) + size > self.upload_budget:
+            return 429, (f"You sent {sum(u[2] for u in mine) / 2**20:.0f} MB of images in the last {minutes}; the "
                          f"limit is {self.upload_budget / 2**20:.0f} MB per visitor. Wait a few minutes.")
-        if sum(b for *_, b in self.uploads) + size > self.upload_total:
+        if sum(u[3] for u in mine) + files > self.files_per_client:
+            return 429, (f"You sent {sum(u[3] for u in mine)} images in the last {minutes}; the limit is "
+                         f"{self.files_per_client} per visitor. Wait a few minutes.")
+        if (sum(u[2] for u in self.uploads) + size > self.upload_total
+                or sum(u[3] for u in self.uploads) + files > self.files_total):
             return 503, "The server is busy with uploads; try again in a few minutes."
-        self.uploads.append((now, client, size))
+        self.uploads.append((now, client, size, files))
         return None
 
     async def _too_large(self, send) -> None:
         await _answer(send, 413, f"Request body too large: the limit is {self.max_body / 2**20:.0f} MB "
                                  f"(images up to {MAX_BYTES / 2**20:.0f} MB).")
+
+
+async def _buffered(receive, limit: int) -> list[dict] | None:
+    """The request's messages, read up to ``limit`` body bytes; None when the body is larger."""
+    messages, seen = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
+def _multipart_parts(body: bytes, content_type: bytes) -> int:
+    """How many parts (files) a multipart/form-data body carries: its boundary lines, less the closing one."""
+    _, _, rest = content_type.partition(b"boundary=")
+    boundary = rest.split(b";")[0].strip().strip(b'"')
+    if not boundary:
+        return 0
+    return max(0, body.count(b"--" + boundary) - 1)
+
+
+def _first_part_head(body: bytes, content_type: bytes, size: int = 16) -> bytes:
+    """The first bytes of the first part's content (after its headers' blank line)."""
+    _, _, rest = content_type.partition(b"boundary=")
+    boundary = rest.split(b";")[0].strip().strip(b'"')
+    start = body.find(b"--" + boundary)
+    headers_end = body.find(b"\r\n\r\n", start)
+    return body[headers_end + 4:headers_end + 4 + size] if start >= 0 and headers_end >= 0 else b""
 
 
 async def _answer(send, status: int, text: str) -> None:

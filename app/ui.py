@@ -50,6 +50,7 @@ class ServingSettings:
     trusted_proxies: int = 1 if os.environ.get("SPACE_ID") else 0
     upload_mb_per_client: int = 100  # DSNET_UPLOAD_MB_PER_CLIENT: upload bytes per visitor per cache_seconds
     upload_mb_total: int = 1000  # DSNET_UPLOAD_MB_TOTAL: upload bytes for everyone per cache_seconds
+    upload_files_per_client: int = 200  # DSNET_UPLOAD_FILES_PER_CLIENT: images per visitor per cache_seconds (10x that for everyone)
     time_limit: float = 120  # DSNET_TIME_LIMIT: seconds per model for AblationCAM / ScoreCAM
     cache_seconds: int = 600  # DSNET_CACHE_SECONDS: outputs and unused uploads are deleted after this
 
@@ -597,7 +598,8 @@ def launch(demo: gr.Blocks, settings: ServingSettings | None = None, handle_sigt
     kwargs.setdefault("enable_monitoring", False)
     gate = _middleware(PublicGate, max_body=MAX_BODY_BYTES, upload_budget=settings.upload_mb_per_client * 2**20,
                        upload_total=settings.upload_mb_total * 2**20, window=settings.cache_seconds,
-                       trusted_proxies=settings.trusted_proxies)
+                       trusted_proxies=settings.trusted_proxies, files_per_client=settings.upload_files_per_client,
+                       files_total=10 * settings.upload_files_per_client)
     app_kwargs = {"middleware": [gate], **kwargs.pop("app_kwargs", {})}
     # show_error=False: only gr.Error messages (written for visitors) reach a client, never an exception's text.
     return demo.launch(max_file_size=MAX_BYTES, show_error=False, app_kwargs=app_kwargs, **kwargs)

@@ -25,7 +25,7 @@ def server(tmp_path_factory):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old upload")
     app = spawn_app(folder, env={"DSNET_CACHE_SECONDS": "6", "DSNET_PER_CLIENT": "3", "DSNET_UPLOAD_MB_PER_CLIENT": "8",
-                                 "DSNET_TRUSTED_PROXIES": "1"})  # as behind a Space's proxy
+                                 "DSNET_UPLOAD_FILES_PER_CLIENT": "12", "DSNET_TRUSTED_PROXIES": "1"})  # as behind a Space's proxy
     app.stale = stale
     yield app
     app.stop()
@@ -175,7 +175,7 @@ def test_no_route_runs_the_model_outside_the_queue(server):
 def test_uploads_have_a_budget_per_visitor(server, tmp_path):
     time.sleep(7)  # the window (DSNET_CACHE_SECONDS=6) of the earlier tests' uploads is over
     noise = tmp_path / "noise.png"
-    noise.write_bytes(os.urandom(3 * 2**20))
+    noise.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(3 * 2**20))  # uploads must start as an image
     codes = []
     for _ in range(4):
         with open(noise, "rb") as f:
@@ -186,6 +186,28 @@ def test_uploads_have_a_budget_per_visitor(server, tmp_path):
                            headers={"X-Forwarded-For": "198.51.100.9"})
     assert other.status_code == 200
     time.sleep(7)
+
+
+def test_an_upload_carries_one_image_and_images_have_a_count_budget(server):
+    """30 uploads of 1000 one-byte files made 30,000 files on disk in 12 s: an upload carries one
+    image (the page sends one), and each visitor has a number of images per window, as of bytes."""
+    def post(files, who):
+        return httpx.post(server.url + "gradio_api/upload", files=files, timeout=30, headers={"X-Forwarded-For": who})
+    jpeg = sample("tench").read_bytes()[:64]  # an upload must start as an image
+    many = [("files", (f"{i}.jpg", jpeg, "image/jpeg")) for i in range(1000)]
+    before = sum(1 for p in server.temp_dir.rglob("*") if p.is_file())
+    refused = post(many, "198.51.100.20")
+    assert refused.status_code == 400 and refused.text == "One image per upload: this request carries 1000 files."
+    assert post(many[:2], "198.51.100.20").status_code == 400
+    assert sum(1 for p in server.temp_dir.rglob("*") if p.is_file()) <= before  # nothing reached the disk
+    codes = [post(many[:1], "198.51.100.21").status_code for _ in range(14)]  # DSNET_UPLOAD_FILES_PER_CLIENT=12
+    assert codes[:12] == [200] * 12 and codes[12:] == [429, 429], codes
+    assert "images in the last" in post(many[:1], "198.51.100.21").text
+    assert post(many[:1], "198.51.100.22").status_code == 200  # another visitor still can
+    for name, content in (("page.html", b"<!doctype html><script>alert(1)</script>"), ("x.jpg", b"MZ\x90\x00"),
+                          ("notes.txt", b"just text")):  # a file drop: anything but an image is not stored
+        r = post([("files", (name, content, "image/jpeg"))], "198.51.100.23")
+        assert r.status_code == 415 and r.text.startswith("Only images can be uploaded"), (name, r.text)
 
 
 def test_data_urls_count_against_the_same_budget(server):

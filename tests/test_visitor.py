@@ -147,14 +147,17 @@ def test_a_visitor_journey(space, browser, tmp_path):
     assert "peak inside the box" not in page_text(page)  # an upload has no box: no localisation line
     assert page.get_by_label("the true class").count() == 0  # offered for examples only
 
-    # 5. a file that is not an image: a sentence in the page, old maps gone
+    # 5. a file that is not an image: refused at the upload itself (nothing stored), one sentence on the page
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("these are notes, not a photo\n")
     page.locator("input[type=file]").first.set_input_files(str(not_image))
-    page.wait_for_timeout(1500)
+    page.get_by_text("Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF)").wait_for(timeout=30_000)
+    # the refused file never became the page's image (Gradio empties the input); no model ran for it
+    runs_before = explained_count(space)
+    assert "Drop Image Here" in page_text(page)
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.get_by_text("this is not a supported image (a text file)").wait_for(timeout=60_000)
-    assert "(explained)" not in page_text(page)
+    page.get_by_text("Upload an image or pick an example first.").wait_for(timeout=30_000)
+    assert explained_count(space) == runs_before and "(explained)" not in page_text(page)
 
     # 6. the imagenet zoo, offline: one friendly line per column, no server path
     page.get_by_role("button", name="Thumbnail 2 of").first.click()

@@ -22,6 +22,10 @@ MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; bombs are refused before decoding
 MAX_ASPECT = 20.0  # long side / short side; a 10000 x 1 strip carries no picture worth explaining
 MIN_SIDE = 8
+# A progressive JPEG's decoder makes a pass over the whole image per scan: a small file of thousands of
+# empty scans costs minutes of CPU. Encoders write about 10 (libjpeg's progressive script); refused
+# above this, before decoding. Counting SOS markers is exact: inside entropy-coded data 0xFF is stuffed.
+MAX_JPEG_SCANS = 100
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # never EPS/PDF/SVG (no Ghostscript)
 
 
@@ -55,6 +59,8 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
         raise ImageError("the file is empty (0 bytes)")
     if len(data) > MAX_BYTES:
         raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.0f} MB")
+    if data[:2] == b"\xff\xd8" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise ImageError(f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (a normal one has about 10)")
     try:
         im = Image.open(io.BytesIO(data), formats=_decoders())
     except UnidentifiedImageError:
@@ -82,6 +88,19 @@ def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
     if size > MAX_BYTES:
         raise ImageError(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.0f} MB")
     return path.read_bytes()
+
+
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether a file's first bytes are those of an allowed format (JPEG, PNG, GIF, BMP, TIFF, WebP,
+    AVIF): what an upload must start with before it is even stored."""
+    if head.startswith(IMAGE_MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"mif1", b"msf1")
 
 
 def _sniff(data: bytes) -> str:
@@ -113,10 +132,11 @@ def _checked_rgb(im: Image.Image, fmt: str | None) -> LoadedImage:
     """An opened image checked (size, frames, corruption), turned upright and converted to 8-bit RGB."""
     notes = []
     _check_size(*im.size)  # before any pixel is decoded
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    # is_animated looks for a second frame only; n_frames would walk every page (a TIFF of 100k pages:
+    # quadratic, a minute of CPU) just to print a number
+    if getattr(im, "is_animated", False):
         im.seek(0)
-        notes.append(f"the {fmt} has {frames} frames; the first one is used")
+        notes.append(f"the {fmt} has several frames; the first one is used")
     try:
         im.load()
         orientation = im.getexif().get(0x0112, 1)
