@@ -402,20 +402,21 @@ def focus_models(root: Path) -> str:
     return markdown(header, rows) + "\n\n" + footer(source(FOCUS, s))
 
 
-@table("focus-paired")
-def focus_paired(root: Path) -> str:
-    s = load(root, FOCUS)
+def paired_focus_table(root: Path, artifact: str, count: bool = False) -> str:
+    s = load(root, artifact)
     header = ["model − resnet50", "top-1 (points)", "top10_mass", "entropy", "confidence_change", "ROAD"]
     rows = [[m] + paired_focus(s, m) for m in TRIO[1:]]
-    return markdown(header, rows) + "\n\n" + footer(source(FOCUS, s))
+    return markdown(header, rows) + "\n\n" + footer(source(artifact, s) + (f"; {s['images']} images" if count else ""))
+
+
+@table("focus-paired")
+def focus_paired(root: Path) -> str:
+    return paired_focus_table(root, FOCUS)
 
 
 @table("focus-50")
 def focus_50(root: Path) -> str:
-    s = load(root, FOCUS_50)
-    header = ["model − resnet50", "top-1 (points)", "top10_mass", "entropy", "confidence_change", "ROAD"]
-    rows = [[m] + paired_focus(s, m) for m in TRIO[1:]]
-    return markdown(header, rows) + "\n\n" + footer(source(FOCUS_50, s) + f"; {s['images']} images")
+    return paired_focus_table(root, FOCUS_50, count=True)
 
 
 @table("focus-sizes")
