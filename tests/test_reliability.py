@@ -48,10 +48,20 @@ def file_data(url: str) -> dict:
 
 
 def test_every_bad_image_gets_its_message_and_the_server_keeps_serving(client, live_app, tmp_path):
+    """A file that does not even start as an image is refused by the upload route (HTTP 415, never
+    stored); one that does but cannot be used gets its own message from the handler."""
+    import httpx
     from gradio_client.exceptions import AppError
+    from dsnet.cam.images import looks_like_image
     for name, (data, filename) in bad_inputs().items():
         path = tmp_path / filename
         path.write_bytes(data)
+        if not looks_like_image(data[:16]):
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                call(client, live_app, path)
+            assert refused.value.response.status_code == 415, name
+            assert refused.value.response.text.startswith("Only images can be uploaded"), name
+            continue
         with pytest.raises(AppError, match=EXPECTED[name]):
             call(client, live_app, path)
     out = call(client, live_app, sample("golf_ball"))
