@@ -140,10 +140,15 @@ async def _buffered(receive, limit: int) -> list[dict] | None:
             return messages
 
 
+def _boundary(content_type: bytes) -> bytes:
+    """A multipart/form-data body's boundary, from its Content-Type (b"" when there is none)."""
+    _, _, rest = content_type.partition(b"boundary=")
+    return rest.split(b";")[0].strip().strip(b'"')
+
+
 def _multipart_parts(body: bytes, content_type: bytes) -> int:
     """How many parts (files) a multipart/form-data body carries: its boundary lines, less the closing one."""
-    _, _, rest = content_type.partition(b"boundary=")
-    boundary = rest.split(b";")[0].strip().strip(b'"')
+    boundary = _boundary(content_type)
     if not boundary:
         return 0
     return max(0, body.count(b"--" + boundary) - 1)
@@ -151,9 +156,7 @@ def _multipart_parts(body: bytes, content_type: bytes) -> int:
 
 def _first_part_head(body: bytes, content_type: bytes, size: int = 16) -> bytes:
     """The first bytes of the first part's content (after its headers' blank line)."""
-    _, _, rest = content_type.partition(b"boundary=")
-    boundary = rest.split(b";")[0].strip().strip(b'"')
-    start = body.find(b"--" + boundary)
+    start = body.find(b"--" + _boundary(content_type))
     headers_end = body.find(b"\r\n\r\n", start)
     return body[headers_end + 4:headers_end + 4 + size] if start >= 0 and headers_end >= 0 else b""
 

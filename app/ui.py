@@ -8,6 +8,7 @@ per-session state, so moving the opacity slider re-blends the maps without runni
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ from dsnet.zoo.manifest import LabelSet, Manifest, load_manifest
 from dsnet.cam.service import comparison
 from dsnet.zoo.loader import DEFAULT_MODELS, entry_status, load_available
 
-from .evidence import evidence_panel, method_label
+from .evidence import evidence_panel, method_label, sanity_verdicts
 from .examples import ExampleSet, load_examples
 from .outputs import publish
 from .params import OWN_IMAGE_TARGETS, TARGETS, ExplainParams, ParameterError, parse_opacity, parse_params, target_policy
@@ -179,7 +180,7 @@ def localisation_line(score: MapScore | None) -> str:
     mark = "✓" if score.hit else "✗"
     if score.peaks > 1 and 0 < score.hit_share < 1:  # a plateau of equal maxima, partly in the box
         mark += f" ({100 * score.hit_share:.0f} % of its {score.peaks} tied maxima)"
-    energy = "no mass" if score.energy != score.energy else f"{100 * score.energy:.0f} % of the map inside the box"
+    energy = "no mass" if math.isnan(score.energy) else f"{100 * score.energy:.0f} % of the map inside the box"
     return f"peak inside the box {mark} · {energy} (the box covers {100 * score.coverage:.0f} %)"
 
 
@@ -190,7 +191,7 @@ def localisation_numbers(scores: dict[str, MapScore | None], view_boxes: dict[st
         boxes = [[round(v, 1) for v in (b.x0, b.y0, b.x1, b.y1)] for b in view_boxes.get(model, [])]
         out[model] = {"boxes_in_view": boxes} | ({} if s is None else {
             "peak_in_box": s.hit, "peak_within_15px": s.hit_tolerant, "peak_in_box_ties_at_random": round(s.hit_share, 3),
-            "energy_in_boxes": None if s.energy != s.energy else round(s.energy, 4),
+            "energy_in_boxes": None if math.isnan(s.energy) else round(s.energy, 4),
             "box_coverage": round(s.coverage, 4)})
     return out
 
@@ -486,7 +487,8 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
                                          info="the ILSVRC val examples come with ground-truth boxes; each column "
                                               "then says whether the map's peak is on the object")
                 with gr.Accordion("Advanced: CAM method and faithfulness numbers", open=False):
-                    method = RawDropdown([(method_label(m, spec.summary), m) for m, spec in METHODS.items()],
+                    verdicts = sanity_verdicts()  # read once: one artifact for the whole menu
+                    method = RawDropdown([(method_label(m, spec.summary, verdicts), m) for m, spec in METHODS.items()],
                                          value="gradcam",
                                          label="CAM method", info=f"cost: {METHODS['gradcam'].cost}")
                     with_metrics = RawCheckbox(label="Faithfulness numbers (slower)", value=False,

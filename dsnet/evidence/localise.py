@@ -33,8 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dsnet.cam.images import open_image
-from dsnet.cam.localisation import (POINTING_TOLERANCE, THRESHOLDS, Box, MaxBoxAccV2, boxes_to_view, centre_gaussian,
-                                    flat_map, read_boxes, score_map)
+from dsnet.cam.localisation import (POINTING_TOLERANCE, THRESHOLDS, Box, MaxBoxAccV2, best_iou_curve, boxes_to_view,
+                                    centre_gaussian, flat_map, read_boxes, score_map)
 from dsnet.cam.service import METHODS, TargetPolicy, explain_model
 from dsnet.core.provenance import artifact_header
 from dsnet.evidence import stats
@@ -49,7 +49,7 @@ SMALL = 0.5  # boxes covering less than this share of the view: the "small objec
 def score(saliency: np.ndarray, boxes: list[Box]) -> dict:
     """One map's numbers against boxes already in its view (at least one), with its IoU curve."""
     s = score_map(saliency, boxes)
-    curve = MaxBoxAccV2().add("", saliency, boxes)
+    curve = best_iou_curve(saliency, boxes)
     return {"hit": int(s.hit), "hit_tolerant": int(s.hit_tolerant), "hit_share": round(s.hit_share, 4),
             "peaks": s.peaks, "energy": "" if math.isnan(s.energy) else round(s.energy, 5),
             "coverage": round(s.coverage, 5), "iou_curve": " ".join(f"{v:.4f}" for v in curve)}
@@ -94,9 +94,11 @@ def explain_all(data: Path, zoo: str, models: list[str], methods: list[str], slo
         if new:
             writer.writeheader()
         by_name = {zm.name: zm for zm in loaded}
+        pre, opened = loaded[0].entry.preprocessing, (None, None)
         for rel, wnid, method, name in tqdm(jobs, desc="explaining boxed images", unit="map"):
-            image = open_image(data / rel)
-            pre = loaded[0].entry.preprocessing
+            if opened[0] != rel:  # jobs come image by image: each file is decoded once
+                opened = (rel, open_image(data / rel))
+            image = opened[1]
             if name in BASELINES:
                 view_boxes = [b for b in boxes_to_view(boxes[rel], image.image.size, pre) if b]
                 shape = (pre.crop, pre.crop)
@@ -308,11 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no boxes.csv in {args.data}: expected an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
     started = time.perf_counter()
     rows = explain_all(args.data, args.zoo, args.models, args.methods, args.slow_per_class, args.work, args.limit)
-    wanted = {(m) for m in args.methods} | {"-"}
-    rows = [r for r in rows if r["method"] in wanted and (r["model"] in args.models or r["model"] in BASELINES)]
-    if args.limit:
-        keep = set(sorted({r["image"] for r in rows})[:args.limit])
-        rows = [r for r in rows if r["image"] in keep]
+    # rows.csv may hold more methods or models from an earlier run than this one asks for
+    rows = [r for r in rows if r["method"] in {*args.methods, "-"} and r["model"] in {*args.models, *BASELINES}]
     summary = summarise(rows)
     header = artifact_header(argv, "dsnet.evidence.localise")
     args.out.parent.mkdir(parents=True, exist_ok=True)
