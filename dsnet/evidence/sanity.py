@@ -234,15 +234,7 @@ def verdicts(path: str | Path, model: str | None = None) -> dict[str, str]:
     return out
 
 
-def mean_ci(values: Sequence[float], digits: int = 4) -> dict:
-    """Mean and 95 % bootstrap interval (``stats.bootstrap_ci``) over images."""
-    arr = np.asarray(values, dtype=float)
-    if len(arr) == 0:
-        return {"mean": None, "ci95": [None, None], "n": 0}
-    low, high = stats.bootstrap_ci(arr)
-    if math.isnan(low):  # one image: no interval
-        low = high = float(arr.mean())
-    return {"mean": round(float(arr.mean()), digits), "ci95": [round(low, digits), round(high, digits)], "n": len(arr)}
+mean_ci = stats.mean_interval  # mean and 95 % bootstrap interval over images
 
 
 # --- the run -------------------------------------------------------------------------------------

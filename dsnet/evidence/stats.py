@@ -111,3 +111,16 @@ def _pair(a, b, dtype) -> tuple[np.ndarray, np.ndarray]:
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired samples need equal 1-D shapes, got {a.shape} and {b.shape}")
     return a, b
+
+
+def mean_interval(values: Sequence[float], digits: int = 4) -> dict:
+    """Mean and 95 % bootstrap interval of per-image values, as the artifacts store them: {mean, ci95, n}
+    (one value: no interval, the mean twice; none: None)."""
+    arr = np.asarray(values, dtype=float)
+    if len(arr) == 0:
+        return {"mean": None, "ci95": [None, None], "n": 0}
+    low, high = bootstrap_ci(arr) if len(arr) > 1 else (math.nan, math.nan)
+    if math.isnan(low):
+        low = high = float(arr.mean())
+    return {"mean": round(float(arr.mean()), digits), "ci95": [round(low, digits), round(high, digits)], "n": len(arr)}
+
