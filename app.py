@@ -12,8 +12,14 @@ parser.add_argument("--zoo", default="imagenette", help="the zoo selected at sta
 args, _ = parser.parse_known_args()  # --help answers here, before Gradio and PyTorch are imported (seconds)
 
 from app import build_app, launch  # noqa: E402
+from app.layout import UnknownZoo  # noqa: E402
+from app.settings import SettingsError  # noqa: E402
 
-demo = build_app(args.gallery, args.zoo)
+try:
+    built = build_app(args.gallery, args.zoo)
+except (SettingsError, UnknownZoo) as e:
+    parser.exit(2, f"app.py: error: {e}\n")
+demo = built.demo  # the Blocks, under the name Gradio's reload mode looks for
 
 if __name__ == "__main__":
-    launch(demo, handle_sigterm=True)
+    launch(built, handle_sigterm=True)

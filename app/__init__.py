@@ -1,9 +1,14 @@
 """The DSNet Explain web app (Gradio).
 
-``ui`` builds the page and wires its widgets to ``dsnet.cam``; ``security`` bounds what a visitor
-can make the server do; ``params``, ``examples`` and ``outputs`` check inputs, list the example
-photos and publish result files; ``zerogpu`` runs a request on a Hugging Face ZeroGPU; ``space``
-deploys the app to a Space (``python -m app.space``: it is not uploaded).
+One module, one job (docs/architecture.md draws the map):
+
+* the page: ``layout`` (widgets and wiring; ``build_app``), ``components`` (raw inputs), ``captions``
+  (what the page says), ``evidence`` (the saved measurements);
+* a request: ``params`` (the typed request, checked), ``handlers`` (the page and API doors),
+  ``state`` (one visitor's page), ``examples``, ``outputs`` (result files written once);
+* serving: ``settings`` (limits), ``serve`` (``launch``), ``gate`` (HTTP), ``queue_guards`` (the
+  queue), ``uploads`` (the upload lifecycle), ``gradio_internals`` (every use of Gradio's internals),
+  ``tempdir``, ``zerogpu``; deploy: ``space`` (``python -m app.space``: it is not uploaded).
 """
 from .tempdir import use_private_upload_folder
 
@@ -13,7 +18,10 @@ __all__ = ["build_app", "launch"]
 
 
 def __getattr__(name: str):
-    if name in __all__:  # Gradio and PyTorch on first use: `python -m app.space --help` needs neither
-        from . import ui
-        return getattr(ui, name)
+    if name == "build_app":  # Gradio and PyTorch on first use: `python -m app.space --help` needs neither
+        from .layout import build_app
+        return build_app
+    if name == "launch":
+        from .serve import launch
+        return launch
     raise AttributeError(f"module 'app' has no attribute {name!r}")

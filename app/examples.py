@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from dsnet.cam.localisation import Box, read_boxes
+from dsnet.core.text import quoted
 from dsnet.data.labelled import scan_labelled
 from dsnet.zoo.manifest import Manifest
 
@@ -53,8 +54,7 @@ class ExampleSet:
             return self.examples[key]
         if isinstance(key, str) and key in self._by_id:
             return self._by_id[key]
-        shown = str(key)[:60]
-        raise ValueError(f"unknown example {shown!r}; the ids are listed by the API's `examples` endpoint")
+        raise ValueError(f"unknown example {quoted(str(key))}; the ids are listed by the API's `examples` endpoint")
 
     def ids(self) -> list[str]:
         return [e.id for e in self.examples]
@@ -70,13 +70,6 @@ class ExampleSet:
         return out
 
 
-def class_names(manifest: Manifest) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for label_set in manifest.label_sets.values():
-        names.update(zip(label_set.wnids, label_set.names))
-    return names
-
-
 def folder_boxes(root: Path) -> dict[str, list[Box]]:
     """The boxes of a folder with a ``boxes.csv`` (the ilsvrc-val-boxes layout), by relative path; else none."""
     return read_boxes(root) if (root / "boxes.csv").is_file() else {}
@@ -86,7 +79,7 @@ def load_examples(manifest: Manifest, gallery: str | None = None, zoo: str = "im
                   shipped: Path = SHIPPED) -> ExampleSet:
     """The shipped examples (the boxed ILSVRC val ones first), then a seeded sample of ``gallery``
     (Figure 5's classes first for imagenet)."""
-    names = class_names(manifest)
+    names = manifest.class_names()
     boxes = folder_boxes(shipped)
     examples = []
     for it in scan_labelled(shipped):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dsnet.core.files import atomic_path
 
-from .security import upload_folder
+from .gradio_internals import upload_folder
 
 SWEEP_EVERY = 60.0  # seconds between two looks for expired files
 _last_sweep = [0.0]

@@ -76,16 +76,16 @@ def live_app():
     limit itself is tested against ``python app.py`` in test_security.py)."""
     from dataclasses import replace
     from app import build_app, launch
-    from app.ui import SETTINGS
+    from app.settings import ServingSettings
     from dsnet.zoo.manifest import load_manifest
     zoos = list(load_manifest().zoos)
     zoo_name = "imagenette" if "imagenette" in zoos else zoos[0]
-    settings = replace(SETTINGS, per_client=1000)
-    demo = build_app(None, zoo_name, settings)
+    settings = replace(ServingSettings.from_env(), per_client=1000, running_per_client=1000)
+    built = build_app(None, zoo_name, settings)
     port = free_port()
-    launch(demo, settings, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(built, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield LiveApp(f"http://127.0.0.1:{port}/", zoo_name, port)
-    demo.close()
+    built.demo.close()
 
 
 def pytest_collection_modifyitems(config, items):

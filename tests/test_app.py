@@ -9,7 +9,9 @@ from PIL import Image
 
 from app.examples import FIGURE5_WNIDS, SHIPPED, load_examples
 from app.params import ParameterError
-from app.ui import DOWNLOAD, N_OUT, Session, build_app
+from app.layout import build_app
+from app.params import ExplainRequest
+from app.state import DOWNLOAD, N_OUT, Session
 from dsnet.cam.service import METHODS
 from dsnet.zoo.manifest import load_manifest
 
@@ -24,8 +26,8 @@ def data_url(path: Path) -> dict:
 
 def stream(handlers, image=None, zoo="tiny", method="gradcam", explain=TOP1, cls="", opacity=0.5, metrics=False,
            example="", session=None):
-    return list(handlers.stream(image, zoo, method, explain, cls, opacity, metrics, example, session,
-                                lambda *a, **k: None))
+    request = ExplainRequest(image, zoo, method, explain, cls, opacity, metrics, example)
+    return list(handlers.stream(request, session, lambda *a, **k: None))
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def tiny_app(tiny_zoo):
 
 
 def test_the_api_needs_only_the_image_and_names_every_output(tiny_app):
-    api = tiny_app.get_api_info()["named_endpoints"]
+    api = tiny_app.demo.get_api_info()["named_endpoints"]
     explain = api["/explain"]
     names = [p["parameter_name"] for p in explain["parameters"]]
     assert names == ["image", "zoo", "method", "explain", "class_name", "opacity", "metrics", "example"]
@@ -42,7 +44,7 @@ def test_the_api_needs_only_the_image_and_names_every_output(tiny_app):
     labels = [r["label"] for r in explain["returns"]]
     assert len(labels) == N_OUT and all(label and not label.startswith("value_") for label in labels), labels
     assert "Hello" not in str(explain)
-    fn = next(f for f in tiny_app.fns.values() if f.api_name == "explain")
+    fn = next(f for f in tiny_app.demo.fns.values() if f.api_name == "explain")
     assert "example id" in fn.api_description
     assert "/examples" in api
     example_param = explain["parameters"][-1]
@@ -50,7 +52,7 @@ def test_the_api_needs_only_the_image_and_names_every_output(tiny_app):
 
 
 def test_the_method_menu_is_the_method_table(tiny_app):
-    [menu] = [b for b in tiny_app.blocks.values() if getattr(b, "label", None) == "CAM method"]
+    [menu] = [b for b in tiny_app.demo.blocks.values() if getattr(b, "label", None) == "CAM method"]
     assert [value for _, value in menu.choices] == list(METHODS)
     assert all(METHODS[value].summary in label for label, value in menu.choices)
 
@@ -63,7 +65,7 @@ def picture(path: str) -> np.ndarray:
 
 
 def test_streams_one_column_per_model_for_a_data_url(tiny_app):
-    handlers = tiny_app.dsnet_handlers
+    handlers = tiny_app.handlers
     steps = stream(handlers, data_url(sample("golf_ball")))  # faithfulness numbers: tests/test_cam.py
     assert len(steps) == 1 + 3 + 1  # cleared, one per model as it finishes, then the download
     assert steps[0].columns[0][1] == "_waiting…_" and steps[1].columns[1][1] == "_waiting…_"
@@ -86,7 +88,7 @@ def test_streams_one_column_per_model_for_a_data_url(tiny_app):
 
 
 def test_an_example_is_picked_by_id_and_marked_right_or_wrong(tiny_app):
-    handlers = tiny_app.dsnet_handlers
+    handlers = tiny_app.handlers
     example = next(e for e in handlers.examples.examples if e.caption == "parachute")
     final = stream(handlers, None, example=example.id)[-1]
     assert "True class: **parachute**" in final.status
@@ -100,7 +102,7 @@ def test_an_example_is_picked_by_id_and_marked_right_or_wrong(tiny_app):
 
 
 def test_one_class_for_all_and_bad_parameters(tiny_app):
-    handlers = tiny_app.dsnet_handlers
+    handlers = tiny_app.handlers
     final = stream(handlers, data_url(sample("golf_ball")), explain="one class for all", cls="tench")[-1]
     assert all(summary.startswith("**tench**") for _, summary, _ in final.columns)
     for kwargs, message in [({"method": "nomethod"}, "method must be one of"),
@@ -114,15 +116,15 @@ def test_one_class_for_all_and_bad_parameters(tiny_app):
 
 
 def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_model(tiny_app, monkeypatch):
-    handlers = tiny_app.dsnet_handlers
+    handlers = tiny_app.handlers
     session = Session()
     no_progress = lambda *a, **k: None  # noqa: E731
     steps = list(handlers.page(data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session,
                                no_progress))
     assert set(session.results) == set(TRIO)
     first = picture(steps[-1][2])
-    import app.ui as ui
-    monkeypatch.setattr(ui, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
+    import app.handlers
+    monkeypatch.setattr(app.handlers, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
     view, *maps, download, dsnet_diff, ds2net_diff = handlers.reblend(session, 0.9)
     assert len(maps) == 3 and not np.array_equal(picture(maps[0]), first)
     assert Path(download).is_file() and download != steps[-1][DOWNLOAD]  # the download follows the opacity
@@ -134,7 +136,7 @@ def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_mode
 
 
 def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
-    handlers = tiny_app.dsnet_handlers
+    handlers = tiny_app.handlers
     session = Session()
     no_progress = lambda *a, **k: None  # noqa: E731
     example = handlers.examples.examples[0]
@@ -151,7 +153,7 @@ def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
 def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, monkeypatch):
     from dsnet.zoo import loader as zoo
     monkeypatch.setenv("DSNET_MANIFEST", str(write_tiny_zoo(tmp_path, unavailable=("dsnet50",))))
-    handlers = build_app(None, "tiny").dsnet_handlers
+    handlers = build_app(None, "tiny").handlers
     final = stream(handlers, data_url(sample("tench")))[-1]
     assert final.columns[1] == (None, "**Not available.** No tiny weights exist for dsnet50 yet.", None)
     assert final.columns[0][0] is not None and final.columns[2][0] is not None
@@ -210,7 +212,7 @@ def test_gradio_client_one_argument_call(live_app):
 
 
 def test_a_run_whose_image_is_replaced_stops_and_leaves_the_new_state_alone(tiny_app):
-    handlers = tiny_app.dsnet_handlers
+    handlers = tiny_app.handlers
     session = Session()
     no_progress = lambda *a, **k: None  # noqa: E731
     example = handlers.examples.examples[0]

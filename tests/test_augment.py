@@ -157,3 +157,15 @@ def test_the_seed_report_pairs_models_within_seeds_and_counts_the_order_across_s
     assert (seed0["only_a_right"], seed0["only_b_right"]) == (0, 10)  # images 160-169
     assert (seed1["only_a_right"], seed1["only_b_right"]) == (5, 15)  # images 0-4 / 160-174
     assert sentence(summary).startswith("dsnet50 beats resnet50 on all 2 seeds (mean 5.00 points")
+
+
+def test_the_seed_report_of_no_matching_run_is_an_error_naming_the_runs(tmp_path, capsys):
+    import json
+    from dsnet.evidence.seedreport import NoRuns, main, summarise
+    report = {"runs": ["seed0"], "per_image": {"correct": {"seed0/resnet50/160": "10"}}}
+    with pytest.raises(NoRuns, match=r"^no run matches .*-gpu' in the report \(runs: \['seed0'\]\)$"):
+        summarise(report, r"seed(\d+)-gpu")
+    path = tmp_path / "evaluate.json"
+    path.write_text(json.dumps(report))
+    assert main([str(path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no run matches")

@@ -1,10 +1,10 @@
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import pytorch_grad_cam as pgc
 import torch
 from PIL import Image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -142,11 +142,15 @@ def test_focus_numbers_mean_what_readme_says(trio):
     assert -1 <= f.road <= 1 and f.road != 0
 
 
-def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path):
+def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path, capsys):
     from dsnet.evidence.explain import main
     out, js = tmp_path / "fig.png", tmp_path / "out.json"
     assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "label", "--out", str(out),
                  "--json", str(js), "--metrics"]) == 0
+    printed = capsys.readouterr().out
+    metrics = re.findall(r"(?m)^ +focus: top-10% mass (\d\.\d{3}), entropy (\d\.\d{3}) · faithfulness: "
+                         r"confidence change ([+-]\d\.\d{3}), ROAD ([+-]\d\.\d{3})$", printed)
+    assert len(metrics) == 3 and "Faithfulness(" not in printed  # numbers a person reads, not a dataclass repr
     data = json.loads(js.read_text())
     assert [r["model"] for r in data["results"]] == list(TRIO)
     assert {r["explained"]["name"] for r in data["results"]} == {"parachute"}
@@ -154,6 +158,19 @@ def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path):
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 3 * 224
     assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "no such class"]) == 2
+
+
+def test_the_commands_write_nothing_unless_told_where(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """explain and evaluate print; files come only from --out / --json (README's commands)."""
+    from dsnet.evidence.evaluate import main as evaluate_main
+    from dsnet.evidence.explain import main as explain_main
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert explain_main([str(sample("parachute")), "--zoo", "tiny", "--models", "resnet50"]) == 0
+    assert evaluate_main(["--zoo", "tiny", "--data", str(IMAGENETTE / "val"), "--models", "resnet50",
+                          "--limit-per-class", "1", "--no-timing"]) == 0
+    assert "resnet50" in capsys.readouterr().out and list(cwd.iterdir()) == []
 
 
 @pytest.mark.slow

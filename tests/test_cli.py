@@ -39,3 +39,25 @@ def test_help_answers_without_the_slow_imports(name):
     assert result["code"] in (0, None) and result["help"].startswith("usage:")
     slow = sorted(set(result["modules"]) & set(cli_help.SLOW_TO_IMPORT + (() if may_import_torch else ("torch",))))
     assert not slow, f"{name} --help imports {slow}"
+
+
+def test_a_refused_run_says_why_on_stderr_and_exits_2(capsys):
+    import argparse
+    from dsnet.evidence.cli import REFUSED, positive, refused
+    assert refused(ValueError("no model of zoo 'x' is available")) == REFUSED == 2
+    assert capsys.readouterr() == ("", "error: no model of zoo 'x' is available\n")
+    assert positive("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1, got 0"):
+        positive("0")
+
+
+def test_library_code_raises_and_only_the_commands_exit():
+    """Below ``main`` the library raises typed errors; ``SystemExit`` is only ``raise SystemExit(main())``."""
+    import re
+    for path in sorted((ROOT / "dsnet").rglob("*.py")):
+        if "models" in path.relative_to(ROOT / "dsnet").parts:
+            continue  # its own engineer's
+        text = path.read_text()
+        exits = re.findall(r"(?m)^.*\b(?:SystemExit|sys\.exit)\b.*$", text)
+        assert all(re.fullmatch(r"\s*(?:raise SystemExit|sys\.exit)\(main\(\)\)", line) for line in exits), path
+        assert not re.search(r"(?m)^\s*assert\b", text), f"{path}: an assert checks nothing under python -O"

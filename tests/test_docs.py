@@ -183,7 +183,7 @@ def test_the_cam_cost_table_lists_every_method_of_the_method_table_once():
 
 
 def test_the_settings_table_names_every_serving_setting_with_its_default():
-    from app.ui import ServingSettings
+    from app.settings import ServingSettings
     rows = {name.strip("`"): cells for name, cells in table(README, "variable | default | what").items()}
     defaults = ServingSettings()
     for field in dataclasses.fields(ServingSettings):

@@ -84,6 +84,14 @@ def test_the_evidence_section_reads_only_the_artifacts(tmp_path):
             "(Wilcoxon p = 0.04)") in table
 
 
+def test_the_evidence_command_without_a_model_says_so(tiny_zoo, tmp_path, capsys):
+    from dsnet.evidence.localise import main
+    assert main(["--data", str(BOXES), "--out", str(tmp_path / "loc"), "--work", str(tmp_path / "work"),
+                 "--zoo", "tiny", "--models", "dsnet101", "--limit", "1"]) == 2
+    assert capsys.readouterr().err.endswith("error: no model of zoo 'tiny' can be loaded\n")
+    assert not (tmp_path / "loc.json").exists()
+
+
 @pytest.mark.slow
 def test_the_evidence_command_resumes_and_summarises(tiny_zoo, tmp_path):
     from dsnet.evidence.localise import main

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from badimages import EXPECTED, awkward_inputs, bad_inputs
-from app.security import REFUSED_INPUT
+from app.uploads import REFUSED_INPUT
 from dsnet.cam.service import METHODS
 from conftest import IMAGENETTE, ROOT, record, sample
 
@@ -143,8 +143,8 @@ def _args(live_app, image, method, mode, cls):
 
 def test_a_flood_beyond_the_queue_bound_is_refused_as_busy(live_app):
     """Many clients at once (each its own X-Forwarded-For, as a Space's proxy sends it): the bound for everyone."""
-    from app.ui import SETTINGS
-    QUEUE_SIZE = SETTINGS.queue_size
+    from app.settings import ServingSettings
+    QUEUE_SIZE = ServingSettings.from_env().queue_size
     image = file_data("data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode())
     body = json.dumps({"data": [image, live_app.zoo, "ablationcam", TOP1, None, 0.5, False, ""]}).encode()
     refused, accepted = [], []
@@ -222,13 +222,13 @@ def test_uploaded_files_are_deleted_after_their_time(tiny_zoo):
     import time
     from dataclasses import replace
     from app import build_app, launch
-    from app.ui import SETTINGS
+    from app.settings import ServingSettings
     from conftest import free_port
     import httpx
-    settings = replace(SETTINGS, cache_seconds=2)
-    demo = build_app(None, "tiny", settings)
+    settings = replace(ServingSettings.from_env(), cache_seconds=2)
+    built = build_app(None, "tiny", settings)
     port = free_port()
-    launch(demo, settings, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(built, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with open(sample("tench"), "rb") as f:
             paths = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files={"files": f}, timeout=30).json()
@@ -239,7 +239,7 @@ def test_uploaded_files_are_deleted_after_their_time(tiny_zoo):
             time.sleep(0.5)
         assert not uploaded.exists()
     finally:
-        demo.close()
+        built.demo.close()
 
 
 def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.security import MAX_BODY_BYTES, REFUSED_INPUT
+from app.gate import MAX_BODY_BYTES
+from app.uploads import REFUSED_INPUT
 from conftest import ROOT, record, sample, spawn_app
 
 pytestmark = pytest.mark.slow  # a live server, hundreds of requests

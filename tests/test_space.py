@@ -45,7 +45,7 @@ def test_dry_run_on_the_repository_passes(capsys):
     out = capsys.readouterr().out
     plan = check(ROOT)
     assert plan.ok, plan.problems
-    for path in ["app.py", "app/__init__.py", "app/ui.py", "app/zerogpu.py", "dsnet/zoo/loader.py", "dsnet/cam/service.py",
+    for path in ["app.py", "app/__init__.py", "app/layout.py", "app/zerogpu.py", "dsnet/zoo/loader.py", "dsnet/cam/service.py",
                  "checkpoints/manifest.json", "requirements.txt", "README.md", *WEIGHTS]:
         assert path in plan.files, path
         assert path in out

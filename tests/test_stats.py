@@ -135,12 +135,13 @@ def test_timing_never_moves_or_retrains_the_shared_model(monkeypatch):
 def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, capsys):
     import json
     import os
+    from pathlib import Path
     from conftest import IMAGENETTE
     from dsnet.evidence.evaluate import main
     folder = tmp_path / "val"
     for wnid_dir in sorted((IMAGENETTE / "val").iterdir()):
         (folder / wnid_dir.name).mkdir(parents=True)
-        for p in sorted(wnid_dir.glob("*.JPEG"))[:2]:
+        for p in sorted(wnid_dir.glob("*.JPEG"))[:3]:  # three per class, two of them used (--limit: per class)
             os.symlink(p, folder / wnid_dir.name / p.name)
     runs = tmp_path / "runs" / "seed7"
     runs.mkdir(parents=True)
@@ -148,18 +149,24 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     os.symlink(tiny_zoo.parent / "tiny" / "resnet50.safetensors", runs / "resnet50.safetensors")
     out = tmp_path / "e.json"
     assert main(["--zoo", "tiny", "--data", str(folder), "--models", "resnet50,dsnet50", "--crops", "64,96",
-                 "--runs", str(runs.parent), "--no-timing", "--pipeline", "export", "--json", str(out)]) == 0
+                 "--runs", str(runs.parent), "--no-timing", "--pipeline", "export", "--limit", "2",
+                 "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert len(d["commit"]) >= 7 and d["date"].endswith("UTC") and d["command"].startswith("python -m dsnet.evidence.evaluate")
     assert d["crops"] == [64, 96] and d["runs"] == ["seed0", "seed7"] and len(d["models"]) == 8
-    assert len(d["per_image"]["images"]) == 20
+    assert len(d["per_image"]["images"]) == 20  # the images the bits are over: two per class, as evaluated
+    assert {Path(i).parent.name for i in d["per_image"]["images"]} == {p.name for p in folder.iterdir()}
+    assert {m["protocol"] for m in d["models"]} == {
+        f"export's preprocessing: torchvision antialiased resize of the shorter side to {r} px, centre crop {c} px"
+        for r, c in ((73, 64), (110, 96))}
     assert all(len(v) == 20 for v in d["per_image"]["correct"].values())
     kinds = [(c["kind"], c["run"]) for c in d["comparisons"]]
     assert kinds.count(("model", "seed0")) == 2 and kinds.count(("model", "seed7")) == 2
     assert kinds.count(("size", "seed0")) == 2
     # the same weights as another run: identical per-image answers
     assert d["per_image"]["correct"]["seed0/dsnet50/64"] == d["per_image"]["correct"]["seed7/dsnet50/64"]
-    assert "McNemar p" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "McNemar p" in printed and "top-1 and top-5 (%) with export's preprocessing: torchvision" in printed
 
 
 # --- dsnet.evidence.figure --stats: the paired summaries ----------------------------------------------------

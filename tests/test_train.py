@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -10,10 +11,9 @@ import pytest
 import torch
 
 from dsnet.zoo import loader as zoo
-from dsnet.evidence.evaluate import accuracy, evaluate_zoo
+from dsnet.evidence.evaluate import evaluate_zoo
 from dsnet.cam.images import model_view, open_image, to_tensor
 from dsnet.zoo.manifest import MANIFEST_PATH, load_manifest
-from dsnet.data.labelled import limit_per_class, scan_labelled
 from dsnet.evidence.train import main as train_main, save_atomic
 
 from conftest import IMAGENETTE, ROOT, TRIO
@@ -42,9 +42,11 @@ def test_tiny_training_exports_a_loadable_checkpoint_and_manifest_entry(tmp_path
     entry = load_manifest(manifest_copy).entry("mini", "ds2net50")
     assert entry.labels == "imagenette10" and entry.metrics[0].images == 40
     assert entry.metrics[0].top1 == round(rows[-1]["val_top1"], 2) and entry.provenance["epochs"] == 2
-    zm = zoo.load("mini", "ds2net50", "cpu")
-    top1, _, used, _ = accuracy(zm, limit_per_class(scan_labelled(IMAGENETTE / "val"), 4), workers=0)
-    assert used == 40 and top1 == pytest.approx(rows[-1]["val_top1"], abs=1e-6)
+    assert entry.metrics[0].protocol == ("export's preprocessing: torchvision antialiased resize of the shorter "
+                                         "side to 56 px, centre crop 48 px")
+    [measured] = evaluate_zoo("mini", IMAGENETTE / "val", ["ds2net50"], timing=False, pipeline="export", per_class=4)
+    assert measured.images == 40 and measured.top1 == pytest.approx(rows[-1]["val_top1"], abs=0.01)
+    assert measured.protocol == entry.metrics[0].protocol  # evaluate's export pipeline is the one export used
 
 
 def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
@@ -62,7 +64,7 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_training_trains_the_same_model(tmp_path):
+def test_compiled_training_trains_the_same_model(tmp_path, capsys):
     """--compile trains the step torch.compile traces (here with aot_eager: AOT autograd's forward and
     backward graphs, without Inductor's minutes of code generation) to eager's weights."""
     common = ["--model", "ds2net50", *TINY, "--epochs", "1", "--cache-dir", str(tmp_path / "cache")]
@@ -73,8 +75,10 @@ def test_compiled_training_trains_the_same_model(tmp_path):
     for name, tensor in eager["model"].items():
         torch.testing.assert_close(compiled["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-5)
-    with pytest.raises(SystemExit, match="unknown --compile backend 'inductr'; torch.compile has .*inductor"):
-        train_main([*common, "--out", str(tmp_path / "typo"), "--compile", "inductr"])
+    capsys.readouterr()
+    assert train_main([*common, "--out", str(tmp_path / "typo"), "--compile", "inductr"]) == 2
+    assert re.fullmatch(r"error: unknown --compile backend 'inductr'; torch.compile has .*inductor.*\n",
+                        capsys.readouterr().err)
     assert not (tmp_path / "typo").exists()  # refused before any work
 
 
@@ -90,9 +94,8 @@ def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_prov
     entry = load_manifest(manifest_copy).entry("mini", "resnet50")
     assert entry.metrics[0].images == 60  # measured at export, on the export's --data
     assert "--limit-per-class 4" in entry.provenance["command"] and entry.provenance["train_images"] == 40
-    zm = zoo.load("mini", "resnet50", "cpu")
-    top1, _, used, _ = accuracy(zm, limit_per_class(scan_labelled(IMAGENETTE / "val"), 6), workers=0)
-    assert used == 60 and top1 == pytest.approx(entry.metrics[0].top1, abs=0.01)
+    [measured] = evaluate_zoo("mini", IMAGENETTE / "val", ["resnet50"], timing=False, pipeline="export", per_class=6)
+    assert measured.images == 60 and measured.top1 == pytest.approx(entry.metrics[0].top1, abs=0.01)
 
 
 WRITER = """

@@ -3,7 +3,6 @@ import http.server
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -215,13 +214,34 @@ def test_a_stalled_download_of_one_model_does_not_block_loading_another(tiny_zoo
     assert slow_out["value"].name == "dsnet50" and models.load("tiny", "dsnet50", "cpu") is slow_out["value"]
 
 
+class _WatchedLock:
+    """A lock that counts, on ``blocked``, each thread that found it held and had to wait."""
+
+    def __init__(self, lock: threading.Lock, blocked: threading.Semaphore) -> None:
+        self.lock, self.blocked = lock, blocked
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            self.blocked.release()
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
 def test_concurrent_loads_of_one_model_download_it_once_and_share_it(tiny_zoo, http_root, monkeypatch):
     started, release, hits = _stalled_download(tiny_zoo, http_root, monkeypatch)
     models = zoo.ModelZoo(tiny_zoo)
+    blocked = threading.Semaphore(0)
+    lock_for = models._lock_for
+    monkeypatch.setattr(models, "_lock_for", lambda *key: _WatchedLock(lock_for(*key), blocked)
+                        if key[0] == "load" else lock_for(*key))
     runs = [_in_thread(models.load, "tiny", "dsnet50", "cpu") for _ in range(3)]
     try:
-        assert started.wait(30)
-        time.sleep(1)  # the other two are waiting for the model's lock (or, unlocked, would be downloading)
+        assert started.wait(30), "the download never reached the server"
+        for _ in range(2):  # the other two wait for the model's lock while the first one downloads
+            assert blocked.acquire(timeout=30), "a second load of the model did not wait for the first"
     finally:
         release.set()
     for thread, _ in runs:
@@ -267,11 +287,32 @@ def test_zoo_cli_lists_and_verifies(tiny_zoo, capsys):
     assert zoo.main(["list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(TRIO) and all(r["verified"] for r in rows)
+    assert {r["measured"] for r in rows} == {"imagenette/val (3791 images); export's preprocessing: torchvision "
+                                             "antialiased resize of the shorter side to 183 px, centre crop 160 px"}
     assert zoo.main(["verify"]) == 0
     path = tiny_zoo.parent / "tiny" / "resnet50.safetensors"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     assert zoo.main(["verify"]) == 1
     assert "FAILED tiny/resnet50: SHA-256 mismatch" in capsys.readouterr().err
+
+
+def test_zoo_list_names_what_each_top1_was_measured_on_and_how(tiny_zoo, capsys):
+    """One top-1 per model, and under the table what it was measured on and with which preprocessing."""
+    raw = json.loads(tiny_zoo.read_text())
+    raw["zoos"]["tiny"]["models"]["ds2net50"]["metrics"] = [
+        {"dataset": "mini/val", "images": 40, "top1": 12.5, "top5": 50.0}]  # an old entry: no protocol
+    raw["zoos"]["tiny"]["models"]["dsnet50"]["metrics"] = []
+    tiny_zoo.write_text(json.dumps(raw))
+    assert zoo.main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["zoo/model", "weights", "top-1"]
+    assert [line.split()[2] for line in out[1:4]] == ["85.54", "-", "12.50"]
+    assert out[4:7] == [
+        "top-1 (%): the manifest's number for each model, measured on",
+        "  tiny/resnet50: imagenette/val (3791 images); export's preprocessing: torchvision antialiased resize "
+        "of the shorter side to 183 px, centre crop 160 px",
+        "  tiny/ds2net50: mini/val (40 images); preprocessing not recorded"]
+    assert "--pipeline app" in out[7]
 
 
 def test_a_model_the_zoo_lacks_is_a_failure_in_its_column_not_an_exception(tiny_zoo):

@@ -6,6 +6,7 @@ Decoded images are RGB; "float images" are float32 H x W x 3 in [0, 1]; CAMs are
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 import io
 import os
 from dataclasses import dataclass
@@ -45,15 +46,18 @@ def _decoders() -> list[str]:
     return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
 
-def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> LoadedImage:
+def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
+               admit: Callable[[int, int], None] | None = None) -> LoadedImage:
     """Decode untrusted input to an upright RGB PIL image, or raise ImageError saying why.
 
-    Accepts a path, raw bytes, a ``data:`` URL, a PIL image or an RGB/gray uint8 array.
+    Accepts a path, raw bytes, a ``data:`` URL, a PIL image or an RGB/gray uint8 array. ``admit(width,
+    height)`` is called once the size is known and checked, before any pixel is decoded: a server
+    charges the decode to its sender there (and raises to refuse it).
     """
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, Image.Image):
-        return _checked_rgb(source, fmt=source.format or "in-memory")
+        return _checked_rgb(source, fmt=source.format or "in-memory", admit=admit)
     data = _read_bytes(source)
     if not data:
         raise ImageError("the file is empty (0 bytes)")
@@ -68,7 +72,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
         raise ImageError(f"this is not a supported image ({kind}); send a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF")
     except Image.DecompressionBombError:
         raise ImageError(f"the image is too large to decode safely; the limit is {MAX_PIXELS / 1e6:.0f} MP")
-    return _checked_rgb(im, fmt=im.format)
+    return _checked_rgb(im, fmt=im.format, admit=admit)
 
 
 def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
@@ -128,10 +132,13 @@ def _check_size(width: int, height: int) -> None:
         raise ImageError(f"the image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
 
 
-def _checked_rgb(im: Image.Image, fmt: str | None) -> LoadedImage:
+def _checked_rgb(im: Image.Image, fmt: str | None,
+                 admit: Callable[[int, int], None] | None = None) -> LoadedImage:
     """An opened image checked (size, frames, corruption), turned upright and converted to 8-bit RGB."""
     notes = []
     _check_size(*im.size)  # before any pixel is decoded
+    if admit is not None:
+        admit(*im.size)
     # is_animated looks for a second frame only; n_frames would walk every page (a TIFF of 100k pages:
     # quadratic, a minute of CPU) just to print a number
     if getattr(im, "is_animated", False):

@@ -37,11 +37,6 @@ def grid(tiles: list[list[np.ndarray]], col_titles: list[str], row_titles: list[
     return canvas
 
 
-def shorten(text: str, width: int) -> str:
-    """``text`` cut to ``width`` characters with an ellipsis."""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def titled(body: Image.Image, title: str, tile: int = 224) -> Image.Image:
     """``body`` under a line of ``title`` (font sized for ``tile`` px tiles)."""
     font = _font(max(12, tile // 14))

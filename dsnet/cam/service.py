@@ -25,7 +25,8 @@ from torch import nn
 from PIL import Image
 
 from dsnet.cam.images import LoadedImage, model_view, open_image, overlay, to_tensor
-from dsnet.cam.render import grid, shorten, titled
+from dsnet.cam.render import grid, titled
+from dsnet.core.text import shortened
 from dsnet.zoo.weights import ChecksumError
 from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, ZooModel, load
 
@@ -81,6 +82,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 class CamTimeout(RuntimeError):
     """An expensive method ran past its time limit and was stopped."""
+
+
+class CamStopped(RuntimeError):
+    """The caller asked a run to stop (``should_stop``): a cancelled request, a replaced image."""
 
 
 @dataclass(frozen=True)
@@ -180,12 +185,15 @@ def _head_cam_class(cam_class: type) -> type:
 
 
 class _Deadline:
-    """A target callable that stops an expensive method once its time is up."""
+    """A target callable that stops an expensive method once its time is up, or once its caller asks it to
+    (``should_stop``): AblationCAM and ScoreCAM call it for every batch of masked inputs."""
 
-    def __init__(self, target: Callable, deadline: float | None) -> None:
-        self.target, self.deadline = target, deadline
+    def __init__(self, target: Callable, deadline: float | None, should_stop: Callable[[], bool] | None = None) -> None:
+        self.target, self.deadline, self.should_stop = target, deadline, should_stop
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if self.should_stop is not None and self.should_stop():
+            raise CamStopped("stopped on request")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise CamTimeout("the method ran past its time limit and was stopped; try GradCAM, or a smaller image set")
         return self.target(output)
@@ -248,8 +256,10 @@ def grad_cam_ready() -> None:
 
 
 def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", target: TargetPolicy = TargetPolicy(),
-                  opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None) -> CamResult:
-    """One model's top-5 and CAM for an already validated image."""
+                  opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> CamResult:
+    """One model's top-5 and CAM for an already validated image; ``should_stop`` (checked inside the slow
+    methods' loops) ends it early with CamStopped."""
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     spec = METHODS[method]
@@ -271,7 +281,7 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
     top = probs.topk(min(5, len(probs)))
     top5 = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    cam_target = [_Deadline(ClassifierOutputTarget(cls), deadline)]
+    cam_target = [_Deadline(ClassifierOutputTarget(cls), deadline, should_stop)]
     size = (view.shape[1], view.shape[0])
     if spec.whole_network:
         with model_lock(model):
@@ -310,26 +320,34 @@ class ModelFailure:
 
 def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_MODELS, method: str = "gradcam",
                 target: TargetPolicy = TargetPolicy(), opacity: float = 0.5, with_metrics: bool = False,
-                time_limit: float | None = None) -> Iterator[CamResult | ModelFailure]:
-    """One result per model, yielded as each finishes (for streaming UIs); never a stand-in model."""
+                time_limit: float | None = None,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[CamResult | ModelFailure]:
+    """One result per model, yielded as each finishes (for streaming UIs); never a stand-in model.
+    ``should_stop`` is checked before each model and inside the slow methods: the stream ends there."""
     for name in names:
+        if should_stop is not None and should_stop():
+            return
         try:
             zm = load(zoo, name)
         except (ZooError, ChecksumError) as e:
             yield ModelFailure(name, str(e), True, getattr(e, "summary", "Its weights failed verification."))
             continue
         try:
-            yield explain_model(image, zm, method, target, opacity, with_metrics, time_limit)
+            result = explain_model(image, zm, method, target, opacity, with_metrics, time_limit, should_stop)
+        except CamStopped:
+            return
         except (ValueError, CamTimeout, ZooError, ChecksumError) as e:
             yield ModelFailure(name, str(e), False, str(e) if isinstance(e, (ValueError, CamTimeout)) else
                                getattr(e, "summary", "The model failed."))
+            continue
+        yield result
 
 
 def comparison(results: list[CamResult], tile: int = 224, title: str | None = None) -> Image.Image:
     """One row: the input as the first model saw it, then each model's overlay, titled with its class;
     ``title`` (e.g. zoo, method and class) goes on a line above."""
     titles = ["input"] + [
-        f"{r.model}\n{shorten(r.explained.name, 22)} {100 * r.explained.probability:.0f}%\ntop-1: "
-        f"{shorten(r.top5[0].name, 16)}" for r in results]
+        f"{r.model}\n{shortened(r.explained.name, 22)} {100 * r.explained.probability:.0f}%\ntop-1: "
+        f"{shortened(r.top5[0].name, 16)}" for r in results]
     body = grid([[results[0].view] + [r.overlay for r in results]], titles, [], tile)
     return titled(body, title, tile) if title else body

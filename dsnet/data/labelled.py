@@ -32,6 +32,15 @@ class LabelledImage:
     wnid: str
 
 
+def wnid_of(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str | None:
+    """The wnid an image's place names, in either layout: its folder (``<wnid>/*.JPEG``; not ``root``
+    itself), else its file name (``<wnid>_*.JPEG``, or ``<wnid>.JPEG``); None when neither does."""
+    path = Path(path)
+    folder = WNID.match(path.parent.name) if root is None or path.parent != Path(root) else None
+    match = folder or WNID.match(path.stem)
+    return match.group(1) if match else None
+
+
 def scan_labelled(root: str | os.PathLike) -> list[LabelledImage]:
     """Images under ``root`` with their wnid, from either layout, sorted by path."""
     root = Path(root)
@@ -41,10 +50,9 @@ def scan_labelled(root: str | os.PathLike) -> list[LabelledImage]:
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
             continue
-        folder = WNID.match(path.parent.name) if path.parent != root else None
-        match = folder or WNID.match(path.stem)
-        if match:
-            found.append(LabelledImage(path, match.group(1)))
+        wnid = wnid_of(path, root)
+        if wnid:
+            found.append(LabelledImage(path, wnid))
     if not found:
         raise FileNotFoundError(f"no labelled images in {root} (expected <wnid>/*.JPEG or <wnid>_*.JPEG)")
     return found

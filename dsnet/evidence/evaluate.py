@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import math
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,15 +34,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dsnet.core.provenance import artifact_header
+from dsnet.evidence.cli import positive, refused
 from dsnet.evidence import stats
 from dsnet.core.allocator import retain_freed_memory
 from dsnet.data.labelled import LabelledImage, decode_square, limit_per_class, scan_labelled, standardize, topk_hits
 from dsnet.cam.images import model_view, open_image, to_tensor
-from dsnet.zoo.manifest import Preprocessing, load_manifest
+from dsnet.zoo.manifest import PROTOCOLS, Preprocessing, load_manifest, protocol
 from dsnet.zoo.weights import read_state_dict
 from dsnet.zoo.loader import ZooModel, build, load_or_skip, load_state
 
-PIPELINES = ("app", "export")
+PIPELINES = tuple(PROTOCOLS)  # app: the app's PIL preprocessing; export: dsnet.evidence.train's (the manifest's)
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,7 @@ class ModelReport:
     crop: int = 0
     resize: int = 0
     correct: str = field(default="", repr=False)  # per used image, in order: "1" top-1 right, "0" wrong
+    protocol: str = ""  # how each image became the model's input (``dsnet.zoo.manifest.protocol``)
 
 
 def scaled(pre: Preprocessing, crop: int) -> Preprocessing:
@@ -95,7 +93,9 @@ def predictions(models: list[ZooModel], items: list[LabelledImage], pre: Preproc
     Each image is decoded once and shown to every model (they share ``pre``).
     """
     wnids = models[0].labels.wnids
-    assert all(zm.labels.wnids == wnids for zm in models), "models compared on one loader share a label set"
+    if any(zm.labels.wnids != wnids for zm in models):
+        raise ValueError("models compared on one loader must share a label set: "
+                         + ", ".join(f"{zm.name} has {len(zm.labels.wnids)} classes" for zm in models))
     lookup = {w: i for i, w in enumerate(wnids)}
     loader = DataLoader(_Views(items, [lookup[it.wnid] for it in items], pre, pipeline),
                         batch_size=batch_size, num_workers=workers)
@@ -107,14 +107,6 @@ def predictions(models: list[ZooModel], items: list[LabelledImage], pre: Preproc
                 top1 += hit1.tolist()
                 top5 += hit5.tolist()
     return out
-
-
-def accuracy(zm: ZooModel, items: list[LabelledImage], batch_size: int = 64, workers: int = 2) -> tuple[float, float, int, int]:
-    """(top-1 %, top-5 %, images used, images skipped) with the model's own preprocessing."""
-    used = [it for it in items if it.wnid in set(zm.labels.wnids)]
-    [(top1, top5)] = predictions([zm], used, zm.entry.preprocessing, batch_size=batch_size, workers=workers)
-    n = max(1, len(used))
-    return 100 * sum(top1) / n, 100 * sum(top5) / n, len(used), len(items) - len(used)
 
 
 def gmacs(model: nn.Module, size: int) -> float:
@@ -208,7 +200,8 @@ def evaluate_zoo(zoo: str, data: Path, models: list[str] | None = None, timing: 
                     round(100 * sum(top5) / n, 2), round(zm.num_params / 1e6, 3), round(gmacs(zm.model, pre.crop), 3),
                     round(latency_ms(zm.model, pre.crop), 2) if timed and latency else None,
                     round(train_step_memory(zm.model, pre.crop), 1) if timed else None,
-                    run, _weights_label(zm, run, runs), pre.crop, pre.resize, "".join("01"[v] for v in top1))
+                    run, _weights_label(zm, run, runs), pre.crop, pre.resize, "".join("01"[v] for v in top1),
+                    protocol(pipeline, pre))
         reports += [done[(run, zm.name)] for run, zm in loaded]
     return reports
 
@@ -268,6 +261,7 @@ def table(reports: list[ModelReport]) -> str:
     for r in reports:
         lines.append(f"{r.model:<12} {r.run:<6} {r.crop:>4} {r.top1:>6.2f} {r.top5:>6.2f} {r.params_m:>9.3f} {r.gmacs:>6.3f}"
                      + "".join(f" {cell(r, key, width, digits)}" for _, key, width, digits in timed))
+    lines += [f"top-1 and top-5 (%) with {p}" for p in dict.fromkeys(r.protocol for r in reports) if p]
     lines.append(f"images: {base.images} used" + (f", {base.skipped} skipped (class not in the label set)"
                                                   if base.skipped else ""))
     return "\n".join(lines)
@@ -283,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crops", help="comma-separated test sizes, e.g. 128,160,192,224 (default: the manifest's)")
     p.add_argument("--runs", type=Path, help="more trained copies: RUNS/<run>/<model>.safetensors")
     p.add_argument("--pipeline", choices=PIPELINES, default="app",
-                   help="app: the app's PIL preprocessing; export: dsnet.evidence.train's (as the manifest metrics)")
+                   help="app: the app's PIL preprocessing (default); export: dsnet.evidence.train's, which the "
+                        "manifest's metrics (python -m dsnet.zoo list) were measured with")
     p.add_argument("--no-timing", action="store_true", help="skip latency and memory measurements")
     p.add_argument("--no-latency", action="store_true",
                    help="skip the latency (one CPU image, noise-dominated on a shared machine); keep memory")
-    p.add_argument("--limit-per-class", type=int, metavar="N", help="only the first N images of each class (a quick look)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--limit-per-class", "--limit", type=positive, metavar="N",
+                   help="a quick look: only the first N images of each class (per class, so that every class "
+                        "stays in the comparison; the first N images would be the first classes only)")
+    p.add_argument("--json", type=Path, help="write the artifact here (nothing is written without it)")
     args = p.parse_args(argv)
     header = artifact_header(argv, "dsnet.evidence.evaluate")
     retain_freed_memory()
@@ -296,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = evaluate_zoo(args.zoo, args.data, args.models.split(",") if args.models else None, not args.no_timing,
                            crops, args.runs, args.pipeline, not args.no_latency, args.limit_per_class)
     if not reports:
-        print("error: no model of this zoo is available", file=sys.stderr)
-        return 2
+        return refused(f"no model of zoo {args.zoo!r} is available")
     comparisons = compare(reports, args.baseline)
     print(table(reports))
     for c in comparisons:
@@ -305,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         manifest = load_manifest()
         known = set(manifest.labels(manifest.entry(args.zoo, reports[0].model)).wnids)
-        items = [it for it in scan_labelled(args.data) if it.wnid in known]  # the images "correct" is over
+        items = [it for it in limit_per_class(scan_labelled(args.data), args.limit_per_class)
+                 if it.wnid in known]  # the images "correct" is over, as evaluate_zoo picked them
         args.json.write_text(json.dumps({
             **header, "zoo": args.zoo, "data": str(args.data), "pipeline": args.pipeline,
             "baseline": args.baseline, "crops": sorted({r.crop for r in reports}, key=[r.crop for r in reports].index),

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from dsnet.cam.service import METHODS, CamResult, TargetPolicy, explain
-from dsnet.data.labelled import WNID
+from dsnet.data.labelled import wnid_of
 from dsnet.cam.images import ImageError, open_image
 from dsnet.cam.service import comparison
+from dsnet.evidence.cli import refused
 from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, load_or_skip
 
 
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo model names")
     p.add_argument("--method", default="gradcam", choices=list(METHODS))
     p.add_argument("--target", default="top1",
-                   help='"top1" (each model\'s own), "label" (true class from a <wnid>_ file name), or a class name/index')
+                   help='"top1" (each model\'s own), "label" (the true class, from a <wnid>/ folder or a <wnid>_ file '
+                        'name), or a class name/index')
     p.add_argument("--opacity", type=float, default=0.5)
     p.add_argument("--metrics", action="store_true", help="add focus and faithfulness numbers (slower)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
@@ -36,17 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="results as JSON")
     args = p.parse_args(argv)
 
-    match = WNID.match(args.image.name)
     try:
-        target = TargetPolicy.parse(args.target, match.group(1) if match else None)
+        target = TargetPolicy.parse(args.target, wnid_of(args.image))
         image = open_image(args.image)
         models = load_or_skip(args.zoo, args.models.split(","), args.device)
         if not models:
             raise ZooError(f"no model of zoo {args.zoo!r} is available")
         results = explain(image, models, args.method, target, args.opacity, args.metrics)
     except (ImageError, ZooError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return refused(e)
     for r in results:
         top = ", ".join(f"{t.name} {100 * t.probability:.1f}%" for t in r.top5)
         print(f"{r.model:<10} explains {r.explained.name!r} ({100 * r.explained.probability:.1f}%) "

@@ -27,11 +27,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dsnet.cam.service import METHODS, CamResult, TargetPolicy, explain
-from dsnet.data.labelled import IMAGE_SUFFIXES, WNID, limit_per_class, scan_labelled
+from dsnet.data.labelled import IMAGE_SUFFIXES, limit_per_class, scan_labelled, wnid_of
 from dsnet.cam.images import ImageError, open_image
 from dsnet.zoo.manifest import load_manifest
 from dsnet.cam.render import grid
 from dsnet.evidence.stats import compare_accuracy, compare_metric
+from dsnet.evidence.cli import refused
 from dsnet.zoo.loader import DEFAULT_MODELS, load_or_skip
 
 STAT_FIELDS = ("top10_mass", "entropy", "confidence_change", "road")
@@ -155,13 +156,6 @@ def _has_labels(folder: Path) -> bool:
         return False
 
 
-def image_wnid(path: Path) -> str | None:
-    for name in (path.name, path.parent.name):
-        if m := WNID.match(name):
-            return m.group(1)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsnet.evidence.figure", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,16 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             return replace(pre, resize=args.resize) if args.resize else pre
         models = [replace(zm, entry=replace(zm.entry, preprocessing=at_size(zm.entry.preprocessing))) for zm in models]
     if not models or not paths:
-        print("error: " + ("no model available" if not models else "no images"), file=sys.stderr)
-        return 2
-    names = {}
-    for ls in load_manifest().label_sets.values():
-        names.update(zip(ls.wnids, ls.names))
+        return refused(f"no model of zoo {args.zoo!r} is available" if not models else "no images")
+    names = load_manifest().class_names()
     todo = paths if args.stats else paths[: args.columns]
     columns, rows = [], []
     started = time.perf_counter()
     for path in tqdm(todo, desc=f"explaining with {args.method}", unit="img"):
-        wnid = image_wnid(path)
+        wnid = wnid_of(path)
         known = wnid is not None and all(wnid in zm.labels.wnids for zm in models)
         target = TargetPolicy("label", wnid) if args.target == "auto" and known else \
             TargetPolicy.parse("top1" if args.target == "auto" else args.target, wnid)

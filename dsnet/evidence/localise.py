@@ -37,8 +37,9 @@ from dsnet.cam.localisation import (POINTING_TOLERANCE, THRESHOLDS, Box, MaxBoxA
                                     centre_gaussian, flat_map, read_boxes, score_map)
 from dsnet.cam.service import METHODS, TargetPolicy, explain_model
 from dsnet.core.provenance import artifact_header
+from dsnet.evidence.cli import positive, refused
 from dsnet.evidence import stats
-from dsnet.zoo.loader import DEFAULT_MODELS, load_or_skip
+from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, load_or_skip
 
 BASELINES = ("flat", "centre")
 FIELDS = ("image", "wnid", "method", "model", "correct", "hit", "hit_tolerant", "hit_share", "peaks", "energy",
@@ -73,7 +74,7 @@ def explain_all(data: Path, zoo: str, models: list[str], methods: list[str], slo
     images = sorted(boxes)[:limit] if limit else sorted(boxes)
     loaded = load_or_skip(zoo, models)
     if not loaded:
-        raise SystemExit(f"no model of zoo {zoo!r} can be loaded")
+        raise ZooError(f"no model of zoo {zoo!r} can be loaded")
     work.mkdir(parents=True, exist_ok=True)
     rows_path = work / "rows.csv"
     done = {(r["image"], r["method"], r["model"]) for r in read_rows(rows_path)}
@@ -281,19 +282,13 @@ def plot(summary: dict, rows: list[dict], out: Path, focus_csv: Path | None = No
     plt.close(fig)
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsnet.evidence.localise", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.csv, OUT.json and OUT.png")
-    p.add_argument("--work", type=Path, default=Path("runs/localisation"), help="resumable rows (default: %(default)s)")
+    p.add_argument("--work", type=Path, default=Path("runs/localisation"),
+                   help="resumable rows (default: %(default)s, under runs/, which git ignores)")
     p.add_argument("--zoo", default="imagenette", help="a zoo of the manifest (default: %(default)s)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models of the zoo (default: all three)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -306,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "boxes.csv").is_file():
         p.error(f"no boxes.csv in {args.data}: expected an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
     started = time.perf_counter()
-    rows = explain_all(args.data, args.zoo, args.models, args.methods, args.slow_per_class, args.work, args.limit)
+    try:
+        rows = explain_all(args.data, args.zoo, args.models, args.methods, args.slow_per_class, args.work, args.limit)
+    except ZooError as e:
+        return refused(e)
     # rows.csv may hold more methods or models from an earlier run than this one asks for
     rows = [r for r in rows if r["method"] in {*args.methods, "-"} and r["model"] in {*args.models, *BASELINES}]
     summary = summarise(rows)

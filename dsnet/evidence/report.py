@@ -1,6 +1,8 @@
 """The results tables of README and docs/, rendered from the saved artifacts in docs/.
 
-``python -m dsnet.evidence.report`` rewrites every table between its markers::
+``python -m dsnet.evidence.report`` rewrites every table between its markers, in place: writing the
+tracked README.md and docs/*.md of ``--root`` (this repository) is this command's job, and the only
+files it writes::
 
     <!-- table:NAME -->
     ... (rendered: the table, then a line naming its artifact, the command that wrote it, its commit
@@ -26,6 +28,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Callable
+
+from dsnet.evidence.cli import refused
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIO = ("resnet50", "dsnet50", "ds2net50")
@@ -395,7 +399,7 @@ def paired_focus(summary: dict, m: str) -> list[str]:
 @table("focus-models")
 def focus_models(root: Path) -> str:
     s = load(root, FOCUS)
-    header = [f"model", f"top-1 on these {s['images']} (%)", "top10_mass ↑", "entropy ↓", "confidence_change ↑",
+    header = ["model", f"top-1 on these {s['images']} (%)", "top10_mass ↑", "entropy ↓", "confidence_change ↑",
               "ROAD ↑", "most focused map"]
     rows = [[r["model"], f"{r['top1_accuracy']:.1f}"] + [f"{r[k]['mean']:.3f} ± {r[k]['ci95_t']:.3f}" for k in METRICS]
             + [f"{100 * r['most_focused']:.0f} %"] for r in s["models"]]
@@ -619,6 +623,7 @@ def augment_cpu(root: Path) -> str:
 
 # ---------------------------------------------------------------- docs/security.md
 
+ABUSE = "docs/abuse.json"
 SECURITY = "docs/security.json"
 RELIABILITY = "docs/reliability.json"
 
@@ -633,6 +638,33 @@ def security_measured(root: Path) -> str:
              f"{flood['sent']} sent, {flood['accepted']} accepted, {flood['refused_429']} refused with 429; "
              f"another client served meanwhile: {'yes' if flood['other_client_served'] else 'no'}"]]
     return markdown(["measured", "value"], rows) + "\n\n" + footer(source(SECURITY, d))
+
+
+@table("abuse-measured")
+def abuse_measured(root: Path) -> str:
+    d = load(root, ABUSE)
+    v = d["values"]
+    cancel, fair, bodies = v["cancel_and_rejoin"], v["one_running_per_visitor"], v["bodies_in_flight"]
+    cpu = {k: s for k, s in v["cpu_seconds_per_file"].items() if k != "bytes"}
+    sizes = v["cpu_seconds_per_file"]["bytes"]
+    rows = [["cancel and rejoin: 5 rounds of 3 ScoreCAM joins from one visitor, each cancelled",
+             f"{cancel['accepted']} of {cancel['joined']} accepted, {cancel['refused_429']} refused with 429; the "
+             f"server idle {cancel['idle_after_seconds']} s after the last cancel; another visitor's GradCAM "
+             f"{cancel['other_visitor_gradcam_seconds']} s; {cancel['threads_added']} threads added"],
+            ["another visitor's GradCAM beside one visitor's 3 ScoreCAM requests",
+             f"{fair['other_gradcam_seconds_beside_3_scorecams']} s (alone: {fair['gradcam_seconds_again']} s)"],
+            ["4 chunked 20 MB bodies from one visitor, never finished",
+             f"{bodies['refused_429']} refused with 429 as their bytes arrived; server memory +{bodies['rss_added_mb']} MB"],
+            ["a body that stalls", f"HTTP 408 after {bodies['stalled_body_answered_408_after_s']} s (timeout set to 2 s)"],
+            [f"{bodies['header_only_29MB_posts']} header-only 29 MB uploads from 40 addresses",
+             f"nothing charged: another visitor's upload answered {bodies['legit_upload_after']}"],
+            ["25 new sessions from one address (cap set to 10)", f"{v['session_flood']['refused_429']} refused with 429"],
+            [f"two one-colour {v['decoded_pixels']['megapixels']} MP JPEGs ({v['decoded_pixels']['file_mb']} MB) from "
+             f"one visitor (limit {v['decoded_pixels']['limit_mp']} MP)",
+             "the second refused before decoding" if v["decoded_pixels"]["second_refused"] else "both decoded"],
+            *[[f"CPU of the server for `{k}` ({sizes[k] / 1e6:.2f} MB), upload + explain", f"{s:.2f} s"]
+              for k, s in cpu.items()]]
+    return markdown(["measured", "value"], rows) + "\n\n" + footer(source(ABUSE, d))
 
 
 @table("reliability")
@@ -817,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
     p_ = argparse.ArgumentParser(prog="python -m dsnet.evidence.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p_.add_argument("--check", action="store_true", help="rewrite nothing; print a diff and exit 1 if a file is stale")
-    p_.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this one)")
+    p_.add_argument("--root", type=Path, default=ROOT,
+                    help="the repository whose README.md and docs/*.md are rewritten (default: this one)")
     args = p_.parse_args(argv)
     try:
         if args.check:
@@ -833,8 +866,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(new)
                 print(f"rewrote {path.relative_to(args.root).as_posix()}")
     except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return refused(e)
     return 0
 
 

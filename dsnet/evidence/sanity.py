@@ -58,6 +58,7 @@ from dsnet.core.files import atomic_path
 from dsnet.core.provenance import artifact_header
 from dsnet.data.labelled import LabelledImage, limit_per_class, scan_labelled
 from dsnet.evidence import stats
+from dsnet.evidence.cli import refused
 from dsnet.zoo.loader import DEFAULT_MODELS, ZooModel, load_or_skip
 
 # (step name, the modules it randomises in addition to the earlier steps'), from the output to the input.
@@ -378,8 +379,7 @@ def _run(args: argparse.Namespace, header: dict, methods: list[str]) -> int:
     started = time.perf_counter()
     models = load_or_skip(args.zoo, args.models.split(","), args.device)
     if not models:
-        print(f"error: no model of zoo {args.zoo!r} can be loaded", file=sys.stderr)
-        return 2
+        return refused(f"no model of zoo {args.zoo!r} can be loaded")
     items = limit_per_class(scan_labelled(args.data), args.per_class or None)
     usable = [it for it in items if all(it.wnid in zm.labels.wnids for zm in models)]
     images = [(it, open_image(it.path)) for it in usable]

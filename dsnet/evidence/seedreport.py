@@ -24,6 +24,11 @@ from typing import Any
 
 from dsnet.evidence import stats
 from dsnet.core.provenance import artifact_header
+from dsnet.evidence.cli import refused
+
+
+class NoRuns(ValueError):
+    """The evaluation report has no run the ``--runs`` pattern matches."""
 
 
 def per_seed(report: dict, pattern: str) -> dict[int, dict[str, list[bool]]]:
@@ -55,7 +60,7 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 def summarise(report: dict, pattern: str, models: list[str] | None = None) -> dict[str, Any]:
     seeds = per_seed(report, pattern)
     if not seeds:
-        raise SystemExit(f"no run matches {pattern!r} in the report (runs: {report.get('runs')})")
+        raise NoRuns(f"no run matches {pattern!r} in the report (runs: {report.get('runs')})")
     models = models or [m for m in ("resnet50", "dsnet50", "ds2net50") if all(m in s for s in seeds.values())]
     top1 = {m: [100 * sum(s[m]) / len(s[m]) for s in seeds.values()] for m in models}
     out: dict[str, Any] = {"runs": pattern, "seeds": list(seeds), "images": len(next(iter(seeds.values()))[models[0]]),
@@ -151,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="the curves as a PNG (with --logs)")
     args = p.parse_args(argv)
     report = json.loads(args.evaluate_json.read_text())
-    summary = summarise(report, args.runs)
+    try:
+        summary = summarise(report, args.runs)
+    except NoRuns as e:
+        return refused(e)
     summary["reading"] = sentence(summary)
     if args.logs:
         summary["train_loss_curves"] = curves(args.logs, args.shipped_logs, list(summary["models"]), summary["seeds"],

@@ -34,7 +34,8 @@ from dsnet.core.files import atomic_path, cache_root
 from dsnet.data.labelled import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
                    scan_labelled, standardize, topk_hits, train_transform)
 from dsnet.zoo.manifest import (IMAGENET_MEAN, IMAGENET_STD, Entry, Metrics, Preprocessing, Sources,
-                       label_set_for, manifest_path, write_entry)
+                       label_set_for, manifest_path, protocol, write_entry)
+from dsnet.evidence.cli import refused
 from dsnet.evidence.curves import plot_curves
 from dsnet.zoo.weights import save_safetensors, warm_start_from_resnet
 from dsnet.zoo.loader import pick_device
@@ -135,6 +136,10 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 # --- configuration ------------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """A run that cannot start as configured (its message says why); ``main`` prints it and exits 2."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -275,7 +280,7 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainData:
                                                   drop_last=True) if d.world > 1 else None
     data = TrainData(wnids, train_set, val_set, val_loader, sampler, per_rank_batch, workers, d.world)
     if data.steps_per_epoch == 0:
-        raise SystemExit(f"batch size {recipe.batch_size} is larger than the training set ({len(train_set)})")
+        raise ConfigError(f"batch size {recipe.batch_size} is larger than the training set ({len(train_set)})")
     return data
 
 
@@ -434,8 +439,8 @@ def train(cfg: TrainConfig) -> None:
     """Train ``cfg``: resume if asked, one checkpoint and log row per epoch, export when finished."""
     recipe = cfg.recipe
     if cfg.compile and cfg.compile not in torch._dynamo.list_backends(exclude_tags=()):  # before any data work
-        raise SystemExit(f"unknown --compile backend {cfg.compile!r}; torch.compile has "
-                         f"{', '.join(torch._dynamo.list_backends())} (and debug backends such as aot_eager)")
+        raise ConfigError(f"unknown --compile backend {cfg.compile!r}; torch.compile has "
+                          f"{', '.join(torch._dynamo.list_backends())} (and debug backends such as aot_eager)")
     retain_freed_memory()
     device = training_device(cfg.device)
     d = init_distributed(device)
@@ -517,14 +522,15 @@ def export(model: nn.Module, cfg: TrainConfig, record: dict[str, Any], history: 
     except ValueError:
         local = str(path.resolve())
     recipe = cfg.recipe
+    pre = Preprocessing(resize=recipe.eval_resize, crop=recipe.eval_crop)
     entry = Entry(
         name=cfg.model, builder=cfg.model,
         kwargs={k: v for k, v in record["kwargs"].items() if k != "stem" or v != "imagenet"},
         labels=label_set_for(record["wnids"], cfg.manifest, zoo),
-        preprocessing=Preprocessing(resize=recipe.eval_resize, crop=recipe.eval_crop),
+        preprocessing=pre,
         file=local, sha256=sha, sources=Sources(local=local),
         metrics=[Metrics(dataset=f"{cfg.data.name}/val", images=final["images"], top1=round(final["top1"], 2),
-                         top5=round(final["top5"], 2))],
+                         top5=round(final["top5"], 2), protocol=protocol("export", pre))],
         provenance={"recipe": record["recipe"], "resolved_recipe": record["resolved_recipe"],
                     "epochs": history[-1]["epoch"], "seed": record["seed"], "data": record["data"],
                     "train_images": record["train_images"], "torch": record["torch"], "device": record["device"],
@@ -541,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(config_from_args(args, argv))
+    try:
+        train(config_from_args(args, argv))
+    except ConfigError as e:
+        return refused(e)
     return 0
 
 

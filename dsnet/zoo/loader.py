@@ -354,7 +354,8 @@ class EntryStatus:
     verified: bool
     path: str | None
     message: str
-    top1: float | None
+    top1: float | None  # the manifest's (first) metric
+    measured: str | None  # what that top-1 was measured on and how (``Metrics.measurement``)
 
 
 def status_word(entry: Entry) -> str:
@@ -366,15 +367,25 @@ def status_word(entry: Entry) -> str:
 
 def entry_status(zoo: str, entry: Entry, root: Path) -> EntryStatus:
     present = next((p for p in candidate_paths(entry, root) if p.is_file()), None)
-    top1 = entry.metrics[0].top1 if entry.metrics else None
+    metric = entry.metrics[0] if entry.metrics else None
+    top1, measured = (metric.top1, metric.measurement()) if metric else (None, None)
     try:
         path = verified_local(entry, zoo, root)
         if path is None:
             raise not_installed(entry, zoo, root)
-        return EntryStatus(zoo, entry.name, entry.builder, True, True, True, str(path), "ok", top1)
+        return EntryStatus(zoo, entry.name, entry.builder, True, True, True, str(path), "ok", top1, measured)
     except (ZooError, ChecksumError) as e:
         return EntryStatus(zoo, entry.name, entry.builder, entry.unavailable is None, present is not None, False,
-                           str(present) if present else None, str(e), top1)
+                           str(present) if present else None, str(e), top1, measured)
+
+
+def top1_legend(rows: list[EntryStatus]) -> list[str]:
+    """What each top-1 of ``rows`` was measured on and how: one line per zoo and measurement."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r.measured:
+            groups.setdefault((r.zoo, r.measured), []).append(r.name)
+    return [f"  {zoo}/{', '.join(names)}: {measured}" for (zoo, measured), names in groups.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
                 r.name]) if r.available else "none yet"))
             top1 = f"{r.top1:.2f}" if r.top1 is not None else "-"
             print(f"{r.zoo + '/' + r.name:<22} {state:<12} {top1:>6}  {r.path if r.verified else r.message}")
+        if any(r.measured for r in rows):
+            print("top-1 (%): the manifest's number for each model, measured on")
+            print("\n".join(top1_legend(rows)))
+            print("(the app preprocesses with PIL, which gives other numbers: "
+                  "python -m dsnet.evidence.evaluate --pipeline app measures them)")
     if args.command == "verify":
         bad = [r for r in rows if r.present and not r.verified]
         for r in bad:

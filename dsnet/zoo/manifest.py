@@ -11,11 +11,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from filelock import FileLock
 
 from dsnet.core.files import atomic_path
+from dsnet.core.text import quoted
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 MANIFEST_PATH = CHECKPOINTS_DIR / "manifest.json"
@@ -47,8 +48,15 @@ class LabelSet:
             return partial[0]
         close = [self.names[i] for i in partial[:8]] or difflib.get_close_matches(str(query), self.names, n=5, cutoff=0.6)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
-        shown = str(query) if len(str(query)) <= 100 else str(query)[:100] + "…"
-        raise ValueError(f"unknown class {shown!r} for this label set of {len(self.names)} classes{hint}")
+        raise ValueError(f"unknown class {quoted(str(query))} for this label set of {len(self.names)} classes{hint}")
+
+
+def class_names(label_sets: Iterable[LabelSet]) -> dict[str, str]:
+    """wnid -> readable class name over ``label_sets`` (a later set's name wins; the sets agree)."""
+    names: dict[str, str] = {}
+    for label_set in label_sets:
+        names.update(zip(label_set.wnids, label_set.names))
+    return names
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,32 @@ class Sources:
     url: str | None = None
 
 
+# How a top-1 was measured: the two ways this project preprocesses an image for a model. They differ by
+# up to a point of top-1 on the 0.25x-width Imagenette models (docs/results.md, "The resize implementation
+# matters"), so a number always names its protocol.
+PROTOCOLS = {
+    "app": "the app's preprocessing: PIL bilinear resize of the shorter side to {resize} px, centre crop {crop} px",
+    "export": "export's preprocessing: torchvision antialiased resize of the shorter side to {resize} px, "
+              "centre crop {crop} px",
+}
+
+
+def protocol(pipeline: str, pre: Preprocessing) -> str:
+    """The text of ``PROTOCOLS[pipeline]`` at ``pre``'s sizes, as a ``Metrics.protocol``."""
+    return PROTOCOLS[pipeline].format(resize=pre.resize, crop=pre.crop)
+
+
 @dataclass(frozen=True)
 class Metrics:
     dataset: str
     images: int
     top1: float
     top5: float
+    protocol: str | None = None  # how each image became the model's input (``protocol``); None: not recorded
+
+    def measurement(self) -> str:
+        """What the numbers were measured on and how, in one line (the label of its top-1)."""
+        return f"{self.dataset} ({self.images} images); {self.protocol or 'preprocessing not recorded'}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +173,10 @@ class Manifest:
     def labels(self, entry: Entry) -> LabelSet:
         return self.label_sets[entry.labels]
 
+    def class_names(self) -> dict[str, str]:
+        """wnid -> readable class name, over every label set of the manifest (a wnid no set names: absent)."""
+        return class_names(self.label_sets.values())
+
 
 def manifest_path() -> Path:
     """``$DSNET_MANIFEST`` if set (another zoo, tests), else the shipped checkpoints/manifest.json."""
@@ -198,9 +230,7 @@ def label_set_for(wnids: list[str], path: str | os.PathLike, zoo: str = "custom"
         for name, ls in raw["label_sets"].items():
             if ls["wnids"] == list(wnids):
                 return name
-        known = {}
-        for ls in raw["label_sets"].values():
-            known.update(zip(ls["wnids"], ls["names"]))
+        known = class_names(LabelSet(**ls) for ls in raw["label_sets"].values())
         name = f"{zoo}{len(wnids)}"
         raw["label_sets"][name] = {"wnids": list(wnids), "names": [known.get(w, w) for w in wnids]}
         with atomic_path(path) as tmp:

@@ -1,0 +1,305 @@
+"""The HTTP gate: what a public server refuses before any route or handler runs (README, "Security").
+
+``PublicGate`` is ASGI middleware in front of every route; ``client_ip`` says who a request comes
+from (the one rule for every per-visitor budget: the gate's, the queue's and the handlers').
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from dsnet.cam.images import MAX_BYTES, looks_like_image
+
+from .budgets import WindowBudget
+
+log = logging.getLogger("dsnet.app")
+
+# base64 is 4/3 of the bytes; 1 MB of slack for JSON, multipart headers and the other parameters.
+MAX_BODY_BYTES = MAX_BYTES * 4 // 3 + 2**20
+COUNTED_BODY = 64 * 2**10  # a POST body above this counts against the image budgets (a data: URL image)
+MAX_FILES_PER_UPLOAD = 1  # the page uploads one image at a time; more in one request is refused (HTTP 400)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+class PublicGate:
+    """ASGI middleware in front of every route: what a public server refuses before any handler runs.
+
+    * a request body over ``max_body`` bytes: HTTP 413, without reading it (the declared length is
+      checked up front; a body without one is counted as it arrives);
+    * bodies in flight: every request body is read here, bytes counted as they arrive, at most
+      ``inflight_per_client`` bytes per visitor and ``inflight_total`` for everyone (HTTP 429 / 503 at
+      once), released when the request is done; a body that stalls for ``body_timeout`` seconds, or
+      takes more than ``BODY_TIME_FACTOR`` times that in all, gets HTTP 408;
+    * an upload of more than one file: HTTP 400; of a file without a name: 400; of a file that does
+      not start as an image: 415 (so nothing else is ever stored or served back);
+    * image bytes beyond ``upload_budget`` per client, or ``upload_total`` for everyone, within
+      ``window`` seconds (the time an unused upload may stay on disk, or a page keep an image): HTTP
+      429 / 503. Uploads count, and so does every POST body over ``COUNTED_BODY`` (a ``data:`` URL
+      sent to the queue or the API); bytes that arrived count, not bytes declared; likewise files
+      beyond ``files_per_client`` / ``files_total``;
+    * new page sessions beyond ``pages_per_client`` per visitor within ``window``: HTTP 429 (each
+      session holds state on the server: a flood of fresh ones would evict other visitors' state);
+    * ``/gradio_api/cancel`` also stops the session's computing runs (``runs``);
+    * routes a public demo does not need (screen-recording processing, vibe editing, the development
+      reload stream): HTTP 404; every answer carries ``X-Content-Type-Options: nosniff``;
+    * a 422 answer that would echo a large invalid body back: cut to one sentence.
+    """
+
+    BLOCKED = ("/gradio_api/process_recording", "/gradio_api/vibe-", "/gradio_api/undo-vibe-",
+               "/gradio_api/dev/reload")
+    BODY_TIME_FACTOR = 6
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES, upload_budget: int = 100 * 2**20,
+                 upload_total: int = 1000 * 2**20, window: float = 600, trusted_proxies: int = 0,
+                 files_per_client: int = 200, files_total: int = 2000, body_timeout: float = 20,
+                 inflight_per_client: int = 2 * MAX_BODY_BYTES, inflight_total: int = 8 * MAX_BODY_BYTES,
+                 pages_per_client: int = 60, runs=None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app, self.max_body, self.window, self.clock = app, max_body, window, clock
+        self.upload_bytes = WindowBudget(upload_budget, upload_total, window, clock)
+        self.upload_files = WindowBudget(files_per_client, files_total, window, clock)
+        self.trusted_proxies = trusted_proxies
+        self.body_timeout = body_timeout
+        self.inflight_per_client, self.inflight_total = inflight_per_client, inflight_total
+        self.pages_per_client, self.runs = pages_per_client, runs
+        self.inflight: dict[str, int] = {}  # body bytes held per client, until its request is done
+        self.sessions: dict[str, dict[str, float]] = {}  # per client: session hash -> first seen
+        self._forwarding_logged = False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        send = _short_422(_nosniff(send))
+        path = scope.get("path", "")
+        if path.startswith(self.BLOCKED):
+            return await _answer(send, 404, "Not found.")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            return await self._too_large(send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        client = _scope_ip(scope, self.trusted_proxies)
+        self._log_forwarding(headers)
+        held = [0]
+        try:
+            try:
+                messages = await self._body(receive, client, held)
+                body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+                self._check(path, headers, body, client)
+            except _Refused as r:
+                return await _answer(send, r.status, r.text)
+            del body
+
+            async def replay():
+                return messages.pop(0) if messages else await receive()
+            await self.app(scope, replay, send)
+        finally:
+            self._release(client, held[0])
+
+    async def _body(self, receive, client: str, held: list[int]) -> list[dict]:
+        """The request's messages, bytes counted against the in-flight limits as they arrive."""
+        messages, seen = [], 0
+        started = time.monotonic()
+        while True:
+            left = min(self.body_timeout, started + self.BODY_TIME_FACTOR * self.body_timeout - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+            except TimeoutError:
+                raise _Refused(408, "The request body stalled or came too slowly; send it again.") from None
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            chunk = len(message.get("body", b""))
+            seen += chunk
+            if seen > self.max_body:
+                raise _Refused(413, self._too_large_text())
+            held[0] += chunk
+            self.inflight[client] = self.inflight.get(client, 0) + chunk
+            if self.inflight[client] > self.inflight_per_client:
+                raise _Refused(429, "You are sending too many request bodies at once; wait for them to finish.")
+            if sum(self.inflight.values()) > self.inflight_total:
+                raise _Refused(503, "The server is busy receiving uploads; try again in a moment.")
+            if not message.get("more_body", False):
+                return messages
+
+    def _log_forwarding(self, headers: dict) -> None:
+        """Once per process: how many X-Forwarded-For entries arrive and which one is taken as the visitor
+        (on a Space, whether its proxy chain has more than one hop shows here; no address is logged)."""
+        if self._forwarding_logged:
+            return
+        self._forwarding_logged = True
+        entries = [h for h in headers.get(b"x-forwarded-for", b"").split(b",") if h.strip()]
+        log.info("X-Forwarded-For carries %d entries; DSNET_TRUSTED_PROXIES=%d: the visitor is %s", len(entries),
+                 self.trusted_proxies, f"entry {min(self.trusted_proxies, len(entries))} from the right"
+                 if self.trusted_proxies and entries else "the peer address")
+
+    def _release(self, client: str, size: int) -> None:
+        if size:
+            left = self.inflight.get(client, 0) - size
+            if left > 0:
+                self.inflight[client] = left
+            else:
+                self.inflight.pop(client, None)
+
+    def _check(self, path: str, headers: dict, body: bytes, client: str) -> None:
+        """Refuse (``_Refused``) what the body may not carry; charge the budgets."""
+        is_upload = path.rstrip("/").endswith("/gradio_api/upload")
+        files = 0
+        if is_upload:
+            content_type = headers.get(b"content-type", b"")
+            files = _multipart_parts(body, content_type)
+            if files > MAX_FILES_PER_UPLOAD:
+                raise _Refused(400, f"One image per upload: this request carries {files} files.")
+            if files == 1:
+                part_headers, head = _first_part(body, content_type)
+                if b'filename=""' in part_headers or b"filename=" not in part_headers:
+                    raise _Refused(400, "The upload has no file name.")
+                if not looks_like_image(head):
+                    raise _Refused(415, "Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF); "
+                                        "this file is none of them.")
+        session = _session_hash(body)
+        if session is not None:
+            if path.rstrip("/").endswith("/gradio_api/cancel") and self.runs is not None:
+                self.runs.cancel_session(session)
+            refusal = self._session_refusal(client, session)
+            if refusal:
+                raise _Refused(*refusal)
+        # Every large body is image bytes: an upload, or a data: URL sent to the queue or the API.
+        if len(body) > COUNTED_BODY or is_upload:
+            refusal = self._upload_refusal(client, len(body), max(files, 1))
+            if refusal:
+                raise _Refused(*refusal)
+
+    def _session_refusal(self, client: str, session: str) -> tuple[int, str] | None:
+        """New sessions per visitor within the window (a known session always passes)."""
+        now = self.clock()
+        mine = {h: t for h, t in self.sessions.get(client, {}).items() if now - t < self.window}
+        self.sessions[client] = mine
+        if session in mine:
+            return None
+        if len(mine) >= self.pages_per_client:
+            return 429, (f"Too many new pages from your address in the last {self.window / 60:.0f} minutes (the "
+                         f"limit is {self.pages_per_client}); use a page you have open, or wait a few minutes.")
+        mine[session] = now
+        if len(self.sessions) > 10_000:  # forget visitors whose sessions all expired
+            self.sessions = {c: s for c, s in self.sessions.items() if any(now - t < self.window for t in s.values())}
+        return None
+
+    def _upload_refusal(self, client: str, size: int, files: int = 1) -> tuple[int, str] | None:
+        """Bytes and files within the window, per visitor and for everyone (a file on disk costs more
+        than its bytes: a thousand one-byte files are a thousand inodes); charged only when both pass."""
+        minutes = f"{self.window / 60:.0f} minutes"
+        over_bytes, over_files = self.upload_bytes.exceeded(client, size), self.upload_files.exceeded(client, files)
+        if over_bytes == "client":
+            return 429, (f"You sent {self.upload_bytes.used(client) / 2**20:.0f} MB of images in the last {minutes}; "
+                         f"the limit is {self.upload_bytes.per_client / 2**20:.0f} MB per visitor. Wait a few minutes.")
+        if over_files == "client":
+            return 429, (f"You sent {self.upload_files.used(client):.0f} images in the last {minutes}; the limit is "
+                         f"{self.upload_files.per_client:.0f} per visitor. Wait a few minutes.")
+        if over_bytes or over_files:
+            return 503, "The server is busy with uploads; try again in a few minutes."
+        self.upload_bytes.charge(client, size)
+        self.upload_files.charge(client, files)
+        return None
+
+    async def _too_large(self, send) -> None:
+        await _answer(send, 413, self._too_large_text())
+
+    def _too_large_text(self) -> str:
+        return (f"Request body too large: the limit is {self.max_body / 2**20:.0f} MB "
+                f"(images up to {MAX_BYTES / 2**20:.0f} MB).")
+
+
+def _boundary(content_type: bytes) -> bytes:
+    """A multipart/form-data body's boundary, from its Content-Type (b"" when there is none)."""
+    _, _, rest = content_type.partition(b"boundary=")
+    return rest.split(b";")[0].strip().strip(b'"')
+
+
+def _multipart_parts(body: bytes, content_type: bytes) -> int:
+    """How many parts (files) a multipart/form-data body carries: its boundary lines, less the closing one."""
+    boundary = _boundary(content_type)
+    if not boundary:
+        return 0
+    return max(0, body.count(b"--" + boundary) - 1)
+
+
+def _first_part(body: bytes, content_type: bytes, size: int = 16) -> tuple[bytes, bytes]:
+    """The first part's headers and the first bytes of its content (after the headers' blank line)."""
+    start = body.find(b"--" + _boundary(content_type))
+    headers_end = body.find(b"\r\n\r\n", start)
+    if start < 0 or headers_end < 0:
+        return b"", b""
+    return body[start:headers_end], body[headers_end + 4:headers_end + 4 + size]
+
+
+_SESSION = re.compile(rb'"session_hash"\s*:\s*"([^"\\]{1,200})"')
+
+
+def _session_hash(body: bytes) -> str | None:
+    """The page session a JSON body names (queue joins, cancels, component calls), if any."""
+    found = _SESSION.search(body[:4096]) or (_SESSION.search(body[-4096:]) if len(body) > 4096 else None)
+    return found.group(1).decode("utf-8", "replace") if found else None
+
+
+async def _answer(send, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _nosniff(send):
+    """A send() that adds ``X-Content-Type-Options: nosniff`` to every answer (no file is ever run as a page)."""
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers") or [] if h[0].lower() != b"x-content-type-options"]
+            message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+        await send(message)
+
+    return wrapped
+
+
+def _short_422(send, limit: int = 2000):
+    """A send() that replaces a long 422 body (FastAPI echoes invalid input in full) by one sentence."""
+    state = {"cut": False}
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start" and message["status"] == 422:
+            length = dict(message.get("headers") or []).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > limit:
+                state["cut"] = True
+                body = b'{"detail":"the request does not match this endpoint\'s parameters"}'
+                await send({**message, "headers": [(b"content-type", b"application/json"),
+                                                   (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        if state["cut"]:
+            return  # the original body is dropped
+        await send(message)
+
+    return wrapped
+
+
+def _scope_ip(scope, trusted_proxies: int) -> str:
+    from starlette.requests import Request
+    return client_ip(Request(scope), trusted_proxies)
+
+
+def client_ip(request, trusted_proxies: int) -> str:
+    """The client's address: the entry the nearest trusted proxy added to X-Forwarded-For, else the peer."""
+    forwarded = [h.strip() for h in (request.headers.get("x-forwarded-for") or "").split(",") if h.strip()]
+    if trusted_proxies > 0 and forwarded:
+        return forwarded[-min(trusted_proxies, len(forwarded))]
+    return request.client.host if request.client else "unknown"
+
+
