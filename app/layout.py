@@ -133,7 +133,8 @@ def build_app(gallery_dir: str | None = None, zoo: str = "imagenette",
         example_id = RawDropdown(handlers.examples.ids(), value="", allow_custom_value=True, label="example",
                                  visible=False)
         gr.Markdown(f"Running on **{serving_device()}** · {len(examples)} examples · queue bound "
-                    f"{settings.queue_size}, at most {settings.per_client} requests per visitor · "
+                    f"{settings.queue_size}, at most {settings.per_client} requests per visitor, {settings.running_per_client} computing "
+                    "at a time · "
                     "API: `/explain` and `/examples` (\"Use via API\" at the bottom of the page)",
                     elem_classes="dsnet-footer")
 

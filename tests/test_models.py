@@ -256,6 +256,45 @@ def test_autocast_runs_the_shortcuts_in_the_activations_dtype(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+class _OpCounts(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,terms,norms,pools", [("resnet50", 0, 0, 0), ("dsnet50", 27, 12, 0),
+                                                     ("ds2net50", 27 + 16, 12 + 16, 3)])
+def test_inference_runs_one_fused_norm_per_source_and_one_in_place_pass_per_term(name, terms, norms, pools):
+    """Without autograd (served inference, benchmarks/models.py) a forward runs the fast path whose CPU
+    ratios docs/benchmarks.md records: N materialised once per source by PyTorch's fused GroupNorm (no
+    folded statistics: no sum/vector_norm, no autograd Function), one in-place addcmul_ per weighted
+    term (DSNet50: 3 + 6 + 15 + 3; DS2Net50 adds one per block), DS2's strided pool one depthwise
+    convolution, and nothing that copies or allocates an activation beside them (a regression guard:
+    issue 23 suspected an extra copy, a Python loop or the autograd path in inference)."""
+    model = dsnet.get_model(name, width=0.125, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            reference = model(x)
+            with _OpCounts() as seen:
+                out = model(x)
+            assert torch.equal(out, reference)
+        counts = seen.counts
+        if mode is torch.no_grad:  # under inference_mode the mode sees composite ops (conv2d, group_norm)
+            assert set(counts) <= {"convolution", "native_batch_norm", "relu_", "add_", "addcmul_",
+                                   "native_group_norm", "unbind", "empty", "max_pool2d_with_indices", "mean",
+                                   "view", "t", "addmm"}, counts
+            assert counts.get("native_group_norm", 0) == norms
+            assert counts["convolution"] == 53 + pools
+        assert counts.get("addcmul_", 0) == terms
+        assert counts["add_"] == (16 if name == "resnet50" else 4)  # own shortcuts: every block / block 0
+
+
 def test_resnet50_dense_is_eq_13():
     model = dsnet.get_model("resnet50_dense", width=0.25).eval()
     stage = model.layer1
