@@ -3,17 +3,21 @@
 Hugging Face Spaces runs this file as is (repository root, no arguments); GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT and the DSNET_* settings in README are honoured.
 """
+
 import argparse
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--gallery", help="adds a sample of labelled images: <wnid>/*.JPEG or <wnid>_*.JPEG "
-                                      "(default: $DSNET_GALLERY; the shipped examples are always there)")
+parser.add_argument(
+    "--gallery",
+    help="adds a sample of labelled images: <wnid>/*.JPEG or <wnid>_*.JPEG "
+    "(default: $DSNET_GALLERY; the shipped examples are always there)",
+)
 parser.add_argument("--zoo", default="imagenette", help="the zoo selected at start")
 args, _ = parser.parse_known_args()  # --help answers here, before Gradio and PyTorch are imported (seconds)
 
-from app import build_app, launch  # noqa: E402
-from app.layout import UnknownZoo  # noqa: E402
-from app.settings import SettingsError  # noqa: E402
+from app import build_app, launch
+from app.layout import UnknownZoo
+from app.settings import SettingsError
 
 try:
     built = build_app(args.gallery, args.zoo)

@@ -10,6 +10,7 @@ One module, one job (docs/architecture.md draws the map):
   queue), ``uploads`` (the upload lifecycle), ``gradio_internals`` (every use of Gradio's internals),
   ``tempdir``, ``zerogpu``; deploy: ``space`` (``python -m app.space``: it is not uploaded).
 """
+
 from .tempdir import use_private_upload_folder
 
 use_private_upload_folder()  # before Gradio is imported: its own folder, not the machine-wide /tmp/gradio
@@ -20,8 +21,10 @@ __all__ = ["build_app", "launch"]
 def __getattr__(name: str):
     if name == "build_app":  # Gradio and PyTorch on first use: `python -m app.space --help` needs neither
         from .layout import build_app
+
         return build_app
     if name == "launch":
         from .serve import launch
+
         return launch
     raise AttributeError(f"module 'app' has no attribute {name!r}")

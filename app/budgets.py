@@ -4,6 +4,7 @@ One small object for every such limit, so each is checked the same way: per visi
 everyone, within ``window`` seconds, read from an injected clock (tests move time on instead of
 sleeping it out).
 """
+
 from __future__ import annotations
 
 import threading

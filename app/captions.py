@@ -1,4 +1,5 @@
 """What the page says: the zoo selector, the label notice, each column's caption, the agreement line."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,9 @@ def zoo_label(manifest: Manifest, zoo: str) -> str:
     ready, download, none = [], [], []
     for e in entries:
         st = entry_status(zoo, e, manifest.path.parent)
-        (ready if st.verified else download if e.unavailable is None and (e.sources.hub or e.sources.url)
-         else none).append(e.name)
+        (
+            ready if st.verified else download if e.unavailable is None and (e.sources.hub or e.sources.url) else none
+        ).append(e.name)
     parts = [f"{zoo} ({n} classes)"]
     if ready:
         parts.append(", ".join(ready))
@@ -34,8 +36,10 @@ def label_notice(manifest: Manifest, zoo: str) -> str:
     names = manifest.labels(entries[0]).names if entries else []
     if len(names) >= 1000 or not names:
         return f"These models know the {len(names)} ImageNet classes."
-    return (f"⚠️ **These models know only {len(names)} classes:** {', '.join(names)}. "
-            "A photo of anything else is still forced into one of them, often with high confidence.")
+    return (
+        f"⚠️ **These models know only {len(names)} classes:** {', '.join(names)}. "
+        "A photo of anything else is still forced into one of them, often with high confidence."
+    )
 
 
 def localisation_line(score: MapScore | None) -> str:
@@ -54,27 +58,40 @@ def localisation_numbers(scores: dict[str, MapScore | None], view_boxes: dict[st
     out = {}
     for model, s in scores.items():
         boxes = [[round(v, 1) for v in (b.x0, b.y0, b.x1, b.y1)] for b in view_boxes.get(model, [])]
-        out[model] = {"boxes_in_view": boxes} | ({} if s is None else {
-            "peak_in_box": s.hit, "peak_within_15px": s.hit_tolerant, "peak_in_box_ties_at_random": round(s.hit_share, 3),
-            "energy_in_boxes": None if math.isnan(s.energy) else round(s.energy, 4),
-            "box_coverage": round(s.coverage, 4)})
+        out[model] = {"boxes_in_view": boxes} | (
+            {}
+            if s is None
+            else {
+                "peak_in_box": s.hit,
+                "peak_within_15px": s.hit_tolerant,
+                "peak_in_box_ties_at_random": round(s.hit_share, 3),
+                "energy_in_boxes": None if math.isnan(s.energy) else round(s.energy, 4),
+                "box_coverage": round(s.coverage, 4),
+            }
+        )
     return out
 
 
-def caption(r: CamResult, labels: LabelSet, true_wnid: str | None, score: MapScore | None = None,
-             boxed: bool = False) -> str:
+def caption(
+    r: CamResult, labels: LabelSet, true_wnid: str | None, score: MapScore | None = None, boxed: bool = False
+) -> str:
     lines = [f"**{r.explained.name}** {100 * r.explained.probability:.1f}% (explained)"]
     if true_wnid in labels.wnids:
         true = labels.wnids.index(true_wnid)
-        lines.append(f"✓ top-1 is the true class ({labels.names[true]})" if r.top5[0].index == true
-                     else f"✗ top-1 is {r.top5[0].name}; the true class is {labels.names[true]}")
+        lines.append(
+            f"✓ top-1 is the true class ({labels.names[true]})"
+            if r.top5[0].index == true
+            else f"✗ top-1 is {r.top5[0].name}; the true class is {labels.names[true]}"
+        )
     if boxed:
         lines.append(localisation_line(score))
     lines.append(f"{1000 * r.seconds:.0f} ms · {r.method} · {r.device}")
     if r.faithfulness:
         f = r.faithfulness
-        lines.append(f"focus: top-10% mass {f.top10_mass:.2f} · entropy {f.entropy:.3f}  \n"
-                     f"faithfulness: confidence change {f.confidence_change:+.3f} · ROAD {f.road:+.3f}")
+        lines.append(
+            f"focus: top-10% mass {f.top10_mass:.2f} · entropy {f.entropy:.3f}  \n"
+            f"faithfulness: confidence change {f.confidence_change:+.3f} · ROAD {f.road:+.3f}"
+        )
     lines += [f"_{n}_" for n in r.notes]
     return "  \n".join(lines)
 

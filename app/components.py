@@ -3,6 +3,7 @@
 Gradio's own preprocessing echoes a bad value back in full and lets any JSON value through a
 checkbox; these keep the same front-end widget (``block_name``) and skip it.
 """
+
 from __future__ import annotations
 
 import gradio as gr

@@ -6,6 +6,7 @@ visitor gets a result in one click; ``--gallery DIR`` / ``$DSNET_GALLERY`` adds 
 folder anywhere on disk. The gallery shows thumbnails made here, so no file path ever has to be
 served or allowed.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,8 +25,18 @@ EXTRA_SAMPLE = 30  # images shown from --gallery DIR (a spread of classes, the s
 THUMBNAIL = 160
 # The classes of the paper's Figure 5 (shown first from a gallery for the imagenet zoo): obelisk, knee
 # pad, airship, bittern, langur, jacamar, wolf spider, redshank, black widow, ground beetle.
-FIGURE5_WNIDS = ("n03837869", "n03623198", "n02692877", "n02011460", "n02488291", "n01843065", "n01775062",
-                 "n02028035", "n01774384", "n02167151")
+FIGURE5_WNIDS = (
+    "n03837869",
+    "n03623198",
+    "n02692877",
+    "n02011460",
+    "n02488291",
+    "n01843065",
+    "n01775062",
+    "n02028035",
+    "n01774384",
+    "n02167151",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,9 @@ def folder_boxes(root: Path) -> dict[str, list[Box]]:
     return read_boxes(root) if (root / "boxes.csv").is_file() else {}
 
 
-def load_examples(manifest: Manifest, gallery: str | None = None, zoo: str = "imagenette",
-                  shipped: Path = SHIPPED) -> ExampleSet:
+def load_examples(
+    manifest: Manifest, gallery: str | None = None, zoo: str = "imagenette", shipped: Path = SHIPPED
+) -> ExampleSet:
     """The shipped examples (the boxed ILSVRC val ones first), then a seeded sample of ``gallery``
     (Figure 5's classes first for imagenet)."""
     names = manifest.class_names()
@@ -85,8 +97,16 @@ def load_examples(manifest: Manifest, gallery: str | None = None, zoo: str = "im
     for it in scan_labelled(shipped):
         rel = it.path.relative_to(shipped).as_posix()
         boxed = tuple(boxes.get(rel, ()))
-        examples.append(Example(it.path.stem, it.path, it.wnid, names.get(it.wnid, it.wnid), boxed,
-                                "ILSVRC2012 val, with its object boxes" if boxed else "Imagenette val"))
+        examples.append(
+            Example(
+                it.path.stem,
+                it.path,
+                it.wnid,
+                names.get(it.wnid, it.wnid),
+                boxed,
+                "ILSVRC2012 val, with its object boxes" if boxed else "Imagenette val",
+            )
+        )
     examples.sort(key=lambda e: not e.boxes)  # stable: the boxed ones first, each group in file order
     if gallery:
         root = Path(gallery)
@@ -98,6 +118,14 @@ def load_examples(manifest: Manifest, gallery: str | None = None, zoo: str = "im
         for it in (first + rest)[:EXTRA_SAMPLE]:
             stem = it.path.relative_to(root).with_suffix("").as_posix()
             boxed = tuple(gallery_boxes.get(it.path.relative_to(root).as_posix(), ()))
-            examples.append(Example(f"gallery:{stem}", it.path, it.wnid, names.get(it.wnid, it.wnid), boxed,
-                                    "with its object boxes" if boxed else "gallery"))
+            examples.append(
+                Example(
+                    f"gallery:{stem}",
+                    it.path,
+                    it.wnid,
+                    names.get(it.wnid, it.wnid),
+                    boxed,
+                    "with its object boxes" if boxed else "gallery",
+                )
+            )
     return ExampleSet(examples)

@@ -3,6 +3,7 @@
 ``PublicGate`` is ASGI middleware in front of every route; ``client_ip`` says who a request comes
 from (the one rule for every per-visitor budget: the gate's, the queue's and the handlers').
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,15 +54,26 @@ class PublicGate:
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
     """
 
-    BLOCKED = ("/gradio_api/process_recording", "/gradio_api/vibe-", "/gradio_api/undo-vibe-",
-               "/gradio_api/dev/reload")
+    BLOCKED = ("/gradio_api/process_recording", "/gradio_api/vibe-", "/gradio_api/undo-vibe-", "/gradio_api/dev/reload")
     BODY_TIME_FACTOR = 6
 
-    def __init__(self, app, max_body: int = MAX_BODY_BYTES, upload_budget: int = 100 * 2**20,
-                 upload_total: int = 1000 * 2**20, window: float = 600, trusted_proxies: int = 0,
-                 files_per_client: int = 200, files_total: int = 2000, body_timeout: float = 20,
-                 inflight_per_client: int = 2 * MAX_BODY_BYTES, inflight_total: int = 8 * MAX_BODY_BYTES,
-                 pages_per_client: int = 60, runs=None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        app,
+        max_body: int = MAX_BODY_BYTES,
+        upload_budget: int = 100 * 2**20,
+        upload_total: int = 1000 * 2**20,
+        window: float = 600,
+        trusted_proxies: int = 0,
+        files_per_client: int = 200,
+        files_total: int = 2000,
+        body_timeout: float = 20,
+        inflight_per_client: int = 2 * MAX_BODY_BYTES,
+        inflight_total: int = 8 * MAX_BODY_BYTES,
+        pages_per_client: int = 60,
+        runs=None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app, self.max_body, self.window, self.clock = app, max_body, window, clock
         self.upload_bytes = WindowBudget(upload_budget, upload_total, window, clock)
         self.upload_files = WindowBudget(files_per_client, files_total, window, clock)
@@ -100,6 +112,7 @@ class PublicGate:
 
             async def replay():
                 return messages.pop(0) if messages else await receive()
+
             await self.app(scope, replay, send)
         finally:
             self._release(client, held[0])
@@ -137,9 +150,14 @@ class PublicGate:
             return
         self._forwarding_logged = True
         entries = [h for h in headers.get(b"x-forwarded-for", b"").split(b",") if h.strip()]
-        log.info("X-Forwarded-For carries %d entries; DSNET_TRUSTED_PROXIES=%d: the visitor is %s", len(entries),
-                 self.trusted_proxies, f"entry {min(self.trusted_proxies, len(entries))} from the right"
-                 if self.trusted_proxies and entries else "the peer address")
+        log.info(
+            "X-Forwarded-For carries %d entries; DSNET_TRUSTED_PROXIES=%d: the visitor is %s",
+            len(entries),
+            self.trusted_proxies,
+            f"entry {min(self.trusted_proxies, len(entries))} from the right"
+            if self.trusted_proxies and entries
+            else "the peer address",
+        )
 
     def _release(self, client: str, size: int) -> None:
         if size:
@@ -163,8 +181,11 @@ class PublicGate:
                 if b'filename=""' in part_headers or b"filename=" not in part_headers:
                     raise _Refused(400, "The upload has no file name.")
                 if not looks_like_image(head):
-                    raise _Refused(415, "Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF); "
-                                        "this file is none of them.")
+                    raise _Refused(
+                        415,
+                        "Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF); "
+                        "this file is none of them.",
+                    )
         session = _session_hash(body)
         if session is not None:
             if path.rstrip("/").endswith("/gradio_api/cancel") and self.runs is not None:
@@ -186,8 +207,10 @@ class PublicGate:
         if session in mine:
             return None
         if len(mine) >= self.pages_per_client:
-            return 429, (f"Too many new pages from your address in the last {self.window / 60:.0f} minutes (the "
-                         f"limit is {self.pages_per_client}); use a page you have open, or wait a few minutes.")
+            return 429, (
+                f"Too many new pages from your address in the last {self.window / 60:.0f} minutes (the "
+                f"limit is {self.pages_per_client}); use a page you have open, or wait a few minutes."
+            )
         mine[session] = now
         if len(self.sessions) > 10_000:  # forget visitors whose sessions all expired
             self.sessions = {c: s for c, s in self.sessions.items() if any(now - t < self.window for t in s.values())}
@@ -199,11 +222,15 @@ class PublicGate:
         minutes = f"{self.window / 60:.0f} minutes"
         over_bytes, over_files = self.upload_bytes.exceeded(client, size), self.upload_files.exceeded(client, files)
         if over_bytes == "client":
-            return 429, (f"You sent {self.upload_bytes.used(client) / 2**20:.0f} MB of images in the last {minutes}; "
-                         f"the limit is {self.upload_bytes.per_client / 2**20:.0f} MB per visitor. Wait a few minutes.")
+            return 429, (
+                f"You sent {self.upload_bytes.used(client) / 2**20:.0f} MB of images in the last {minutes}; "
+                f"the limit is {self.upload_bytes.per_client / 2**20:.0f} MB per visitor. Wait a few minutes."
+            )
         if over_files == "client":
-            return 429, (f"You sent {self.upload_files.used(client):.0f} images in the last {minutes}; the limit is "
-                         f"{self.upload_files.per_client:.0f} per visitor. Wait a few minutes.")
+            return 429, (
+                f"You sent {self.upload_files.used(client):.0f} images in the last {minutes}; the limit is "
+                f"{self.upload_files.per_client:.0f} per visitor. Wait a few minutes."
+            )
         if over_bytes or over_files:
             return 503, "The server is busy with uploads; try again in a few minutes."
         self.upload_bytes.charge(client, size)
@@ -214,8 +241,10 @@ class PublicGate:
         await _answer(send, 413, self._too_large_text())
 
     def _too_large_text(self) -> str:
-        return (f"Request body too large: the limit is {self.max_body / 2**20:.0f} MB "
-                f"(images up to {MAX_BYTES / 2**20:.0f} MB).")
+        return (
+            f"Request body too large: the limit is {self.max_body / 2**20:.0f} MB "
+            f"(images up to {MAX_BYTES / 2**20:.0f} MB)."
+        )
 
 
 def _boundary(content_type: bytes) -> bytes:
@@ -238,7 +267,7 @@ def _first_part(body: bytes, content_type: bytes, size: int = 16) -> tuple[bytes
     headers_end = body.find(b"\r\n\r\n", start)
     if start < 0 or headers_end < 0:
         return b"", b""
-    return body[start:headers_end], body[headers_end + 4:headers_end + 4 + size]
+    return body[start:headers_end], body[headers_end + 4 : headers_end + 4 + size]
 
 
 _SESSION = re.compile(rb'"session_hash"\s*:\s*"([^"\\]{1,200})"')
@@ -252,14 +281,23 @@ def _session_hash(body: bytes) -> str | None:
 
 async def _answer(send, status: int, text: str) -> None:
     body = text.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def _nosniff(send):
     """A send() that adds ``X-Content-Type-Options: nosniff`` to every answer (no file is ever run as a page)."""
+
     async def wrapped(message):
         if message["type"] == "http.response.start":
             headers = [h for h in message.get("headers") or [] if h[0].lower() != b"x-content-type-options"]
@@ -279,8 +317,15 @@ def _short_422(send, limit: int = 2000):
             if not length.isdigit() or int(length) > limit:
                 state["cut"] = True
                 body = b'{"detail":"the request does not match this endpoint\'s parameters"}'
-                await send({**message, "headers": [(b"content-type", b"application/json"),
-                                                   (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        **message,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         if state["cut"]:
@@ -292,6 +337,7 @@ def _short_422(send, limit: int = 2000):
 
 def _scope_ip(scope, trusted_proxies: int) -> str:
     from starlette.requests import Request
+
     return client_ip(Request(scope), trusted_proxies)
 
 
@@ -301,5 +347,3 @@ def client_ip(request, trusted_proxies: int) -> str:
     if trusted_proxies > 0 and forwarded:
         return forwarded[-min(trusted_proxies, len(forwarded))]
     return request.client.host if request.client else "unknown"
-
-

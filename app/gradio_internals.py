@@ -8,6 +8,7 @@ components, and the front-end name of a component. They are reached only through
 below; ``tests/test_gradio_internals.py`` checks each against the installed Gradio and fails with the
 name of what moved when the pinned version changes.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,6 +41,7 @@ def uploaded_files(demo) -> set[str]:
 def upload_folder() -> Path:
     """Gradio's upload and cache folder (GRADIO_TEMP_DIR, read by ``gradio.utils.get_upload_folder``)."""
     from gradio.utils import get_upload_folder
+
     return Path(get_upload_folder())
 
 
@@ -56,9 +58,10 @@ def wrap_push(queue, wrapper: PushWrapper) -> None:
 def endpoint_inputs(queue, body) -> list | None:
     """The input components of the function a queued request names (None: no such function)."""
     from gradio import route_utils
+
     try:
         return list(route_utils.get_fn(queue.blocks, None, body).inputs)
-    except Exception:  # noqa: BLE001 - an unknown or malformed fn_index: Gradio's own answer follows
+    except Exception:
         return None
 
 
@@ -133,15 +136,19 @@ def check() -> list[str]:
     import gradio
     from gradio import queueing, route_utils, utils
     from gradio.blocks import Blocks
+
     problems = []
     if gradio.__version__ != PINNED:
-        problems.append(f"Gradio {gradio.__version__} is installed; app/gradio_internals.py was checked against "
-                        f"{PINNED}: re-check each function below, then update PINNED")
+        problems.append(
+            f"Gradio {gradio.__version__} is installed; app/gradio_internals.py was checked against "
+            f"{PINNED}: re-check each function below, then update PINNED"
+        )
     push = inspect.signature(queueing.Queue.push)
     if list(push.parameters) != ["self", "body", "request", "username"]:
         problems.append(f"Queue.push{push} changed (wrap_push passes body, request, username)")
     if not callable(getattr(queueing.Queue, "get_events", None)) or list(
-            inspect.signature(queueing.Queue.get_events).parameters) != ["self"]:
+        inspect.signature(queueing.Queue.get_events).parameters
+    ) != ["self"]:
         problems.append("Queue.get_events() is gone or takes arguments (hold_back_events wraps it)")
     source = inspect.getsource(queueing.Queue)
     for name in ("event_queue_per_concurrency_id", "active_jobs", "event_ids_to_events", "self.get_events()"):

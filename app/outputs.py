@@ -10,6 +10,7 @@ temporary name and rename). So every picture goes out as a file of ours, written
 name (``publish``); they live in the app's own Gradio folder (swept at start-up and SIGTERM) and
 expire after ``DSNET_CACHE_SECONDS``, as the page's state does (README: after that, Explain again).
 """
+
 from __future__ import annotations
 
 import shutil

@@ -4,6 +4,7 @@ Gradio's own choice checks echo the whole value back and its checkbox passes any
 (the string "false" is truthy), so the UI's input components hand their raw values here and every
 message quotes a client's value with ``dsnet.core.text.quoted``.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,8 +90,12 @@ def parse_params(manifest: Manifest, request: ExplainRequest) -> ExplainParams:
 
 def parse_opacity(opacity) -> float:
     """A number from 0 to 1 (booleans and strings are not numbers here)."""
-    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not math.isfinite(opacity) \
-            or not 0 <= opacity <= 1:
+    if (
+        isinstance(opacity, bool)
+        or not isinstance(opacity, (int, float))
+        or not math.isfinite(opacity)
+        or not 0 <= opacity <= 1
+    ):
         raise ParameterError(f"opacity must be a number from 0 to 1; got {quoted(opacity)}")
     return float(opacity)
 
@@ -100,7 +105,8 @@ def target_policy(params: ExplainParams, true_wnid: str | None) -> TargetPolicy:
         return TargetPolicy("class", params.class_name)
     if params.target == "label":
         if not true_wnid:
-            raise ParameterError("the true class is known only for the examples; explain each model's top-1 "
-                                 "or one class for all")
+            raise ParameterError(
+                "the true class is known only for the examples; explain each model's top-1 or one class for all"
+            )
         return TargetPolicy("label", true_wnid)
     return TargetPolicy()

@@ -5,6 +5,7 @@
 * ``ClientLimit``: at most N queued + running requests per client (Gradio session, and client IP as
   a proxy forwards it), on top of the queue bound for everyone; refused at once with HTTP 429.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,15 +25,17 @@ def shape_inputs(queue, image_types: tuple[type, ...]) -> None:
       payload of the wrong type becomes an empty one: Gradio's own file handling never sees it, and
       ``Uploads.take`` gives the one refusal for every such case.
     """
+
     async def shaped_push(push, body, request, username):
         from fastapi import HTTPException
+
         inputs = gi.endpoint_inputs(queue, body)
         if inputs is None:
             raise HTTPException(404, "no such endpoint: see /gradio_api/info for the ones this app has")
         data = gi.request_data(body)
         if not isinstance(data, list) or len(data) > len(inputs):
             raise HTTPException(422, f"this endpoint takes a list of at most {len(inputs)} input values")
-        data = data + [getattr(c, "value", None) for c in inputs[len(data):]]
+        data = data + [getattr(c, "value", None) for c in inputs[len(data) :]]
         uploaded = gi.uploaded_files(gi.queue_blocks(queue))
         for i, component in enumerate(inputs):
             if isinstance(component, image_types) and data[i] is not None:
@@ -70,8 +73,12 @@ class ClientLimit:
             mine = self.requests(queue, ip, body.session_hash)
             if mine >= self.per_client:
                 from fastapi import HTTPException
-                raise HTTPException(429, f"You already have {mine} requests waiting or running; "
-                                         f"wait until one finishes (at most {self.per_client} per visitor).")
+
+                raise HTTPException(
+                    429,
+                    f"You already have {mine} requests waiting or running; "
+                    f"wait until one finishes (at most {self.per_client} per visitor).",
+                )
             result = await push(body=body, request=request, username=username)
             event = gi.pushed_event(queue, result)
             if event is not None:
@@ -79,9 +86,14 @@ class ClientLimit:
             return result
 
         gi.wrap_push(queue, limited_push)
-        gi.hold_back_events(queue, lambda event: self.running(queue, getattr(event, "client_ip", None),
-                                                              gi.event_session(event)) >= self.running_per_client,
-                            only=self.concurrency_id)
+        gi.hold_back_events(
+            queue,
+            lambda event: (
+                self.running(queue, getattr(event, "client_ip", None), gi.event_session(event))
+                >= self.running_per_client
+            ),
+            only=self.concurrency_id,
+        )
 
     def running(self, queue, ip: str | None, session: str | None) -> int:
         """A visitor's requests that hold a worker or whose computation has not stopped yet."""
@@ -95,4 +107,5 @@ class ClientLimit:
 
 def _of(event, ip: str | None, session: str | None) -> bool:
     return (session is not None and gi.event_session(event) == session) or (
-        ip is not None and getattr(event, "client_ip", None) == ip)
+        ip is not None and getattr(event, "client_ip", None) == ip
+    )

@@ -8,6 +8,7 @@ visitor (the queue's per-visitor limit and its fair start read ``count``), and i
 flag, set by a cancel or by a new image on the same page, stops it between models and inside the
 slow methods (``dsnet.cam.service``'s ``should_stop``).
 """
+
 from __future__ import annotations
 
 import threading

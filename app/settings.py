@@ -1,4 +1,5 @@
 """Serving limits, chosen on purpose (README, "Serving settings"); each has an environment variable."""
+
 from __future__ import annotations
 
 import os
@@ -47,5 +48,11 @@ class ServingSettings:
     def from_env(cls) -> ServingSettings:
         """Each field from DSNET_<FIELD NAME>, else its default; SettingsError for a value that is not a number."""
         defaults = cls()
-        return cls(**{f.name: env_number(f"DSNET_{f.name.upper()}", getattr(defaults, f.name),
-                                         type(getattr(defaults, f.name))) for f in fields(cls)})
+        return cls(
+            **{
+                f.name: env_number(
+                    f"DSNET_{f.name.upper()}", getattr(defaults, f.name), type(getattr(defaults, f.name))
+                )
+                for f in fields(cls)
+            }
+        )

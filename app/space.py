@@ -18,46 +18,92 @@ The real deploy runs the same checks first, then creates the Space (Gradio SDK, 
 uploads the files in one commit. The token comes from ``HF_TOKEN`` or ``hf auth login``, never from
 a file here.
 """
+
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsnet.core.provenance import revision
-
 from app.evidence import FILES as EVIDENCE_FILES
+from dsnet.core.provenance import revision
 from dsnet.zoo.manifest import load_manifest
 from dsnet.zoo.weights import ChecksumError, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # The allow-list: exactly these files (when present) ...
-ALLOW_FILES = ("app.py", "requirements.txt", "README.md", "checkpoints/manifest.json",
-               "docs/screenshot.png", "docs/screenshot-phone.png", "docs/figure4-imagenette.png",
-               "docs/figure5-imagenette.png",  # the pictures README shows on the Space's page
-               "LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE", "LICENCE.md", "LICENCE.txt",
-               *EVIDENCE_FILES)  # the saved measurements the page's evidence section shows
+ALLOW_FILES = (
+    "app.py",
+    "requirements.txt",
+    "README.md",
+    "checkpoints/manifest.json",
+    "docs/screenshot.png",
+    "docs/screenshot-phone.png",
+    "docs/figure4-imagenette.png",
+    "docs/figure5-imagenette.png",  # the pictures README shows on the Space's page
+    "LICENSE",
+    "LICENSE.md",
+    "LICENSE.txt",
+    "LICENCE",
+    "LICENCE.md",
+    "LICENCE.txt",
+    *EVIDENCE_FILES,
+)  # the saved measurements the page's evidence section shows
 # ... these patterns (``*`` stays inside one folder, ``**`` crosses folders) ...
-ALLOW_PATTERNS = ("app/*.py", "dsnet/*.py", "dsnet/core/*.py", "dsnet/models/*.py", "dsnet/data/*.py",
-                  "dsnet/zoo/*.py", "dsnet/cam/*.py",
-                  "app/examples/**.jpg", "app/examples/**.jpeg", "app/examples/**.png", "app/examples/**.webp",
-                  "app/examples/**.JPEG", "app/examples/**.JPG", "app/examples/**.PNG",
-                  "app/examples/**.txt", "app/examples/**.md", "app/examples/**.json", "app/examples/**.csv")
+ALLOW_PATTERNS = (
+    "app/*.py",
+    "dsnet/*.py",
+    "dsnet/core/*.py",
+    "dsnet/models/*.py",
+    "dsnet/data/*.py",
+    "dsnet/zoo/*.py",
+    "dsnet/cam/*.py",
+    "app/examples/**.jpg",
+    "app/examples/**.jpeg",
+    "app/examples/**.png",
+    "app/examples/**.webp",
+    "app/examples/**.JPEG",
+    "app/examples/**.JPG",
+    "app/examples/**.PNG",
+    "app/examples/**.txt",
+    "app/examples/**.md",
+    "app/examples/**.json",
+    "app/examples/**.csv",
+)
 # The deploy tooling itself stays here; dsnet.evidence (training, evaluation) is not on the list.
 NOT_UPLOADED = ("app/space.py",)
 # ... and the weight files the manifest ships (``sources.local`` under checkpoints/, verified).
 REQUIRED_FILES = ("app.py", "requirements.txt", "README.md", "checkpoints/manifest.json")
 
 # Names that hold secrets: refused anywhere in the folder being deployed (not only in the upload).
-SECRET_PATTERNS = (".env", ".env.*", "*.env", ".netrc", ".git-credentials", ".pypirc", ".npmrc", "*.pem", "*.key",
-                   "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "credentials", "credentials.*",
-                   "secrets.*", "*.secret", "token", "*.token")
+SECRET_PATTERNS = (
+    ".env",
+    ".env.*",
+    "*.env",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "credentials",
+    "credentials.*",
+    "secrets.*",
+    "*.secret",
+    "token",
+    "*.token",
+)
 NOT_SECRETS = ("*.example", "*.sample", "*.template", "*.pub")
 TOKEN_RE = re.compile(rb"\bhf_[A-Za-z0-9]{30,}\b")  # a Hugging Face access token in a shipped text file
 SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules", ".venv", "venv"}
@@ -65,10 +111,21 @@ MAX_TOTAL_MB = 1024  # a Space repository is meant to hold the app, not data set
 LARGE_FILE_MB = 10  # noted: goes through the Hub's large-file storage (it is binary anyway)
 try:  # the hardware names the installed huggingface_hub knows
     from huggingface_hub import SpaceHardware
+
     HARDWARE = tuple(h.value for h in SpaceHardware)
 except ImportError:  # pragma: no cover
-    HARDWARE = ("cpu-basic", "cpu-upgrade", "zero-a10g", "t4-small", "t4-medium", "l4x1", "l4x4", "a10g-small",
-                "a10g-large", "a100-large")
+    HARDWARE = (
+        "cpu-basic",
+        "cpu-upgrade",
+        "zero-a10g",
+        "t4-small",
+        "t4-medium",
+        "l4x1",
+        "l4x4",
+        "a10g-small",
+        "a10g-large",
+        "a100-large",
+    )
 
 
 class DeployError(RuntimeError):
@@ -199,48 +256,61 @@ def _check_front_matter(plan: Plan, hardware: str | None) -> None:
     gradio_pin = pins.get("gradio")
     sdk_version = fm.get("sdk_version")
     if not gradio_pin:
-        plan.problems.append("requirements.txt: gradio is not pinned with '=='; the Space's sdk_version must equal "
-                             "one exact gradio version")
+        plan.problems.append(
+            "requirements.txt: gradio is not pinned with '=='; the Space's sdk_version must equal "
+            "one exact gradio version"
+        )
     elif str(sdk_version) != gradio_pin:
-        plan.problems.append(f"front matter: sdk_version is {sdk_version!r} but requirements.txt pins "
-                             f"gradio=={gradio_pin}; make them equal (the Space installs gradio from sdk_version)")
+        plan.problems.append(
+            f"front matter: sdk_version is {sdk_version!r} but requirements.txt pins "
+            f"gradio=={gradio_pin}; make them equal (the Space installs gradio from sdk_version)"
+        )
     if not isinstance(sdk_version, str) and sdk_version is not None:
         plan.problems.append(f"front matter: sdk_version {sdk_version!r} must be a quoted string")
     _check_python_version(plan, fm.get("python_version"))
     if hardware and hardware.startswith("zero-"):
         if "spaces" not in pins:
             plan.problems.append("requirements.txt: ZeroGPU hardware needs the `spaces` package; add it (pinned)")
-        plan.notes.append("ZeroGPU: the per-request work must run inside app.zerogpu.on_gpu (spaces.GPU); "
-                          "check that python_version and the torch pin are among ZeroGPU's supported versions")
+        plan.notes.append(
+            "ZeroGPU: the per-request work must run inside app.zerogpu.on_gpu (spaces.GPU); "
+            "check that python_version and the torch pin are among ZeroGPU's supported versions"
+        )
     for item in fm.get("preload_from_hub") or []:
         plan.notes.append(f"preload_from_hub: {item} (downloaded when the Space is built)")
 
 
 def _check_python_version(plan: Plan, version) -> None:
     if version is None:
-        plan.problems.append("front matter: python_version is missing; pin the Python the app was tested with, "
-                             'e.g. python_version: "3.11"')
+        plan.problems.append(
+            "front matter: python_version is missing; pin the Python the app was tested with, "
+            'e.g. python_version: "3.11"'
+        )
         return
     if not isinstance(version, str):
-        plan.problems.append(f"front matter: python_version is {version!r} (a number: YAML reads 3.10 as 3.1); "
-                             f'quote it, e.g. python_version: "3.11"')
+        plan.problems.append(
+            f"front matter: python_version is {version!r} (a number: YAML reads 3.10 as 3.1); "
+            f'quote it, e.g. python_version: "3.11"'
+        )
         return
     if not re.fullmatch(r"3\.\d{1,2}(\.\d{1,2})?", version):
-        plan.problems.append(f"front matter: python_version {version!r} is not a Python 3 version like \"3.11\"")
+        plan.problems.append(f'front matter: python_version {version!r} is not a Python 3 version like "3.11"')
         return
     spec = requires_python(plan.root / "pyproject.toml")
     if spec:
         try:
             from packaging.specifiers import SpecifierSet
+
             if not SpecifierSet(spec).contains(version if version.count(".") == 2 else version + ".0"):
-                plan.problems.append(f"front matter: python_version {version} is outside pyproject.toml's "
-                                     f"requires-python {spec!r}")
+                plan.problems.append(
+                    f"front matter: python_version {version} is outside pyproject.toml's requires-python {spec!r}"
+                )
         except ImportError:  # pragma: no cover
             pass
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if ".".join(version.split(".")[:2]) != here:
-        plan.notes.append(f"python_version {version} differs from this interpreter ({here}): the pins were "
-                          f"checked here with {here}")
+        plan.notes.append(
+            f"python_version {version} differs from this interpreter ({here}): the pins were checked here with {here}"
+        )
 
 
 def _check_weights(plan: Plan) -> None:
@@ -267,8 +337,10 @@ def _check_weights(plan: Plan) -> None:
                     plan.notes.append(f"weight {label}: not shipped; downloads on first use from {remote}")
                 else:
                     where = f"checkpoints/{local}" if local else "(no sources.local, hub or url)"
-                    plan.problems.append(f"weight {label}: missing weight file {where}; the Space could not serve it "
-                                         f"and it has no download source")
+                    plan.problems.append(
+                        f"weight {label}: missing weight file {where}; the Space could not serve it "
+                        f"and it has no download source"
+                    )
                 continue
             rel = path.relative_to(root.resolve()).as_posix()
             if not entry.sha256:
@@ -302,9 +374,11 @@ def _check_files(plan: Plan, max_total_mb: float) -> None:
         elif allowed(rel) and (root / rel).is_file():
             plan.files.setdefault(rel, (root / rel).stat().st_size)
     for rel in secrets:
-        plan.problems.append(f"secret: {rel} lies in the folder being deployed; remove it or move it elsewhere (the "
-                             f"deploy reads the token from HF_TOKEN or `hf auth login`; the Space's own secrets "
-                             f"belong in its settings, never in files)")
+        plan.problems.append(
+            f"secret: {rel} lies in the folder being deployed; remove it or move it elsewhere (the "
+            f"deploy reads the token from HF_TOKEN or `hf auth login`; the Space's own secrets "
+            f"belong in its settings, never in files)"
+        )
     weights = {p for p in plan.files if not allowed(p)}
     for rel in sorted(plan.files):
         if rel in weights or plan.files[rel] > 5 * 2**20:
@@ -313,8 +387,10 @@ def _check_files(plan: Plan, max_total_mb: float) -> None:
             plan.problems.append(f"secret: {rel} contains a Hugging Face access token (hf_...); remove it")
     total_mb = plan.total / 2**20
     if total_mb > max_total_mb:
-        plan.problems.append(f"size: {total_mb:.1f} MB in total is over the {max_total_mb:g} MB limit "
-                             f"(--max-size-mb); a Space holds the app, not data")
+        plan.problems.append(
+            f"size: {total_mb:.1f} MB in total is over the {max_total_mb:g} MB limit "
+            f"(--max-size-mb); a Space holds the app, not data"
+        )
     big = [p for p in plan.files if plan.files[p] > LARGE_FILE_MB * 2**20]
     if big:
         plan.notes.append(f"{len(big)} file(s) over {LARGE_FILE_MB} MB: {', '.join(big)}")
@@ -356,6 +432,7 @@ def refusal(plan: Plan) -> str:
 def _revision(root: Path) -> str:
     return revision(root).describe()
 
+
 def upload(plan: Plan, repo_id: str, private: bool = False, hardware: str | None = None, api=None) -> str:
     """Create (or reuse) the Space and upload the plan's files in one commit; returns the Space URL."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
@@ -365,40 +442,60 @@ def upload(plan: Plan, repo_id: str, private: bool = False, hardware: str | None
         raise DeployError("HF_HUB_OFFLINE is set: a deploy needs the Hugging Face Hub. Unset it, or use --dry-run.")
     if api is None:
         if not get_token():
-            raise DeployError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write "
-                              "access); tokens are never read from files in this repository.")
+            raise DeployError(
+                "no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write "
+                "access); tokens are never read from files in this repository."
+            )
         api = HfApi()
     endpoint = getattr(api, "endpoint", None) or constants.ENDPOINT
     try:
-        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, space_hardware=hardware,
-                        exist_ok=True)
+        api.create_repo(
+            repo_id, repo_type="space", space_sdk="gradio", private=private, space_hardware=hardware, exist_ok=True
+        )
         if hardware:  # create_repo leaves an existing Space's hardware as it is
             api.request_space_hardware(repo_id, hardware)
         present = api.list_repo_files(repo_id, repo_type="space")
-        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(plan.root / path))
-                      for path in plan.files]
+        operations = [
+            CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(plan.root / path)) for path in plan.files
+        ]
         # Files this deploy owns (allow-list, checkpoints/) that are gone here are removed there too.
-        operations += [CommitOperationDelete(path_in_repo=path) for path in present
-                       if path not in plan.files and (allowed(path) or path.startswith("checkpoints/"))]
-        info = api.create_commit(repo_id, operations, repo_type="space",
-                                 commit_message=f"Deploy DSNet Explain from {_revision(plan.root)}")
+        operations += [
+            CommitOperationDelete(path_in_repo=path)
+            for path in present
+            if path not in plan.files and (allowed(path) or path.startswith("checkpoints/"))
+        ]
+        info = api.create_commit(
+            repo_id, operations, repo_type="space", commit_message=f"Deploy DSNet Explain from {_revision(plan.root)}"
+        )
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = {401: "the token is invalid or expired: run `hf auth login` again",
-                403: "the token has no write access to this namespace (or the hardware needs a PRO/paid plan)",
-                404: "no such namespace: check USER/NAME"}.get(status, "see the Hub's message above")
+        hint = {
+            401: "the token is invalid or expired: run `hf auth login` again",
+            403: "the token has no write access to this namespace (or the hardware needs a PRO/paid plan)",
+            404: "no such namespace: check USER/NAME",
+        }.get(status, "see the Hub's message above")
         raise DeployError(f"the Hugging Face Hub refused the deploy to {repo_id}: {e}\n{hint}") from None
-    except Exception as e:  # noqa: BLE001 - network failures of every HTTP stack: say so in one sentence
-        raise DeployError(f"cannot reach the Hugging Face Hub at {endpoint} ({type(e).__name__}: {e}); are you "
-                          f"offline? The Space got no commit (the upload is one commit: all files or none); rerun the "
-                          f"same command when online (--dry-run checks without the network).") from None
+    except Exception as e:
+        raise DeployError(
+            f"cannot reach the Hugging Face Hub at {endpoint} ({type(e).__name__}: {e}); are you "
+            f"offline? The Space got no commit (the upload is one commit: all files or none); rerun the "
+            f"same command when online (--dry-run checks without the network)."
+        ) from None
     url = f"{endpoint.rstrip('/')}/spaces/{repo_id}"
     commit = getattr(info, "oid", None)
     return f"{url}" + (f" (commit {commit})" if commit else "")
 
 
-def deploy(repo_id: str, private: bool = False, hardware: str | None = None, dry_run: bool = False,
-           root: str | os.PathLike = ROOT, max_total_mb: float = MAX_TOTAL_MB, api=None, out=None) -> Plan:
+def deploy(
+    repo_id: str,
+    private: bool = False,
+    hardware: str | None = None,
+    dry_run: bool = False,
+    root: str | os.PathLike = ROOT,
+    max_total_mb: float = MAX_TOTAL_MB,
+    api=None,
+    out=None,
+) -> Plan:
     """Check, print the plan and, unless ``dry_run``, upload. Raises DeployError listing every problem."""
     out = out or sys.stdout
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id or "") or len(repo_id) > 96:
@@ -409,8 +506,11 @@ def deploy(repo_id: str, private: bool = False, hardware: str | None = None, dry
         raise DeployError(refusal(plan))
     if dry_run:
         flags = (" --private" if private else "") + (f" --hardware {hardware}" if hardware else "")
-        print(f"dry run: all checks passed; `python -m app.space deploy {repo_id}{flags}` would upload these "
-              f"{len(plan.files)} files ({plan.total / 2**20:.1f} MB) to the Space {repo_id}", file=out)
+        print(
+            f"dry run: all checks passed; `python -m app.space deploy {repo_id}{flags}` would upload these "
+            f"{len(plan.files)} files ({plan.total / 2**20:.1f} MB) to the Space {repo_id}",
+            file=out,
+        )
         return plan
     print(f"uploaded: {upload(plan, repo_id, private, hardware, api)}", file=out)
     return plan
@@ -421,10 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("deploy", help="check, then create the Space and upload the allow-listed files")
     d.add_argument("repo_id", metavar="USER/NAME", help="the Space, e.g. alice/dsnet-explain")
-    d.add_argument("--private", action="store_true", help="create the Space private (an existing one keeps its "
-                                                          "visibility)")
-    d.add_argument("--hardware", choices=HARDWARE, metavar="HARDWARE",
-                   help=f"Space hardware: {', '.join(HARDWARE)} (default: the Hub's, cpu-basic)")
+    d.add_argument(
+        "--private", action="store_true", help="create the Space private (an existing one keeps its visibility)"
+    )
+    d.add_argument(
+        "--hardware",
+        choices=HARDWARE,
+        metavar="HARDWARE",
+        help=f"Space hardware: {', '.join(HARDWARE)} (default: the Hub's, cpu-basic)",
+    )
     d.add_argument("--dry-run", action="store_true", help="check and list the files; no network, no token")
     d.add_argument("--root", type=Path, default=ROOT, help="the folder to deploy (default: this repository)")
     d.add_argument("--max-size-mb", type=float, default=MAX_TOTAL_MB, help="refuse above this total size")

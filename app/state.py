@@ -1,4 +1,5 @@
 """What one visitor's page holds between requests, and the shape of what a run shows."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,14 @@ class Outcome:
     localisation: dict | None = None  # per model, for an example with object boxes
 
     def values(self) -> list:
-        return [self.status, self.view, *[v for col in self.columns for v in col], self.download, *self.differences,
-                self.localisation]
+        return [
+            self.status,
+            self.view,
+            *[v for col in self.columns for v in col],
+            self.download,
+            *self.differences,
+            self.localisation,
+        ]
 
 
 def new_image(session: Session | None) -> list:

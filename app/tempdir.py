@@ -1,4 +1,5 @@
 """The app's own Gradio folder (uploads, cached outputs), set before Gradio is imported."""
+
 from __future__ import annotations
 
 import os

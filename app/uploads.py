@@ -5,6 +5,7 @@
   else gets one refusal whose text does not depend on what the client named.
 * ``sweep_upload_folder``: leftovers of earlier runs are deleted at start-up and at SIGTERM.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ from .gradio_internals import upload_folder
 
 log = logging.getLogger("dsnet.app")
 
-REFUSED_INPUT = ("This image input is not accepted: upload a file, send the image as a data: URL, or pick "
-                 "an example by its id.")
+REFUSED_INPUT = (
+    "This image input is not accepted: upload a file, send the image as a data: URL, or pick an example by its id."
+)
 PROCESS_START = time.time()
 
 
@@ -74,7 +76,6 @@ def remove_upload(path: str) -> None:
         pass
 
 
-
 def sweep_upload_folder(before: float | None = None) -> int:
     """Delete files in Gradio's upload/cache folder created before ``before`` (default: this process's start)."""
     before = PROCESS_START if before is None else before
@@ -94,5 +95,3 @@ def sweep_upload_folder(before: float | None = None) -> int:
     if removed:
         log.info("swept %d leftover files from the upload folder", removed)
     return removed
-
-

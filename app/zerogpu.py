@@ -7,10 +7,12 @@ function in a forked worker that holds a GPU for that call. Everywhere else ``on
 function itself (``spaces.GPU`` does the same outside ZeroGPU), so the CPU path and plain GPU
 hardware (CUDA, picked by ``dsnet.zoo.loader.pick_device``) run exactly as without it.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -24,8 +26,9 @@ if on_zerogpu():
     try:
         import spaces  # noqa: F401 - must come before CUDA is touched; patches torch for start-up loading
     except ImportError as e:  # pragma: no cover - the Hub installs it on ZeroGPU Spaces; requirements.txt too
-        raise ImportError("this is a ZeroGPU Space but the `spaces` package is missing: add it to "
-                          "requirements.txt") from e
+        raise ImportError(
+            "this is a ZeroGPU Space but the `spaces` package is missing: add it to requirements.txt"
+        ) from e
 
 
 def on_gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
@@ -38,11 +41,13 @@ def on_gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
     """
     if on_zerogpu():
         import spaces
+
         return spaces.GPU(duration=duration)
     return lambda fn: fn
 
 
 def serving_device() -> str:
-    """"cpu", "cuda" or "mps": where the models run (``dsnet.zoo.loader.pick_device``; ZeroGPU reports "cuda")."""
+    """ "cpu", "cuda" or "mps": where the models run (``dsnet.zoo.loader.pick_device``; ZeroGPU reports "cuda")."""
     from dsnet.zoo.loader import pick_device
+
     return pick_device().type

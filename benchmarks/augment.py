@@ -9,6 +9,7 @@ Both make one epoch's worth of batches (the recipe's 112 px random-resized crops
 
     python benchmarks/augment.py [--images 2048] [--rounds 5] [--threads 2] [--json docs/augment-cpu.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from dsnet.core.provenance import artifact_header
 from dsnet.data.augment import epoch_draws, resized_crops
 from dsnet.data.labelled import TensorImages, train_transform
-from dsnet.core.provenance import artifact_header
 from dsnet.evidence.train import RECIPES
 
 
@@ -36,13 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     recipe = RECIPES["imagenette"]
     size, batch, scale = recipe.eval_resize, recipe.batch_size, (recipe.min_scale, 1.0)
-    images = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     labels = list(range(args.images))
     dataset = TensorImages(images, labels, train_transform(recipe.train_crop, scale))
 
     def per_image(seed: int) -> None:
-        loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(seed),
+        )
         for _ in loader:
             pass
 
@@ -60,13 +69,22 @@ def main(argv: list[str] | None = None) -> int:
             if r:
                 times[name].append(time.perf_counter() - started)
     n = args.images // batch * batch
-    result = {name: {"median_seconds": round(statistics.median(t), 3), "images_per_second": round(n / statistics.median(t))}
-              for name, t in times.items()}
-    result["batched_over_per_image_speed"] = round(result["batched"]["images_per_second"]
-                                                   / result["per_image"]["images_per_second"], 2)
-    out = {**artifact_header(argv, "benchmarks/augment.py"),
-           "threads": args.threads, "images": n, "batch": batch, "rounds": args.rounds, "torch": str(torch.__version__),
-           **result}
+    result = {
+        name: {"median_seconds": round(statistics.median(t), 3), "images_per_second": round(n / statistics.median(t))}
+        for name, t in times.items()
+    }
+    result["batched_over_per_image_speed"] = round(
+        result["batched"]["images_per_second"] / result["per_image"]["images_per_second"], 2
+    )
+    out = {
+        **artifact_header(argv, "benchmarks/augment.py"),
+        "threads": args.threads,
+        "images": n,
+        "batch": batch,
+        "rounds": args.rounds,
+        "torch": str(torch.__version__),
+        **result,
+    }
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

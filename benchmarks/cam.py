@@ -13,6 +13,7 @@ The heap keeps freed memory, as in the app (``dsnet.core.allocator``).
 
     python benchmarks/cam.py [--rounds 10] [--threads 2] [--device cpu|cuda]
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's per-batch progr
 import argparse
 import statistics
 import time
-
 from pathlib import Path
 
 import pytorch_grad_cam as pgc
@@ -30,11 +30,11 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import dsnet
-from dsnet.core.allocator import retain_freed_memory
-from dsnet.cam.service import explain
 from dsnet.cam.images import model_view, open_image, overlay, to_tensor
-from dsnet.zoo.manifest import load_manifest
+from dsnet.cam.service import explain
+from dsnet.core.allocator import retain_freed_memory
 from dsnet.zoo.loader import ZooModel
+from dsnet.zoo.manifest import load_manifest
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
 FLOOR, SERVICE = "floor: 3 inference forwards", "service: explain (GradCAM)"
@@ -53,7 +53,9 @@ def measure(device: str | torch.device, rounds: int = 10, image_path: str | None
     zoo = []
     for name in MODELS:
         entry = manifest.entry("imagenet", name)
-        zoo.append(ZooModel("imagenet", name, dsnet.get_model(name).eval().to(device), entry, manifest.labels(entry), device))
+        zoo.append(
+            ZooModel("imagenet", name, dsnet.get_model(name).eval().to(device), entry, manifest.labels(entry), device)
+        )
     image = open_image(image_path or default_image())
     pre = zoo[0].entry.preprocessing
 
@@ -97,21 +99,32 @@ def measure(device: str | torch.device, rounds: int = 10, image_path: str | None
             sync()
             times[label].append(time.perf_counter() - started)
     n = min(len(times[ABLATION]), len(times[FLOOR]))
-    ratio = lambda a, b, k=None: statistics.median(x / y for x, y in zip(times[a][:k], times[b][:k]))  # noqa: E731
-    return {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": rounds,
-            "image": str(image_path or default_image()), "times_s": times,
-            "median_s": {k: statistics.median(v) for k, v in times.items()},
-            "service_over_floor": ratio(SERVICE, FLOOR), "stock_over_service": ratio(STOCK, SERVICE),
-            "ablation_over_gradcam": ratio(ABLATION, SERVICE, n)}
+    ratio = lambda a, b, k=None: statistics.median(x / y for x, y in zip(times[a][:k], times[b][:k]))
+    return {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rounds": rounds,
+        "image": str(image_path or default_image()),
+        "times_s": times,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "service_over_floor": ratio(SERVICE, FLOOR),
+        "stock_over_service": ratio(STOCK, SERVICE),
+        "ablation_over_gradcam": ratio(ABLATION, SERVICE, n),
+    }
 
 
 def report(m: dict) -> str:
-    lines = [f"device {m['device']}, threads {m['threads']}, torch {m['torch']}, {m['rounds']} rounds, "
-             f"full-width 1000-class models, one 224 px image"]
+    lines = [
+        f"device {m['device']}, threads {m['threads']}, torch {m['torch']}, {m['rounds']} rounds, "
+        f"full-width 1000-class models, one 224 px image"
+    ]
     lines += [f"{k:<34} {1000 * v:>9.1f} ms (median of {len(m['times_s'][k])})" for k, v in m["median_s"].items()]
-    lines += [f"service / floor                    {m['service_over_floor']:.3f}  (target <= 1.25)",
-              f"stock / service (speed-up)         {m['stock_over_service']:.2f}x  (target >= 2.5x)",
-              f"AblationCAM / GradCAM, service     {m['ablation_over_gradcam']:.2f}x"]
+    lines += [
+        f"service / floor                    {m['service_over_floor']:.3f}  (target <= 1.25)",
+        f"stock / service (speed-up)         {m['stock_over_service']:.2f}x  (target >= 2.5x)",
+        f"AblationCAM / GradCAM, service     {m['ablation_over_gradcam']:.2f}x",
+    ]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ wall time is reported with, measured in the same run, the median of ``python -c 
 Help never imports torchvision, pytorch-grad-cam, SciPy, Matplotlib or Gradio (seconds each here);
 the commands that train or explain import PyTorch itself (``tests/test_cli.py`` checks both).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,13 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         rev = revision(ROOT)
         commit = rev.commit
         dirty = rev.dirty
-        record = {"command": "python benchmarks/cli_help.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "what": "median wall seconds of `<command> --help` in a fresh process, and of `import torch`",
-                  "commit": commit, "local_changes": dirty,
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                  "runs": args.runs, "import_torch_seconds": round(torch_import, 3), "commands": rows,
-                  "slowest_seconds": max(r["median_seconds"] for r in rows.values())}
+        record = {
+            "command": "python benchmarks/cli_help.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "what": "median wall seconds of `<command> --help` in a fresh process, and of `import torch`",
+            "commit": commit,
+            "local_changes": dirty,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "runs": args.runs,
+            "import_torch_seconds": round(torch_import, 3),
+            "commands": rows,
+            "slowest_seconds": max(r["median_seconds"] for r in rows.values()),
+        }
         args.json.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -12,6 +12,7 @@ baseline of every ratio, our ResNet50, runs as fast as torchvision's.
 
     python benchmarks/cpu_details.py [--rounds 30] [--processes 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ import torchvision
 
 import dsnet
 from dsnet.core.allocator import retain_freed_memory
-from dsnet.models.kernels import FoldedShortcutSum, GroupNormAffine, MeanPool, per_channel
+from dsnet.models.kernels import FoldedShortcutSum, GroupNormAffine, MeanPool
 
 FAULTS = textwrap.dedent("""
     import resource, sys, torch, dsnet
@@ -70,17 +71,32 @@ def main() -> None:
     torch.set_num_threads(2)
 
     for heap in ("default", "retained"):
-        faults = [float(subprocess.run([sys.executable, "-c", FAULTS, heap], capture_output=True, text=True,
-                                       check=True).stdout) for _ in range(args.processes)]
-        print(f"page faults per DSNet50 forward, {heap} heap: " + ", ".join(f"{f:.0f}" for f in faults)
-              + f"  ({args.processes} processes)")
+        faults = [
+            float(
+                subprocess.run([sys.executable, "-c", FAULTS, heap], capture_output=True, text=True, check=True).stdout
+            )
+            for _ in range(args.processes)
+        ]
+        print(
+            f"page faults per DSNet50 forward, {heap} heap: "
+            + ", ".join(f"{f:.0f}" for f in faults)
+            + f"  ({args.processes} processes)"
+        )
 
     retain_freed_memory()
     a = torch.randn(1, 128, 56, 56).relu()
     pool = MeanPool(128, 2)
     with torch.inference_mode():
-        show("2x2 pool, 1x128x56x56", median_ms({"avg_pool2d": lambda: torch.nn.functional.avg_pool2d(
-            a, 2, 2, ceil_mode=True), "MeanPool": lambda: pool(a)}, args.rounds))
+        show(
+            "2x2 pool, 1x128x56x56",
+            median_ms(
+                {
+                    "avg_pool2d": lambda: torch.nn.functional.avg_pool2d(a, 2, 2, ceil_mode=True),
+                    "MeanPool": lambda: pool(a),
+                },
+                args.rounds,
+            ),
+        )
 
     shape, per_channel = (8, 256, 56, 56), (8, 256, 1, 1)
     x, y, grad = torch.randn(shape), torch.randn(shape).relu().requires_grad_(), torch.randn(shape)
@@ -94,8 +110,10 @@ def main() -> None:
             out = out.addcmul_(scale, y).add_(bias)
         return lambda: torch.autograd.grad(out, (y, scale, bias), grad, retain_graph=True)
 
-    show("backward of one shortcut term, 8x256x56x56", median_ms(
-        {"autograd": term(False), "hand-written": term(True)}, args.rounds))
+    show(
+        "backward of one shortcut term, 8x256x56x56",
+        median_ms({"autograd": term(False), "hand-written": term(True)}, args.rounds),
+    )
 
     def moments(hand_written: bool):
         if hand_written:
@@ -109,14 +127,18 @@ def main() -> None:
         loss = (scale + shift).sum()
         return lambda: torch.autograd.grad(loss, y, retain_graph=True)
 
-    show("backward of N's statistics, 8x256x56x56", median_ms(
-        {"autograd": moments(False), "hand-written": moments(True)}, args.rounds))
+    show(
+        "backward of N's statistics, 8x256x56x56",
+        median_ms({"autograd": moments(False), "hand-written": moments(True)}, args.rounds),
+    )
 
     reference, ours = torchvision.models.resnet50().eval(), dsnet.get_model("resnet50").eval()
     image = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
-        show("ResNet50 inference, batch 1", median_ms(
-            {"torchvision": lambda: reference(image), "ours": lambda: ours(image)}, args.rounds))
+        show(
+            "ResNet50 inference, batch 1",
+            median_ms({"torchvision": lambda: reference(image), "ours": lambda: ours(image)}, args.rounds),
+        )
 
 
 if __name__ == "__main__":

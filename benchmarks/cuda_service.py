@@ -15,6 +15,7 @@ finished.
 
     python benchmarks/cuda_service.py --out service.json [--device cuda] [--rounds 30] [--image PATH]
 """
+
 from __future__ import annotations
 
 import os
@@ -36,14 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import dsnet  # noqa: E402
-from dsnet.zoo import loader as zoo_mod  # noqa: E402
-from dsnet.core.allocator import retain_freed_memory  # noqa: E402
-from dsnet.core.provenance import revision  # noqa: E402
-from dsnet.core.files import free_port, wait_until_serving  # noqa: E402
-from dsnet.cam.service import TargetPolicy, explain_model  # noqa: E402
 from dsnet.cam.images import open_image  # noqa: E402
-from dsnet.zoo.manifest import load_manifest  # noqa: E402
+from dsnet.cam.service import TargetPolicy, explain_model  # noqa: E402
+from dsnet.core.allocator import retain_freed_memory  # noqa: E402
+from dsnet.core.files import free_port, wait_until_serving  # noqa: E402
+from dsnet.core.provenance import revision  # noqa: E402
+from dsnet.zoo import loader as zoo_mod  # noqa: E402
 from dsnet.zoo.loader import ZooModel  # noqa: E402
+from dsnet.zoo.manifest import load_manifest  # noqa: E402
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
 # Tolerances (max abs difference, CPU vs DEVICE). Probabilities are in [0, 1]; maps are min-max
@@ -60,6 +61,7 @@ def repo_image() -> str:
     if photos:
         return str(photos[0])
     from gradio.media import get_image
+
     return get_image("cheetah.jpg")
 
 
@@ -83,14 +85,25 @@ def compare(cpu, dev, tol: dict) -> dict:
     dp = {p.index: p.probability for p in dev.top5}
     prob_diff = float(max(abs(p.probability - dp[p.index]) for p in cpu.top5 if p.index in dp)) if dp else 1.0
     # a swap is allowed only between CPU neighbours closer than the tolerance
-    order_ok = all(a == b or (k + 1 < len(cp) and abs(cp[k] - cp[k + 1]) < tol["prob"]) or
-                   (k > 0 and abs(cp[k] - cp[k - 1]) < tol["prob"]) for k, (a, b) in enumerate(zip(ci, di)))
+    order_ok = all(
+        a == b
+        or (k + 1 < len(cp) and abs(cp[k] - cp[k + 1]) < tol["prob"])
+        or (k > 0 and abs(cp[k] - cp[k - 1]) < tol["prob"])
+        for k, (a, b) in enumerate(zip(ci, di))
+    )
     cam_diff = float(np.abs(cpu.cam - dev.cam).max())
-    return {"top5_cpu": ci, "top5_device": di, "top5_equal": ci == di, "top5_ok": order_ok,
-            "top5_prob_max_abs_diff": prob_diff, "cam_max_abs_diff": cam_diff,
-            "cam_mean_abs_diff": float(np.abs(cpu.cam - dev.cam).mean()),
-            "explained": cpu.explained.index, "devices": [cpu.device, dev.device],
-            "pass": bool(order_ok and prob_diff <= tol["prob"] and cam_diff <= tol["cam"])}
+    return {
+        "top5_cpu": ci,
+        "top5_device": di,
+        "top5_equal": ci == di,
+        "top5_ok": order_ok,
+        "top5_prob_max_abs_diff": prob_diff,
+        "cam_max_abs_diff": cam_diff,
+        "cam_mean_abs_diff": float(np.abs(cpu.cam - dev.cam).mean()),
+        "explained": cpu.explained.index,
+        "devices": [cpu.device, dev.device],
+        "pass": bool(order_ok and prob_diff <= tol["prob"] and cam_diff <= tol["cam"]),
+    }
 
 
 def random_pair(name: str, device: torch.device, manifest) -> tuple[ZooModel, ZooModel]:
@@ -101,16 +114,23 @@ def random_pair(name: str, device: torch.device, manifest) -> tuple[ZooModel, Zo
     twin = dsnet.get_model(name).eval()
     twin.load_state_dict(state)
     labels = manifest.labels(entry)
-    return (ZooModel("imagenet", name, model, entry, labels, torch.device("cpu")),
-            ZooModel("imagenet", name, twin.to(device), entry, labels, device))
+    return (
+        ZooModel("imagenet", name, model, entry, labels, torch.device("cpu")),
+        ZooModel("imagenet", name, twin.to(device), entry, labels, device),
+    )
 
 
 def agreement(device: torch.device, image_path: str) -> dict:
     manifest = load_manifest()
     image = open_image(image_path)
     out: dict = {"image": image_path, "tolerance": TOLERANCE, "cases": {}}
-    pairs = [(f"imagenette/{n}", lambda n=n: (zoo_mod.load("imagenette", n, device="cpu"),
-                                              zoo_mod.load("imagenette", n, device=device))) for n in MODELS]
+    pairs = [
+        (
+            f"imagenette/{n}",
+            lambda n=n: (zoo_mod.load("imagenette", n, device="cpu"), zoo_mod.load("imagenette", n, device=device)),
+        )
+        for n in MODELS
+    ]
     pairs += [(f"random-1000/{n}", lambda n=n: random_pair(n, device, manifest)) for n in MODELS]
     for label, make in pairs:
         cpu_zm, dev_zm = make()
@@ -122,14 +142,19 @@ def agreement(device: torch.device, image_path: str) -> dict:
             set_tf32(tf32)
             dev = explain_model(image, dev_zm, target=policy)
             dev_top1 = explain_model(image, dev_zm)  # its own top-1, as the app would explain it
-            case[mode] = {**compare(cpu, dev, TOLERANCE[mode]),
-                          "device_top1_equals_cpu_top1": dev_top1.explained.index == cpu.explained.index}
+            case[mode] = {
+                **compare(cpu, dev, TOLERANCE[mode]),
+                "device_top1_equals_cpu_top1": dev_top1.explained.index == cpu.explained.index,
+            }
         set_tf32(True)
         case["pass"] = case["tf32"]["pass"] and case["fp32"]["pass"]
         out["cases"][label] = case
-        print(f"{label:<22} tf32: probs {case['tf32']['top5_prob_max_abs_diff']:.2e} cam "
-              f"{case['tf32']['cam_max_abs_diff']:.2e}  fp32: probs {case['fp32']['top5_prob_max_abs_diff']:.2e} cam "
-              f"{case['fp32']['cam_max_abs_diff']:.2e}  {'pass' if case['pass'] else 'FAIL'}", flush=True)
+        print(
+            f"{label:<22} tf32: probs {case['tf32']['top5_prob_max_abs_diff']:.2e} cam "
+            f"{case['tf32']['cam_max_abs_diff']:.2e}  fp32: probs {case['fp32']['top5_prob_max_abs_diff']:.2e} cam "
+            f"{case['fp32']['cam_max_abs_diff']:.2e}  {'pass' if case['pass'] else 'FAIL'}",
+            flush=True,
+        )
     out["pass"] = all(c["pass"] for c in out["cases"].values())
     return out
 
@@ -137,6 +162,7 @@ def agreement(device: torch.device, image_path: str) -> dict:
 def app_request(device: torch.device, image_path: str, startup_limit: float, log_path: Path) -> dict:
     """``python app.py`` as is, one request through gradio_client; the captions must name the device."""
     from gradio_client import Client, handle_file
+
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}
     url = f"http://127.0.0.1:{port}/"
@@ -149,7 +175,9 @@ def app_request(device: torch.device, image_path: str, startup_limit: float, log
             client = Client(url, verbose=False)
             # the /explain endpoint's own parameters: the photo for the image, the imagenette zoo, and
             # every other parameter at its default (each model's top-1, GradCAM, ...)
-            params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/explain"]["parameters"]
+            params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/explain"][
+                "parameters"
+            ]
             kwargs = {}
             for prm in params:
                 name = prm["parameter_name"]
@@ -167,9 +195,18 @@ def app_request(device: torch.device, image_path: str, startup_limit: float, log
             captions = [o for o in out if isinstance(o, str) and " ms · " in o]  # "<n> ms · gradcam · <device>"
             top5 = [[c["label"] for c in o["confidences"]] for o in out if isinstance(o, dict) and "confidences" in o]
             named = [f"· {device.type}" in c for c in captions]
-            return {"url": url, "image": image_path, "seconds_to_serve": round(serving, 1),
-                    "request_seconds": round(seconds, 2), "outputs": len(out), "parameters": {k: str(v) for k, v in kwargs.items()}, "captions": captions, "top5": top5,
-                    "caption_names_device": named, "pass": len(captions) == len(MODELS) and all(named)}
+            return {
+                "url": url,
+                "image": image_path,
+                "seconds_to_serve": round(serving, 1),
+                "request_seconds": round(seconds, 2),
+                "outputs": len(out),
+                "parameters": {k: str(v) for k, v in kwargs.items()},
+                "captions": captions,
+                "top5": top5,
+                "caption_names_device": named,
+                "pass": len(captions) == len(MODELS) and all(named),
+            }
         finally:
             proc.terminate()
             try:
@@ -195,13 +232,20 @@ def main() -> int:
     device = torch.device(args.device)
     image = args.image or repo_image()
     parts = args.parts.split(",")
-    result: dict = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-                    "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                    "cpu_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-                    "commit": revision(ROOT).commit or None,
-                    "argv": sys.argv[1:], "notes": []}
+    result: dict = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "cpu_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "commit": revision(ROOT).commit or None,
+        "argv": sys.argv[1:],
+        "notes": [],
+    }
     try:
         import gradio
+
         result["gradio"] = gradio.__version__
     except ImportError:
         pass
@@ -213,13 +257,14 @@ def main() -> int:
         started = time.monotonic()
         try:
             result[name] = fn()
-        except Exception as e:  # noqa: BLE001 - recorded; the next part still runs
+        except Exception as e:
             result[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(), "pass": False}
             print(result[name]["traceback"], file=sys.stderr, flush=True)
         result[name]["seconds"] = round(time.monotonic() - started, 1)
         write(args.out, result)
-        print(f"{name}: {'pass' if result[name].get('pass', True) else 'FAIL'} ({result[name]['seconds']} s)",
-              flush=True)
+        print(
+            f"{name}: {'pass' if result[name].get('pass', True) else 'FAIL'} ({result[name]['seconds']} s)", flush=True
+        )
 
     if device.type == "cpu":
         result["notes"].append("device cpu: the CPU-vs-device comparison (part 1) is skipped; parts 2-3 ran on the CPU")
@@ -228,8 +273,10 @@ def main() -> int:
 
     def speed() -> dict:
         import cam as cam_bench  # benchmarks/cam.py
-        bench_image = args.bench_image or (cam_bench.default_image() if Path(cam_bench.default_image()).is_file()
-                                           else image)
+
+        bench_image = args.bench_image or (
+            cam_bench.default_image() if Path(cam_bench.default_image()).is_file() else image
+        )
         m = cam_bench.measure(device, args.rounds, bench_image)
         print(cam_bench.report(m), flush=True)
         return m

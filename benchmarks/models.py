@@ -24,6 +24,7 @@ them (``dsnet50@REV``, ``ds2net50@REV``; any layout: ``dsnet/models.py`` before 
 inference rounds, so old and new code are compared side by side in one process (their outputs are
 checked equal to the working tree's first). Inference only: the training rounds keep the three models.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ PAPER = {"dsnet50": (1.19, 1.22), "ds2net50": (1.26, 1.31)}  # Table 9: (time, m
 
 REPO = Path(__file__).resolve().parents[1]
 # Where a revision keeps its networks and kernels: after the package move, before it (kernels since f6297bd).
-LAYOUTS = ({"networks": "dsnet/models/networks.py", "kernels": "dsnet/models/kernels.py"},
-           {"networks": "dsnet/models.py", "kernels": "dsnet/kernels.py"})
+LAYOUTS = (
+    {"networks": "dsnet/models/networks.py", "kernels": "dsnet/models/kernels.py"},
+    {"networks": "dsnet/models.py", "kernels": "dsnet/kernels.py"},
+)
 REGISTRY_STUB = """BUILDERS = {}
 
 
@@ -66,6 +69,7 @@ def register_model(name=None):
 def models_at(rev: str):
     """The networks module of git revision ``rev``, imported as a package of its own (its kernels
     beside it, a registry of its own), so it runs next to the working tree's in one process."""
+
     def show(path: str) -> str | None:
         done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True, check=False)
         return done.stdout if done.returncode == 0 else None
@@ -83,8 +87,9 @@ def models_at(rev: str):
     if (kernels := show(layout["kernels"])) is not None:
         (root / "kernels.py").write_text(kernels)
     # The package's own kernels and registry, not the working tree's (absolute imports after the move).
-    networks = re.sub(r"^from dsnet\.models\.(kernels|registry) import", r"from .\1 import", networks,
-                      flags=re.MULTILINE)
+    networks = re.sub(
+        r"^from dsnet\.models\.(kernels|registry) import", r"from .\1 import", networks, flags=re.MULTILINE
+    )
     (root / "networks.py").write_text(networks)
     sys.path.insert(0, str(root.parent))
     return importlib.import_module(f"{package}.networks")
@@ -95,8 +100,10 @@ def print_load(at_start: float) -> None:
     whichever thread was descheduled, so times grow many-fold and single runs' ratios scatter
     (docs/benchmarks.md, issue 23). The 1-minute load average, this run included, says whether a
     run had the cores to itself (about 2 on this 2-core machine: the two threads)."""
-    print(f"machine load (1-minute load average, this run included): {at_start:.2f} at the start, "
-          f"{os.getloadavg()[0]:.2f} at the end (cores: {os.cpu_count()})")
+    print(
+        f"machine load (1-minute load average, this run included): {at_start:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end (cores: {os.cpu_count()})"
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -125,10 +132,16 @@ def main() -> None:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--train-only", action="store_true", help="skip the inference latencies")
     only.add_argument("--inference-only", action="store_true", help="skip the training step and its memory")
-    p.add_argument("--ieee-fp32", action="store_true",
-                   help="CUDA: float32 convolutions without TF32 (as on GPUs before Ampere)")
-    p.add_argument("--compare-rev", action="append", default=[], metavar="REV",
-                   help="also time dsnet50/ds2net50 as git revision REV builds them (inference; repeatable)")
+    p.add_argument(
+        "--ieee-fp32", action="store_true", help="CUDA: float32 convolutions without TF32 (as on GPUs before Ampere)"
+    )
+    p.add_argument(
+        "--compare-rev",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also time dsnet50/ds2net50 as git revision REV builds them (inference; repeatable)",
+    )
     args = p.parse_args()
     heap = "glibc default" if args.glibc_default_heap else f"retained: {retain_freed_memory()}"
     torch.set_num_threads(args.threads)
@@ -153,20 +166,25 @@ def main() -> None:
         checks = []
         with torch.inference_mode():
             probe = torch.randn(1, 3, 224, 224, device=device).contiguous(memory_format=memory_format)
-            for n in list(timed_models)[len(MODELS):]:
+            for n in list(timed_models)[len(MODELS) :]:
                 new, old = (timed_models[n.split("@")[0]](probe), timed_models[n](probe))
-                checks.append(f"{n}: outputs {'equal' if torch.equal(new, old) else 'NOT equal'} to the working "
-                              f"tree's (max |difference| {(new - old).abs().max().item():.1e})")
+                checks.append(
+                    f"{n}: outputs {'equal' if torch.equal(new, old) else 'NOT equal'} to the working "
+                    f"tree's (max |difference| {(new - old).abs().max().item():.1e})"
+                )
     names = tuple(timed_models)
     width = max(12, *(len(n) + 2 for n in names))
     runners = {n: torch.compile(m, dynamic=False) if args.compile else m for n, m in timed_models.items()}
-    autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                              enabled=args.amp)
+    autocast = torch.autocast(
+        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=args.amp
+    )
     name = "cpu"
     if device.type == "cuda":
         name = f"{torch.cuda.get_device_name(device)} (fp32 convolutions: {torch.backends.cudnn.conv.fp32_precision})"
-    print(f"device {name}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
-          f"heap {heap}, amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}")
+    print(
+        f"device {name}, threads {torch.get_num_threads()}, torch {torch.__version__}, {args.rounds} rounds, "
+        f"heap {heap}, amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}"
+    )
     for line in checks:
         print(line)
     load_at_start = os.getloadavg()[0]
@@ -194,8 +212,13 @@ def main() -> None:
             q1, _, q3 = statistics.quantiles(v, n=4)
             return f" [{q1:.2f}-{q3:.2f}]"
 
-        print(f"{label:<28}" + "".join(f"{scale * med[n]:>{width - len(unit)}.1f}{unit}" for n in rounds) + "   "
-              + "  ".join(f"{n} {ratios[n]:.3f}{spread(per_round[n])}" for n in list(rounds)[1:]), flush=True)
+        print(
+            f"{label:<28}"
+            + "".join(f"{scale * med[n]:>{width - len(unit)}.1f}{unit}" for n in rounds)
+            + "   "
+            + "  ".join(f"{n} {ratios[n]:.3f}{spread(per_round[n])}" for n in list(rounds)[1:]),
+            flush=True,
+        )
         return ratios
 
     for batch in () if args.train_only else (1, 8):
@@ -203,10 +226,10 @@ def main() -> None:
         rounds: dict[str, list[float]] = {n: [] for n in names}
         with torch.inference_mode(), autocast:
             for n, m in runners.items():  # warm-up: oneDNN's primitive cache and the heap settle (and compilation)
-                warm_up(f"inference, batch {batch}", n, lambda: [m(x) for _ in range(3)])
+                warm_up(f"inference, batch {batch}", n, lambda m=m, x=x: [m(x) for _ in range(3)])
             for _ in range(args.rounds):
                 for n in shuffled(names):
-                    rounds[n].append(timed(lambda: runners[n](x), device))
+                    rounds[n].append(timed(lambda n=n, x=x: runners[n](x), device))
         report(f"inference, batch {batch}", rounds, "ms", 1000)
     if args.inference_only:
         print_load(load_at_start)
@@ -225,11 +248,11 @@ def main() -> None:
         optimisers[n].step()
 
     for n in MODELS:
-        warm_up(f"training step, batch {args.train_batch}", n, lambda: [step(n) for _ in range(2)])
+        warm_up(f"training step, batch {args.train_batch}", n, lambda n=n: [step(n) for _ in range(2)])
     rounds = {n: [] for n in MODELS}
     for _ in range(args.rounds):
         for n in shuffled():
-            rounds[n].append(timed(lambda: step(n), device))
+            rounds[n].append(timed(lambda n=n: step(n), device))
     time_ratio = report(f"training step, batch {args.train_batch}", rounds, "ms", 1000)
     memory = {n: [train_step_memory(models[n], 224, args.train_batch)] for n in MODELS}
     memory_ratio = report(f"training memory, batch {args.train_batch}", memory, "MB", 1)

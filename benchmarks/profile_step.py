@@ -8,6 +8,7 @@ ResNet's can be named for a later fused kernel. JSON with ``--json``.
 
     python benchmarks/profile_step.py [--device cuda] [--batch 64] [--steps 5] [--top 15] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ MODELS = ("resnet50", "dsnet50", "ds2net50")
 
 
 def profile(name: str, device: torch.device, batch: int, steps: int, size: int, top: int) -> dict:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
     torch.manual_seed(0)
     model = dsnet.get_model(name).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -38,6 +41,7 @@ def profile(name: str, device: torch.device, batch: int, steps: int, size: int, 
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+
     for _ in range(3):
         step()
     if device.type == "cuda":
@@ -52,14 +56,30 @@ def profile(name: str, device: torch.device, batch: int, steps: int, size: int, 
     use_device = device.type == "cuda"
 
     def spent(e) -> float:  # self time on the device (CUDA kernels) or on the CPU
-        return (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)) if use_device \
+        return (
+            (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))
+            if use_device
             else e.self_cpu_time_total
+        )
+
     kernels = [e for e in events if spent(e) > 0 and (not use_device or e.device_type.name == "CUDA")]
     total = sum(spent(e) for e in kernels)
     rows = sorted(kernels, key=spent, reverse=True)[:top]
-    return {"model": name, "batch": batch, "steps": steps, "device_us_per_step": round(total / steps, 1),
-            "top": [{"kernel": e.key[:140], "calls_per_step": round(e.count / steps, 1),
-                     "us_per_step": round(spent(e) / steps, 1), "share": round(spent(e) / total, 4)} for e in rows]}
+    return {
+        "model": name,
+        "batch": batch,
+        "steps": steps,
+        "device_us_per_step": round(total / steps, 1),
+        "top": [
+            {
+                "kernel": e.key[:140],
+                "calls_per_step": round(e.count / steps, 1),
+                "us_per_step": round(spent(e) / steps, 1),
+                "share": round(spent(e) / total, 4),
+            }
+            for e in rows
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,16 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    out = {**artifact_header(argv, "benchmarks/profile_step.py"), "torch": str(torch.__version__),
-           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "models": []}
+    out = {
+        **artifact_header(argv, "benchmarks/profile_step.py"),
+        "torch": str(torch.__version__),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "models": [],
+    }
     for name in MODELS:
         r = profile(name, device, args.batch, args.steps, args.size, args.top)
         out["models"].append(r)
         base = out["models"][0]["device_us_per_step"]
-        print(f"{name}: {r['device_us_per_step'] / 1000:.1f} ms of device time per step "
-              f"({r['device_us_per_step'] / base:.2f}x resnet50)", flush=True)
+        print(
+            f"{name}: {r['device_us_per_step'] / 1000:.1f} ms of device time per step "
+            f"({r['device_us_per_step'] / base:.2f}x resnet50)",
+            flush=True,
+        )
         for k in r["top"][:8]:
-            print(f"   {100 * k['share']:5.1f} %  {k['us_per_step'] / 1000:7.2f} ms  x{k['calls_per_step']:<6} {k['kernel'][:90]}")
+            print(
+                f"   {100 * k['share']:5.1f} %  {k['us_per_step'] / 1000:7.2f} ms  x{k['calls_per_step']:<6} "
+                f"{k['kernel'][:90]}"
+            )
         if args.json:
             args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0

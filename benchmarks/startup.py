@@ -7,6 +7,7 @@ Each run starts ``python app.py`` from the repository root with no DSNET_* / GRA
 since the process was started and its resident memory then. Then, in a fresh process, it times what
 the first request adds: loading and verifying the three imagenette models (``load_available``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def one_run(timeout: float) -> dict:
     port = free_port()
     env = clean_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         try:
             wait_until_serving(proc, f"http://127.0.0.1:{port}/", timeout)
@@ -78,8 +80,15 @@ print(json.dumps({"import_seconds": round(t1 - t0, 2), "load_seconds": round(t2 
 
 
 def first_use() -> dict:
-    r = subprocess.run([sys.executable, "-c", FIRST_USE], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
-                       timeout=600, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", FIRST_USE],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -94,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(one_run(args.timeout))
         print(f"run {i + 1}: serving after {runs[-1]['seconds']:.2f} s, RSS {runs[-1]['rss_mb']} MB", flush=True)
     load = first_use()
-    print(f"first use: loading + verifying {', '.join(load['models'])} takes {load['load_seconds']:.2f} s "
-          f"(after {load['import_seconds']:.2f} s of imports) on {load['device']}")
+    print(
+        f"first use: loading + verifying {', '.join(load['models'])} takes {load['load_seconds']:.2f} s "
+        f"(after {load['import_seconds']:.2f} s of imports) on {load['device']}"
+    )
     median = statistics.median(r["seconds"] for r in runs)
     print(f"python app.py serves after {median:.2f} s (median of {len(runs)})")
     if args.json:
@@ -105,12 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "command": "python benchmarks/startup.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "what": "seconds from starting `python app.py` (repo root, no DSNET_/GRADIO_ settings) until GET / "
-                    "returns 200; RSS of that process then; first_use: loading the imagenette zoo in a fresh process",
-            "commit": commit, "local_changes": dirty,
+            "returns 200; RSS of that process then; first_use: loading the imagenette zoo in a fresh process",
+            "commit": commit,
+            "local_changes": dirty,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
             "loadavg_1min_at_end": round(os.getloadavg()[0], 2),  # other work on the machine slows start-up
-            "median_seconds": median, "runs": runs, "first_use": load,
+            "median_seconds": median,
+            "runs": runs,
+            "first_use": load,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1) + "\n")

@@ -19,15 +19,17 @@ few minutes.
 
     python benchmarks/traffic.py [--batch 8] [--size 224] [--width 1.0] [--compile [cpp|triton]]
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 from unittest import mock
 
 import torch
@@ -95,8 +97,9 @@ def eager_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], T
 Scheduling = Literal["cpp", "triton"]
 
 
-def compiled_traffic(module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], Tensor],
-                     scheduling: Scheduling = "cpp") -> Traffic:
+def compiled_traffic(
+    module: torch.nn.Module, x: Tensor, loss: Callable[[Tensor], Tensor], scheduling: Scheduling = "cpp"
+) -> Traffic:
     """Forward and backward of ``loss(module(x))`` compiled by Inductor, counted kernel by kernel
     as Inductor's scheduler fused them.
 
@@ -162,17 +165,21 @@ def _count_kernels(nodes, traffic: Traffic) -> None:
             continue  # views, and the parts of a kernel's tuple result: nothing launched
         kernel = "generated kernel"
         if isinstance(node, ExternKernelSchedulerNode):  # aten::convolution -> "convolution"
-            kernel = node.node.op_overload._opname if node.node.op_overload else node.node.python_kernel_name.split(".")[-1]
+            kernel = (
+                node.node.op_overload._opname if node.node.op_overload else node.node.python_kernel_name.split(".")[-1]
+            )
         traffic.bytes_by_op[kernel] += node.get_read_write_buffers_sizes()
         traffic.ops_by_op[kernel] += 1
 
 
-def training_step_traffic(name: str, batch: int, size: int, width: float, compiled: Scheduling | None = None) -> Traffic:
+def training_step_traffic(
+    name: str, batch: int, size: int, width: float, compiled: Scheduling | None = None
+) -> Traffic:
     """Eager (``compiled=None``) or compiled with the given Inductor scheduling."""
     torch.manual_seed(0)
     model = dsnet.get_model(name, width=width).train()
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
-    loss = lambda logits: F.cross_entropy(logits, y)  # noqa: E731
+    loss = lambda logits: F.cross_entropy(logits, y)
     return eager_traffic(model, x, loss) if compiled is None else compiled_traffic(model, x, loss, compiled)
 
 
@@ -182,20 +189,29 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--compile", nargs="?", const="cpp", choices=("cpp", "triton"),
-                   help="count the torch.compile'd step: the kernels that run here (cpp, the default) or "
-                        "those Inductor's Triton scheduling (its GPU code path) makes of it (triton)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="cpp",
+        choices=("cpp", "triton"),
+        help="count the torch.compile'd step: the kernels that run here (cpp, the default) or "
+        "those Inductor's Triton scheduling (its GPU code path) makes of it (triton)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     traffic = {n: training_step_traffic(n, args.batch, args.size, args.width, args.compile) for n in MODELS}
     base = traffic["resnet50"]
     how = f"compiled ({args.compile} scheduling)" if args.compile else "eager"
-    print(f"one training step (forward + backward), {how}, batch {args.batch}, "
-          f"{args.size} px, width {args.width}; GB moved ({'kernels' if args.compile else 'ops'}), ratio vs resnet50")
+    print(
+        f"one training step (forward + backward), {how}, batch {args.batch}, "
+        f"{args.size} px, width {args.width}; GB moved ({'kernels' if args.compile else 'ops'}), ratio vs resnet50"
+    )
     print(f"{'group':<14}" + "".join(f"{n:>26}" for n in MODELS))
     for group in (*(g for g in GROUPS if base.bytes(g)), "all"):  # compiled: BatchNorm is in generated kernels
-        cells = [f"{t.bytes(group) / 1e9:7.2f} ({t.ops(group):5d}) {t.bytes(group) / max(1, base.bytes(group)):5.2f}x"
-                 for t in traffic.values()]
+        cells = [
+            f"{t.bytes(group) / 1e9:7.2f} ({t.ops(group):5d}) {t.bytes(group) / max(1, base.bytes(group)):5.2f}x"
+            for t in traffic.values()
+        ]
         print(f"{group:<14}" + "".join(f"{c:>26}" for c in cells))
     for n in MODELS[1:]:
         extra = traffic[n].bytes_by_op - base.bytes_by_op

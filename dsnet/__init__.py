@@ -9,6 +9,7 @@ figures, statistics: the command lines) -> ``app`` (the Gradio UI and its deploy
 This module is the front door for users; ``import dsnet`` does not import PyTorch (seconds): the
 models load on first use (PEP 562).
 """
+
 from __future__ import annotations
 
 from .models import list_models, register_model
@@ -19,6 +20,7 @@ __all__ = ["DSNet", "ShortcutSpec", "get_model", "list_models", "register_model"
 def __getattr__(name: str):
     if name in ("DSNet", "ShortcutSpec"):
         from .models import networks
+
         return getattr(networks, name)
     raise AttributeError(f"module 'dsnet' has no attribute {name!r}")
 
@@ -32,9 +34,11 @@ def get_model(name: str, *, weights: str | None = None, device=None, **kwargs):
     (``dsnet.zoo.loader.load``) is never handed out."""
     if weights is not None:
         from .zoo.loader import default_zoo
+
         if kwargs:
             raise ValueError("pass either weights= (the zoo fixes the architecture) or builder kwargs, not both")
         return default_zoo().fresh_model(weights, name, device or "cpu")
     from .models import build_model
+
     model = build_model(name, **kwargs)
     return model.to(device) if device is not None else model

@@ -7,6 +7,7 @@ side resized to SIZE, centre square), re-encoded lossy, in the ImageFolder layou
     python scripts/pack_images.py ../shared/data/imagenette/train .data/imagenette/train
     python scripts/pack_images.py ../shared/data/imagenette/val .data/imagenette/val --per-class 100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def main() -> None:
     for it in tqdm(items, unit="img"):
         out = args.dst / it.wnid / f"{it.path.stem}.webp"
         out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(decode_square(it.path, args.size).permute(1, 2, 0).numpy()).save(out, "WEBP", quality=args.quality)
+        Image.fromarray(decode_square(it.path, args.size).permute(1, 2, 0).numpy()).save(
+            out, "WEBP", quality=args.quality
+        )
         total += out.stat().st_size
     print(f"{len(items)} images, {total / 2**20:.1f} MB in {args.dst}")
 

@@ -1,4 +1,5 @@
 """Every kind of bad or awkward image of issue 6, generated on the fly: name -> (bytes, upload name)."""
+
 from __future__ import annotations
 
 import base64
@@ -22,9 +23,16 @@ def photo(size=(320, 240)) -> Image.Image:
 
 
 EXPECTED = {  # bad input -> words its error message must contain
-    "zero_bytes": "empty", "text_as_jpg": "text file", "html_as_jpg": "HTML", "svg_as_jpg": "SVG",
-    "pdf_as_jpg": "PDF", "truncated_jpeg": "truncated", "decompression_bomb": "limit is 40 MP",
-    "strip_10000x1": "aspect ratio", "strip_1x10000": "aspect ratio", "one_pixel": "at least 8 px",
+    "zero_bytes": "empty",
+    "text_as_jpg": "text file",
+    "html_as_jpg": "HTML",
+    "svg_as_jpg": "SVG",
+    "pdf_as_jpg": "PDF",
+    "truncated_jpeg": "truncated",
+    "decompression_bomb": "limit is 40 MP",
+    "strip_10000x1": "aspect ratio",
+    "strip_1x10000": "aspect ratio",
+    "one_pixel": "at least 8 px",
 }
 
 
@@ -69,8 +77,7 @@ def awkward_inputs() -> dict[str, tuple[bytes, str, str | None]]:
         "rgba_transparent": (_save(rgba, "PNG"), "alpha.png", "transparent areas"),
         "grayscale": (_save(base.convert("L"), "JPEG"), "gray.jpg", None),
         "animated_gif": (_save(frames[0], "GIF", save_all=True, append_images=frames[1:]), "anim.gif", "first one"),
-        "multipage_tiff": (_save(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "pages.tif",
-                           "first one"),
+        "multipage_tiff": (_save(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "pages.tif", "first one"),
         "exif_rotated": (_save(base, "JPEG", exif=exif), "phone.jpg", "EXIF orientation"),
         "webp": (_save(base, "WEBP"), "photo.webp", None),
     }

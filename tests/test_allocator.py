@@ -22,8 +22,10 @@ FAULTS_PER_FORWARD = textwrap.dedent("""
 
 
 @pytest.mark.slow  # its thresholds are page-fault counts: they depend on the machine, its libc and PyTorch
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="counts glibc's page faults: Linux with glibc only (dsnet.core.allocator is a no-op elsewhere)")
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+    reason="counts glibc's page faults: Linux with glibc only (dsnet.core.allocator is a no-op elsewhere)",
+)
 def test_retained_memory_makes_settled_forwards_fault_free():
     """With glibc's adaptive thresholds a DSNet50 forward can fault thousands of pages back in (its N(Y_i)
     history raises the peak); with retain_freed_memory(), once oneDNN's caches and the heap have

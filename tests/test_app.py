@@ -1,4 +1,5 @@
 """The app's handlers in this process: the page and API doors, examples, states, labels (no browser)."""
+
 import base64
 from pathlib import Path
 
@@ -8,14 +9,12 @@ import pytest
 from PIL import Image
 
 from app.examples import FIGURE5_WNIDS, SHIPPED, load_examples
-from app.params import ParameterError
 from app.layout import build_app
-from app.params import ExplainRequest
+from app.params import ExplainRequest, ParameterError
 from app.state import DOWNLOAD, N_OUT, Session
+from conftest import IMAGENETTE, SAMPLES, TRIO, sample, write_tiny_zoo
 from dsnet.cam.service import METHODS
 from dsnet.zoo.manifest import load_manifest
-
-from conftest import IMAGENETTE, SAMPLES, TRIO, sample, write_tiny_zoo
 
 TOP1 = "each model's top-1"
 
@@ -24,8 +23,18 @@ def data_url(path: Path) -> dict:
     return {"path": None, "url": "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()}
 
 
-def stream(handlers, image=None, zoo="tiny", method="gradcam", explain=TOP1, cls="", opacity=0.5, metrics=False,
-           example="", session=None):
+def stream(
+    handlers,
+    image=None,
+    zoo="tiny",
+    method="gradcam",
+    explain=TOP1,
+    cls="",
+    opacity=0.5,
+    metrics=False,
+    example="",
+    session=None,
+):
     request = ExplainRequest(image, zoo, method, explain, cls, opacity, metrics, example)
     return list(handlers.stream(request, session, lambda *a, **k: None))
 
@@ -93,8 +102,9 @@ def test_an_example_is_picked_by_id_and_marked_right_or_wrong(tiny_app):
     final = stream(handlers, None, example=example.id)[-1]
     assert "True class: **parachute**" in final.status
     for _, summary, _ in final.columns:
-        assert ("✓ top-1 is the true class (parachute)" in summary) or ("✗ top-1 is" in summary
-                                                                          and "the true class is parachute" in summary)
+        assert ("✓ top-1 is the true class (parachute)" in summary) or (
+            "✗ top-1 is" in summary and "the true class is parachute" in summary
+        )
     final = stream(handlers, None, explain="the true class", example=example.id)[-1]
     assert all(summary.startswith("**parachute**") for _, summary, _ in final.columns)
     with pytest.raises(ParameterError, match="unknown example"):
@@ -105,11 +115,13 @@ def test_one_class_for_all_and_bad_parameters(tiny_app):
     handlers = tiny_app.handlers
     final = stream(handlers, data_url(sample("golf_ball")), explain="one class for all", cls="tench")[-1]
     assert all(summary.startswith("**tench**") for _, summary, _ in final.columns)
-    for kwargs, message in [({"method": "nomethod"}, "method must be one of"),
-                            ({"metrics": "false"}, "metrics must be true or false"),
-                            ({"opacity": "0.5"}, "opacity must be a number"),
-                            ({"explain": "the true class"}, "true class is known only for the examples"),
-                            ({"explain": "one class for all", "cls": "x" * 10_000}, "unknown class")]:
+    for kwargs, message in [
+        ({"method": "nomethod"}, "method must be one of"),
+        ({"metrics": "false"}, "metrics must be true or false"),
+        ({"opacity": "0.5"}, "opacity must be a number"),
+        ({"explain": "the true class"}, "true class is known only for the examples"),
+        ({"explain": "one class for all", "cls": "x" * 10_000}, "unknown class"),
+    ]:
         with pytest.raises(ParameterError, match=message) as e:
             stream(handlers, data_url(sample("tench")), **kwargs)
         assert len(str(e.value)) < 400
@@ -118,33 +130,42 @@ def test_one_class_for_all_and_bad_parameters(tiny_app):
 def test_the_page_keeps_an_error_in_the_page_and_opacity_reblends_without_a_model(tiny_app, monkeypatch):
     handlers = tiny_app.handlers
     session = Session()
-    no_progress = lambda *a, **k: None  # noqa: E731
-    steps = list(handlers.page(data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session,
-                               no_progress))
+    no_progress = lambda *a, **k: None
+    steps = list(
+        handlers.page(
+            data_url(sample("tench")), "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session, no_progress
+        )
+    )
     assert set(session.results) == set(TRIO)
     first = picture(steps[-1][2])
     import app.handlers
+
     monkeypatch.setattr(app.handlers, "explain_zoo", lambda *a, **k: pytest.fail("a model ran"))
     view, *maps, download, dsnet_diff, ds2net_diff = handlers.reblend(session, 0.9)
     assert len(maps) == 3 and not np.array_equal(picture(maps[0]), first)
     assert Path(download).is_file() and download != steps[-1][DOWNLOAD]  # the download follows the opacity
     assert picture(dsnet_diff).shape == picture(view).shape  # the difference views are drawn again too
-    bad = list(handlers.page({"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session,
-                             no_progress))
+    bad = list(
+        handlers.page(
+            {"path": "/etc/hostname"}, "tiny", "gradcam", TOP1, "", 0.5, False, "", True, session, no_progress
+        )
+    )
     assert len(bad) == 1 and bad[0][0].startswith("⚠️ This image input is not accepted")
-    assert all(v is None for v in bad[0][1:N_OUT - 1:3])  # old maps cleared
+    assert all(v is None for v in bad[0][1 : N_OUT - 1 : 3])  # old maps cleared
 
 
 def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
     handlers = tiny_app.handlers
     session = Session()
-    no_progress = lambda *a, **k: None  # noqa: E731
+    no_progress = lambda *a, **k: None
     example = handlers.examples.examples[0]
-    shown = list(handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, True, session, no_progress))[-1]
+    shown = list(handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, True, session, no_progress))[
+        -1
+    ]
     assert session.results and shown[2] is not None
     cleared = handlers.own_image(example.id, session)  # an upload after an example
     assert cleared[:2] == ("", "") and cleared[4] == "New image: press **Explain**."
-    assert [v for v in cleared[5:4 + N_OUT] if v not in (None, "")] == []  # no view, map, caption, top-5 or download
+    assert [v for v in cleared[5 : 4 + N_OUT] if v not in (None, "")] == []  # no view, map, caption, top-5 or download
     assert cleared[-1] is session and session.results == {}
     assert handlers.reblend(session, 0.8) == (gr.skip(),) * 7  # the slider brings nothing back
     assert all(v == gr.skip() for v in handlers.own_image("", session))  # nothing to forget: no update
@@ -152,6 +173,7 @@ def test_a_new_image_clears_the_last_results_and_the_example(tiny_app):
 
 def test_a_missing_model_degrades_to_a_friendly_line_in_its_column(tmp_path, monkeypatch):
     from dsnet.zoo import loader as zoo
+
     monkeypatch.setenv("DSNET_MANIFEST", str(write_tiny_zoo(tmp_path, unavailable=("dsnet50",))))
     handlers = build_app(None, "tiny").handlers
     final = stream(handlers, data_url(sample("tench")))[-1]
@@ -176,7 +198,7 @@ def test_examples_ship_with_the_app_and_a_gallery_adds_a_sample():
         with Image.open(e.path) as im:
             assert max(im.size) <= 256
     with_gallery = load_examples(manifest, str(SAMPLES), "imagenet")
-    extra = with_gallery.examples[len(shipped):]
+    extra = with_gallery.examples[len(shipped) :]
     assert {e.wnid for e in extra[:10]} == set(FIGURE5_WNIDS)  # Figure 5's classes first
     assert all(e.id.startswith("gallery:") and not e.id.startswith("gallery:/") for e in extra)
     assert with_gallery.get(extra[0].id) == extra[0] and with_gallery.get(len(shipped)) == extra[0]
@@ -186,6 +208,7 @@ def test_examples_ship_with_the_app_and_a_gallery_adds_a_sample():
 
 def test_gradio_client_one_argument_call(live_app):
     from gradio_client import Client, handle_file
+
     client = Client(live_app.url, verbose=False)
     out = client.predict(handle_file(str(sample("golf_ball"))), api_name="/explain")
     assert len(out) == N_OUT
@@ -195,7 +218,7 @@ def test_gradio_client_one_argument_call(live_app):
         assert "(explained)" in out[i + 1]
         assert len(out[i + 2]["confidences"]) == 5
     assert Path(out[DOWNLOAD]).stat().st_size > 10_000
-    for diff in out[DOWNLOAD + 1:-1]:  # where DSNet50 / DS2Net50 look and ResNet50 does not
+    for diff in out[DOWNLOAD + 1 : -1]:  # where DSNet50 / DS2Net50 look and ResNet50 does not
         with Image.open(diff) as im:
             assert im.size == (256, 256)
     assert out[-1] is None  # an upload has no object boxes: no localisation numbers
@@ -208,13 +231,15 @@ def test_gradio_client_one_argument_call(live_app):
     for model, n in numbers.items():
         assert len(n["boxes_in_view"]) >= 1 and 0 < n["box_coverage"] < 1 and 0 <= n["energy_in_boxes"] <= 1
         assert isinstance(n["peak_in_box"], bool)
-        assert ("peak inside the box ✓" if n["peak_in_box"] else "peak inside the box ✗") in out[3 + 3 * TRIO.index(model)]
+        assert ("peak inside the box ✓" if n["peak_in_box"] else "peak inside the box ✗") in out[
+            3 + 3 * TRIO.index(model)
+        ]
 
 
 def test_a_run_whose_image_is_replaced_stops_and_leaves_the_new_state_alone(tiny_app):
     handlers = tiny_app.handlers
     session = Session()
-    no_progress = lambda *a, **k: None  # noqa: E731
+    no_progress = lambda *a, **k: None
     example = handlers.examples.examples[0]
     run = handlers.page(None, "tiny", "gradcam", TOP1, "", 0.5, False, example.id, True, session, no_progress)
     next(run), next(run)  # cleared, then the first column

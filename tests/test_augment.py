@@ -1,5 +1,6 @@
 """The batched training augmentation (dsnet.data.augment) against torchvision and the DataLoader, and the
 seed study (dsnet.evidence.seedstudy) end to end on the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,24 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from conftest import IMAGENETTE, ROOT
 from dsnet.data.augment import epoch_draws, resized_crop_boxes, resized_crops
 from dsnet.evidence.seedstudy import seeds_that_fit
 from dsnet.evidence.train import RECIPES
-
-from conftest import IMAGENETTE, ROOT
 
 
 @pytest.mark.parametrize("epoch_seed", [0, 7, 3 * 100003 + 59])
 def test_the_epoch_order_is_the_dataloaders_for_the_same_seed(epoch_seed):
     n, batch = 500, 32
-    loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=batch, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(epoch_seed))
+    loader = DataLoader(
+        TensorDataset(torch.arange(n)),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(epoch_seed),
+    )
     order = torch.cat([b[0] for b in loader])
-    assert torch.equal(epoch_draws(n, epoch_seed, 146, 146, (0.25, 1.0)).order[:len(order)], order)
+    assert torch.equal(epoch_draws(n, epoch_seed, 146, 146, (0.25, 1.0)).order[: len(order)], order)
 
 
 def test_crop_boxes_have_torchvisions_distribution():
@@ -35,8 +40,9 @@ def test_crop_boxes_have_torchvisions_distribution():
     torch.manual_seed(0)
     reference = v2.RandomResizedCrop(recipe.train_crop, scale=(recipe.min_scale, 1.0))
     image = torch.zeros(3, 146, 146, dtype=torch.uint8)
-    ref = torch.tensor([[p["top"], p["left"], p["height"], p["width"]]
-                        for p in (reference.make_params([image]) for _ in range(20000))])
+    ref = torch.tensor(
+        [[p["top"], p["left"], p["height"], p["width"]] for p in (reference.make_params([image]) for _ in range(20000))]
+    )
     new = resized_crop_boxes(20000, 146, 146, (recipe.min_scale, 1.0), torch.Generator().manual_seed(1))
     for k in range(4):  # top, left, height, width: two samples of one distribution
         assert ks_2samp(ref[:, k].numpy(), new[:, k].numpy()).pvalue > 1e-3
@@ -45,7 +51,9 @@ def test_crop_boxes_have_torchvisions_distribution():
     assert (new[:, 0] + new[:, 2] <= 146).all() and (new[:, 1] + new[:, 3] <= 146).all() and (new >= 0).all()
 
 
-@pytest.mark.parametrize("height, width, scale", [(146, 146, (2.0, 3.0)), (100, 300, (0.9, 1.0)), (300, 100, (0.9, 1.0))])
+@pytest.mark.parametrize(
+    "height, width, scale", [(146, 146, (2.0, 3.0)), (100, 300, (0.9, 1.0)), (300, 100, (0.9, 1.0))]
+)
 def test_when_no_try_fits_the_box_is_torchvisions_central_fallback(height, width, scale):
     torch.manual_seed(0)
     ref = v2.RandomResizedCrop(8, scale=scale).make_params([torch.zeros(3, height, width)])
@@ -82,9 +90,30 @@ def test_the_budget_rule_keeps_the_lowest_seeds_that_fit():
 @pytest.mark.slow
 def test_the_study_trains_exports_and_packs_every_seed_on_the_cpu(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    cmd = [sys.executable, "-m", "dsnet.evidence.seedstudy", "--data", str(IMAGENETTE), "--runs", str(runs), "--pack", str(out),
-           "--seeds", "0", "3", "--epochs", "2", "--limit-per-class", "4", "--batch-size", "8", "--device", "cpu",
-           "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dsnet.evidence.seedstudy",
+        "--data",
+        str(IMAGENETTE),
+        "--runs",
+        str(runs),
+        "--pack",
+        str(out),
+        "--seeds",
+        "0",
+        "3",
+        "--epochs",
+        "2",
+        "--limit-per-class",
+        "4",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
@@ -99,6 +128,7 @@ def test_the_study_trains_exports_and_packs_every_seed_on_the_cpu(tmp_path):
         assert f"seed{seed}-gpu/manifest.json" in names and f"seed{seed}-gpu/dsnet50/log.jsonl" in names
         from dsnet.zoo.manifest import load_manifest
         from dsnet.zoo.weights import read_state_dict, verify
+
         entries = load_manifest(runs / f"seed{seed}-gpu" / "manifest.json").zoo("imagenette").entries
         for m in ("resnet50", "dsnet50", "ds2net50"):
             path = runs / f"seed{seed}-gpu" / f"{m}.safetensors"
@@ -138,21 +168,31 @@ def test_sgd_with_a_tensor_lr_steps_as_with_a_float_lr():
 
 def test_the_seed_report_pairs_models_within_seeds_and_counts_the_order_across_seeds():
     from dsnet.evidence.seedreport import sentence, sign_test, summarise, t_interval
+
     assert sign_test(5, 5) == pytest.approx(2 / 32) and sign_test(4, 5) == pytest.approx(12 / 32)
     assert sign_test(0, 5) == sign_test(5, 5) and sign_test(2, 4) == 1.0
     low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303
     assert (low, high) == pytest.approx((2 - 4.303 / 3**0.5, 2 + 4.303 / 3**0.5), abs=1e-3)
     n = 200  # resnet right on the first 160 images; dsnet on 170 (seed 0) and 165 (seed 1); the shipped run ignored
-    bits = {"seed0/resnet50/160": "1" * 160 + "0" * 40, "seed0-gpu/resnet50/160": "1" * 160 + "0" * 40,
-            "seed0-gpu/dsnet50/160": "1" * 170 + "0" * 30, "seed1-gpu/resnet50/160": "1" * 160 + "0" * 40,
-            "seed1-gpu/dsnet50/160": "0" * 5 + "1" * 170 + "0" * 25}
+    bits = {
+        "seed0/resnet50/160": "1" * 160 + "0" * 40,
+        "seed0-gpu/resnet50/160": "1" * 160 + "0" * 40,
+        "seed0-gpu/dsnet50/160": "1" * 170 + "0" * 30,
+        "seed1-gpu/resnet50/160": "1" * 160 + "0" * 40,
+        "seed1-gpu/dsnet50/160": "0" * 5 + "1" * 170 + "0" * 25,
+    }
     summary = summarise({"runs": [], "per_image": {"correct": bits}}, r"seed(\d+)-gpu")
     assert summary["seeds"] == [0, 1] and summary["images"] == n
     assert summary["models"]["resnet50"] == {"top1": [80.0, 80.0], "mean": 80.0, "sd": 0.0}
     assert summary["models"]["dsnet50"]["top1"] == [85.0, 85.0]
     (pair,) = summary["pairs"]
-    assert (pair["a"], pair["b"], pair["diff_mean"], pair["seeds_b_better"], pair["ordering_holds"]) == \
-        ("resnet50", "dsnet50", 5.0, 2, True)
+    assert (pair["a"], pair["b"], pair["diff_mean"], pair["seeds_b_better"], pair["ordering_holds"]) == (
+        "resnet50",
+        "dsnet50",
+        5.0,
+        2,
+        True,
+    )
     seed0, seed1 = pair["per_seed"]
     assert (seed0["only_a_right"], seed0["only_b_right"]) == (0, 10)  # images 160-169
     assert (seed1["only_a_right"], seed1["only_b_right"]) == (5, 15)  # images 0-4 / 160-174
@@ -161,7 +201,9 @@ def test_the_seed_report_pairs_models_within_seeds_and_counts_the_order_across_s
 
 def test_the_seed_report_of_no_matching_run_is_an_error_naming_the_runs(tmp_path, capsys):
     import json
+
     from dsnet.evidence.seedreport import NoRuns, main, summarise
+
     report = {"runs": ["seed0"], "per_image": {"correct": {"seed0/resnet50/160": "10"}}}
     with pytest.raises(NoRuns, match=r"^no run matches .*-gpu' in the report \(runs: \['seed0'\]\)$"):
         summarise(report, r"seed(\d+)-gpu")

@@ -1,4 +1,5 @@
 """app.budgets.WindowBudget with a clock the test moves: no sleeping out a window."""
+
 from app.budgets import WindowBudget
 
 

@@ -9,11 +9,10 @@ import torch
 from PIL import Image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from dsnet.zoo import loader as zoo
-from dsnet.cam.service import METHODS, CamTimeout, TargetPolicy, explain, explain_model, normalised_entropy, top10_mass
-from dsnet.cam.images import open_image, to_tensor
-
 from conftest import IMAGENETTE, TRIO, sample
+from dsnet.cam.images import open_image, to_tensor
+from dsnet.cam.service import METHODS, CamTimeout, TargetPolicy, explain, explain_model, normalised_entropy, top10_mass
+from dsnet.zoo import loader as zoo
 
 
 @pytest.fixture
@@ -114,7 +113,7 @@ def test_no_hooks_grads_or_mode_changes_after_many_calls(trio):
     flags = {zm.name: [p.requires_grad for p in zm.model.parameters()] for zm in trio}
     image = open_image(sample("tench"))
     for i in range(50):
-        explain(image, trio[i % 3: i % 3 + 1], method=HEAD_METHODS[i % len(HEAD_METHODS)])
+        explain(image, trio[i % 3 : i % 3 + 1], method=HEAD_METHODS[i % len(HEAD_METHODS)])
     for zm in trio:
         assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in zm.model.modules())
         assert all(p.grad is None for p in zm.model.parameters())
@@ -136,20 +135,41 @@ def test_focus_numbers_mean_what_readme_says(trio):
     # confidence change: the explained class's probability on image x map, relative to the image
     x = to_tensor(r.view, trio[0].entry.preprocessing)
     with torch.no_grad():
-        plain, masked = (trio[0].model(t).softmax(1)[0, r.explained.index].item()
-                         for t in (x, x * torch.from_numpy(r.cam)[None, None]))
+        plain, masked = (
+            trio[0].model(t).softmax(1)[0, r.explained.index].item()
+            for t in (x, x * torch.from_numpy(r.cam)[None, None])
+        )
     assert f.confidence_change == pytest.approx(masked - plain, abs=1e-5)
     assert -1 <= f.road <= 1 and f.road != 0
 
 
 def test_explain_cli_writes_png_and_json(tiny_zoo, tmp_path, capsys):
     from dsnet.evidence.explain import main
+
     out, js = tmp_path / "fig.png", tmp_path / "out.json"
-    assert main([str(sample("parachute")), "--zoo", "tiny", "--target", "label", "--out", str(out),
-                 "--json", str(js), "--metrics"]) == 0
+    assert (
+        main(
+            [
+                str(sample("parachute")),
+                "--zoo",
+                "tiny",
+                "--target",
+                "label",
+                "--out",
+                str(out),
+                "--json",
+                str(js),
+                "--metrics",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    metrics = re.findall(r"(?m)^ +focus: top-10% mass (\d\.\d{3}), entropy (\d\.\d{3}) · faithfulness: "
-                         r"confidence change ([+-]\d\.\d{3}), ROAD ([+-]\d\.\d{3})$", printed)
+    metrics = re.findall(
+        r"(?m)^ +focus: top-10% mass (\d\.\d{3}), entropy (\d\.\d{3}) · faithfulness: "
+        r"confidence change ([+-]\d\.\d{3}), ROAD ([+-]\d\.\d{3})$",
+        printed,
+    )
     assert len(metrics) == 3 and "Faithfulness(" not in printed  # numbers a person reads, not a dataclass repr
     data = json.loads(js.read_text())
     assert [r["model"] for r in data["results"]] == list(TRIO)
@@ -164,22 +184,57 @@ def test_the_commands_write_nothing_unless_told_where(tiny_zoo, tmp_path, monkey
     """explain and evaluate print; files come only from --out / --json (README's commands)."""
     from dsnet.evidence.evaluate import main as evaluate_main
     from dsnet.evidence.explain import main as explain_main
+
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     assert explain_main([str(sample("parachute")), "--zoo", "tiny", "--models", "resnet50"]) == 0
-    assert evaluate_main(["--zoo", "tiny", "--data", str(IMAGENETTE / "val"), "--models", "resnet50",
-                          "--limit-per-class", "1", "--no-timing"]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--zoo",
+                "tiny",
+                "--data",
+                str(IMAGENETTE / "val"),
+                "--models",
+                "resnet50",
+                "--limit-per-class",
+                "1",
+                "--no-timing",
+            ]
+        )
+        == 0
+    )
     assert "resnet50" in capsys.readouterr().out and list(cwd.iterdir()) == []
 
 
 @pytest.mark.slow
 def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
     from dsnet.evidence.figure import main
+
     out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
     folder = IMAGENETTE / "val" / "n03445777"
-    assert main(["--images", str(folder), "--zoo", "tiny", "--out", str(out), "--stats", str(stats),
-                 "--limit", "3", "--columns", "2", "--tile", "96"]) == 0
+    assert (
+        main(
+            [
+                "--images",
+                str(folder),
+                "--zoo",
+                "tiny",
+                "--out",
+                str(out),
+                "--stats",
+                str(stats),
+                "--limit",
+                "3",
+                "--columns",
+                "2",
+                "--tile",
+                "96",
+            ]
+        )
+        == 0
+    )
     with Image.open(out) as im:
         assert im.size[1] >= 4 * 96  # input row + three model rows
     lines = stats.read_text().splitlines()
@@ -193,10 +248,26 @@ def test_figure_cli_grid_and_stats(tiny_zoo, tmp_path):
 @pytest.mark.slow
 def test_figure_cli_crop_sets_the_test_size(tiny_zoo, tmp_path):
     from dsnet.evidence.figure import main
+
     out, stats = tmp_path / "fig5.png", tmp_path / "stats.csv"
     image = str(IMAGENETTE / "val" / "n03445777")
-    base = ["--images", image, "--zoo", "tiny", "--out", str(out), "--stats", str(stats), "--limit", "1", "--tile", "64"]
-    assert main(base + ["--crop", "96"]) == 0  # resize scaled as dsnet.evidence.evaluate --crops: 96 * 183 / 160 = 109.8 -> 110
+    base = [
+        "--images",
+        image,
+        "--zoo",
+        "tiny",
+        "--out",
+        str(out),
+        "--stats",
+        str(stats),
+        "--limit",
+        "1",
+        "--tile",
+        "64",
+    ]
+    assert (
+        main(base + ["--crop", "96"]) == 0
+    )  # resize scaled as dsnet.evidence.evaluate --crops: 96 * 183 / 160 = 109.8 -> 110
     pre = json.loads(stats.with_suffix(".summary.json").read_text())["preprocessing"]
     assert pre == {m: {"resize": 110, "crop": 96} for m in TRIO}
     assert main(base + ["--crop", "96", "--resize", "104"]) == 0
@@ -211,6 +282,7 @@ def test_no_model_is_charged_the_grad_cam_import(tmp_path):
     the first request is timed like the others (the app also imports it in the background at start)."""
     import subprocess
     import sys
+
     probe = (
         "import sys, time\n"
         "import dsnet.cam.service as service\n"
@@ -221,8 +293,10 @@ def test_no_model_is_charged_the_grad_cam_import(tmp_path):
         "real, seen = time.perf_counter, []\n"
         "time.perf_counter = lambda: (seen.append('pytorch_grad_cam' in sys.modules), real())[1]\n"
         "service.explain_model(open_image(sys.argv[1]), zm)\n"
-        "print(seen[0])\n")
-    done = subprocess.run([sys.executable, "-c", probe, str(sample("golf_ball"))], capture_output=True, text=True,
-                          timeout=300)
+        "print(seen[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(sample("golf_ball"))], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "True"  # imported before the first timer reading

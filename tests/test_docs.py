@@ -5,6 +5,7 @@ settings, commands, links) exists. Fast: no model, no server.
 The tables are rendered by ``python -m dsnet.evidence.report`` (``--check`` is what the first test
 runs); when an artifact is regenerated, run it and commit the files it rewrites.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,7 @@ def section(text: str, heading: str) -> str:
     """``text`` from the heading line ``heading`` to the next heading of the same or a higher level
     (lines inside fenced code blocks are not headings)."""
     level = len(heading.split(" ")[0])
-    lines = text[text.index(heading + "\n") + len(heading) + 1:].splitlines(keepends=True)
+    lines = text[text.index(heading + "\n") + len(heading) + 1 :].splitlines(keepends=True)
     out, fenced = [], False
     for line in lines:
         fenced ^= line.startswith("```")
@@ -50,7 +51,7 @@ def section(text: str, heading: str) -> str:
 
 def table(text: str, header_start: str) -> dict[str, list[str]]:
     """The Markdown table whose header row starts with ``| header_start``: first cell -> the other cells."""
-    lines = text[text.index("| " + header_start):].splitlines()
+    lines = text[text.index("| " + header_start) :].splitlines()
     rows = {}
     for line in lines[2:]:
         if not line.startswith("|"):
@@ -70,7 +71,8 @@ def manifest() -> dict:
 def test_the_docs_equal_the_rendering_of_the_artifacts():
     out = io.StringIO()
     assert report.check(ROOT, stream=out) == 0, (
-        "README/docs tables differ from the artifacts; run `python -m dsnet.evidence.report`:\n" + out.getvalue())
+        "README/docs tables differ from the artifacts; run `python -m dsnet.evidence.report`:\n" + out.getvalue()
+    )
 
 
 def test_every_table_is_in_a_file_and_every_marker_names_a_table():
@@ -84,8 +86,15 @@ def test_the_rendering_is_a_pure_function_of_the_artifacts():
     again = {p: new for p, (_, new) in report.render(ROOT).items()}
     assert first == again
     source = (ROOT / "dsnet" / "evidence" / "report.py").read_text()
-    for clock in ("import datetime", "import time", "import subprocess", "import random", "from random",
-                  "from datetime", "from time"):
+    for clock in (
+        "import datetime",
+        "import time",
+        "import subprocess",
+        "import random",
+        "from random",
+        "from datetime",
+        "from time",
+    ):
         assert clock not in source, clock
 
 
@@ -102,11 +111,14 @@ def copy_of_the_docs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("page, before, after", [
-    ("docs/results.md", "| dsnet50 | 86.55 | 98.87 |", "| dsnet50 | 86.95 | 98.87 |"),  # the shipped zoo's top-1
-    ("README.md", "| DSNet50 | 86.59 ± 0.32 |", "| DSNet50 | 86.99 ± 0.32 |"),           # README's results
-    ("docs/benchmarks.md", "| 1.603 [1.56-1.71] |", "| 1.203 [1.56-1.71] |"),             # a GPU ratio
-])
+@pytest.mark.parametrize(
+    "page, before, after",
+    [
+        ("docs/results.md", "| dsnet50 | 86.55 | 98.87 |", "| dsnet50 | 86.95 | 98.87 |"),  # the shipped zoo's top-1
+        ("README.md", "| DSNet50 | 86.59 ± 0.32 |", "| DSNet50 | 86.99 ± 0.32 |"),  # README's results
+        ("docs/benchmarks.md", "| 1.603 [1.56-1.71] |", "| 1.203 [1.56-1.71] |"),  # a GPU ratio
+    ],
+)
 def test_a_number_edited_by_hand_fails_the_check(copy_of_the_docs, capsys, page, before, after):
     root = copy_of_the_docs
     assert report.main(["--check", "--root", str(root)]) == 0
@@ -117,8 +129,9 @@ def test_a_number_edited_by_hand_fails_the_check(copy_of_the_docs, capsys, page,
     capsys.readouterr()
     assert report.main(["--check", "--root", str(root)]) == 1
     diff = capsys.readouterr().out
-    assert f"--- {page} (committed)" in diff and any(line.startswith("-") and after.strip("| ") in line
-                                                     for line in diff.splitlines())
+    assert f"--- {page} (committed)" in diff and any(
+        line.startswith("-") and after.strip("| ") in line for line in diff.splitlines()
+    )
     assert report.main(["--root", str(root)]) == 0  # rewriting renders it back
     assert path.read_text() == text
     assert report.main(["--check", "--root", str(root)]) == 0
@@ -167,6 +180,7 @@ def test_readme_is_for_users():
 
 def test_the_builder_list_is_the_registry():
     import dsnet
+
     line = " ".join(re.search(r"Registered builders: (.*?); every builder", flat(README)).group(1).strip("`").split())
     names = []
     for word in line.split():
@@ -177,6 +191,7 @@ def test_the_builder_list_is_the_registry():
 
 def test_the_cam_cost_table_lists_every_method_of_the_method_table_once():
     from dsnet.cam.service import METHODS
+
     rows = table(README, "method | cost per model")
     listed = [name.strip() for first in rows for name in first.split(",")]
     assert sorted(listed) == sorted(METHODS)
@@ -184,6 +199,7 @@ def test_the_cam_cost_table_lists_every_method_of_the_method_table_once():
 
 def test_the_settings_table_names_every_serving_setting_with_its_default():
     from app.settings import ServingSettings
+
     rows = {name.strip("`"): cells for name, cells in table(README, "variable | default | what").items()}
     defaults = ServingSettings()
     for field in dataclasses.fields(ServingSettings):
@@ -218,6 +234,7 @@ def test_every_readme_command_answers_help_in_the_cli_benchmark_or_its_own_modul
     """Each command line README lists is one of benchmarks/cli_help.py's (its --help is tested in test_cli)
     or is a module whose --help needs nothing slow (the report, localise)."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("cli_help", ROOT / "benchmarks" / "cli_help.py")
     cli_help = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli_help)
@@ -306,8 +323,9 @@ def test_the_seed_study_reading_holds_in_the_artifacts():
     assert "p = 0.0625 is the smallest 5 seeds allow" in text and "below 0.05 on only 3 of the 5" in text
     ds2 = pairs[("dsnet50", "ds2net50")]
     assert not ds2["ordering_holds"] and ds2["seeds_b_better"] == 4 and "(4 of 5 seeds)" in text
-    shipped = max(abs(report.result(ev, m, 160, "seed0")["top1"] - report.result(ev, m, 160, "seed0-gpu")["top1"])
-                  for m in TRIO)
+    shipped = max(
+        abs(report.result(ev, m, 160, "seed0")["top1"] - report.result(ev, m, 160, "seed0-gpu")["top1"]) for m in TRIO
+    )
     assert round(shipped, 2) <= 0.15 and "within 0.15 points of the study's seed 0" in text
 
 
@@ -332,6 +350,7 @@ FOCUS_SIZES = (128, 160, 192, 224)
 def test_the_focus_by_test_size_reading_holds_in_the_artifacts():
     """The sentence reading the per-size table: each claim it makes, checked on the summaries."""
     import csv
+
     text = flat((DOCS / "results.md").read_text())
     assert "(top10_mass higher, every p < 0.001; entropy lower, every p < 0.01)" in text
     gaps, worse, images = {m: [] for m in TRIO[1:]}, {m: [] for m in TRIO[1:]}, set()

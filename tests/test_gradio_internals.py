@@ -1,4 +1,5 @@
 """app/gradio_internals.py against the installed Gradio: what the guards rely on is still there."""
+
 from types import SimpleNamespace
 
 import gradio as gr
@@ -13,6 +14,7 @@ def test_the_installed_gradio_still_has_every_internal_the_app_uses():
 
 def test_a_raw_component_renders_as_its_gradio_base():
     from app.components import RawCheckbox, RawImage, RawSlider
+
     assert [gi.block_name(c) for c in (RawImage, RawCheckbox, RawSlider)] == ["image", "checkbox", "slider"]
     assert RawImage().get_block_name() == gr.Image().get_block_name()
 
@@ -20,6 +22,7 @@ def test_a_raw_component_renders_as_its_gradio_base():
 def test_held_back_events_keep_their_places_and_the_others_start():
     """The real get_events on a queue whose events belong to a busy and an idle visitor."""
     from gradio.queueing import Queue
+
     fn = SimpleNamespace(batch=False, max_batch_size=1)
     events = [SimpleNamespace(name=n, fn=fn, session_hash=n[0]) for n in ("a1", "a2", "b1", "a3", "b2")]
     line = SimpleNamespace(queue=list(events), concurrency_limit=None, current_concurrency=0)

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from badimages import EXPECTED, awkward_inputs, bad_inputs, data_url, photo
+from conftest import SAMPLES
 from dsnet.cam.images import ImageError, enlarge, model_view, open_image, overlay, to_tensor
 from dsnet.zoo.manifest import Preprocessing
 
-from badimages import EXPECTED, awkward_inputs, bad_inputs, data_url, photo
-from conftest import SAMPLES
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_bad_images_get_a_specific_message(name):
@@ -74,6 +74,7 @@ def test_enlarge_scales_small_views_up_for_display_and_never_down():
 
 def _progressive_jpeg(size=(64, 48)) -> bytes:
     import io
+
     buf = io.BytesIO()
     Image.new("RGB", size, (120, 30, 200)).save(buf, "JPEG", progressive=True, quality=90)
     return buf.getvalue()
@@ -83,11 +84,12 @@ def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding():
     """Each scan of a progressive JPEG is a pass over the whole image: 8000 empty scans in a small
     file cost minutes of CPU. A normal progressive JPEG (about 10 scans) is decoded."""
     from dsnet.cam.images import MAX_JPEG_SCANS
+
     normal = _progressive_jpeg()
     assert 1 < normal.count(b"\xff\xda") <= 20
     assert open_image(normal).image.size == (64, 48)
     body, end = normal[:-2], normal[-2:]  # the scans, then EOI
-    last_scan = body[body.rindex(b"\xff\xda"):]
+    last_scan = body[body.rindex(b"\xff\xda") :]
     hostile = body + last_scan * (MAX_JPEG_SCANS + 10) + end
     with pytest.raises(ImageError, match=r"the JPEG has \d+ scans; at most 100 are decoded"):
         open_image(hostile)
@@ -97,14 +99,17 @@ def test_a_tiff_of_many_pages_is_not_walked_page_by_page(monkeypatch):
     """Only the first page is used, so only the first two are looked at (Pillow's n_frames would walk
     them all: quadratic in the page count)."""
     import io
+
     from PIL import TiffImagePlugin
+
     page = Image.new("RGB", (16, 16), (10, 200, 30))
     buf = io.BytesIO()
     page.save(buf, "TIFF", save_all=True, append_images=[page] * 400)
     seeks = []
     real = TiffImagePlugin.TiffImageFile._seek
-    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_seek",
-                        lambda self, frame: (seeks.append(frame), real(self, frame))[1])
+    monkeypatch.setattr(
+        TiffImagePlugin.TiffImageFile, "_seek", lambda self, frame: (seeks.append(frame), real(self, frame))[1]
+    )
     loaded = open_image(buf.getvalue())
     assert loaded.image.size == (16, 16) and any("several frames; the first one is used" in n for n in loaded.notes)
     assert max(seeks, default=0) <= 1  # frame 0 and a look at frame 1: not 401 pages

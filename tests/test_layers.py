@@ -1,5 +1,6 @@
 """The package layers, read from the source: a lower layer never imports a higher one, and no
 modules import each other in a cycle (docs/architecture.md draws the same picture)."""
+
 from __future__ import annotations
 
 import ast
@@ -93,7 +94,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for t in sorted(g.get(node, ())):
             if state.get(t) == "open":
-                found.append(stack[stack.index(t):] + [t])
+                found.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t, stack)
         stack.pop()
@@ -123,7 +124,9 @@ def test_no_import_cycles():
 def test_the_checker_finds_a_back_edge_a_lazy_one_and_a_cycle(tmp_path):
     files = {
         "dsnet/__init__.py": "from dsnet.models import registry\n",
-        "dsnet/core/__init__.py": "", "dsnet/cam/__init__.py": "", "dsnet/models/__init__.py": "",
+        "dsnet/core/__init__.py": "",
+        "dsnet/cam/__init__.py": "",
+        "dsnet/models/__init__.py": "",
         "dsnet/core/files.py": "def f():\n    from dsnet.cam import service  # lazy, still a back-edge\n",
         "dsnet/models/registry.py": "from . import nets\n",
         "dsnet/models/nets.py": "from .registry import x\nfrom dsnet import get_model\n",
@@ -133,6 +136,8 @@ def test_the_checker_finds_a_back_edge_a_lazy_one_and_a_cycle(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     g = graph(tmp_path)
-    assert back_edges(g) == ["dsnet.core.files (layer 0) -> dsnet.cam.service (layer 3)",
-                             "dsnet.models.nets -> dsnet (the front door)"]
+    assert back_edges(g) == [
+        "dsnet.core.files (layer 0) -> dsnet.cam.service (layer 3)",
+        "dsnet.models.nets -> dsnet (the front door)",
+    ]
     assert ["dsnet.models.nets", "dsnet.models.registry", "dsnet.models.nets"] in cycles(g)

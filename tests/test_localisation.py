@@ -1,6 +1,7 @@
 """dsnet.cam.localisation: boxes through model_view's preprocessing, and the metrics on hand-made maps with known
 answers. The real-data tests read ilsvrc-val-boxes/ from the shared data (conftest.DATA): without it they skip,
 under CI they fail."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,21 @@ from scipy import ndimage
 from conftest import DATA
 from dsnet.cam.images import model_view, open_image
 from dsnet.cam.localisation import (
-    IOU_DELTAS, THRESHOLDS, Box, LocalisationEvaluator, MaxBoxAccV2, best_iou_curve, boxes_mask, boxes_to_view,
-    centre_gaussian, energy_in_boxes, estimated_boxes, flat_map, pointing_game, read_boxes, view_geometry,
+    IOU_DELTAS,
+    THRESHOLDS,
+    Box,
+    LocalisationEvaluator,
+    MaxBoxAccV2,
+    best_iou_curve,
+    boxes_mask,
+    boxes_to_view,
+    centre_gaussian,
+    energy_in_boxes,
+    estimated_boxes,
+    flat_map,
+    pointing_game,
+    read_boxes,
+    view_geometry,
 )
 from dsnet.zoo.manifest import MANIFEST_PATH, Preprocessing, load_manifest
 
@@ -106,6 +120,7 @@ def test_box_the_crop_removes_is_dropped_in_place():
 
 # --- masks --------------------------------------------------------------------------------------------------
 
+
 def test_boxes_mask_uses_pixel_centres_half_open():
     assert boxes_mask([Box(0.5, 0, 2.5, 1)], (1, 4)).tolist() == [[True, True, False, False]]
     assert boxes_mask([Box(0.6, 0, 2.5, 1)], (1, 4)).tolist() == [[False, True, False, False]]
@@ -115,6 +130,7 @@ def test_boxes_mask_uses_pixel_centres_half_open():
 
 
 # --- pointing game and energy ---------------------------------------------------------------------------------
+
 
 def test_map_equal_to_a_box_indicator_scores_perfectly():
     box = Box(10, 5, 20, 15)
@@ -198,11 +214,14 @@ def test_massless_and_boxless_maps():
 
 # --- MaxBoxAccV2 ------------------------------------------------------------------------------------------------
 
+
 def tiny_images() -> dict[str, tuple[np.ndarray, list[Box]]]:
     """Five 6 x 6 maps whose best IoU is 1 for tau < 0.5 and another value from tau = 0.5 on (ring = 0.5 -> 127,
     which is not > int(0.5 * 255) = 127)."""
+
     def core_ring(core: Box, ring: Box) -> np.ndarray:
         return 0.5 * boxes_mask([ring], (6, 6)) + 0.5 * boxes_mask([core], (6, 6))
+
     two, four = Box(0, 0, 2, 2), Box(0, 0, 4, 4)
     return {
         "A": (boxes_mask([Box(0, 0, 3, 3)], (6, 6)).astype(float), [Box(0, 0, 3, 3)]),  # 1 at every tau
@@ -276,6 +295,7 @@ def test_evaluator_summary():
 
 # --- the real data --------------------------------------------------------------------------------------------------
 
+
 def shipped_preprocessings() -> list[Preprocessing]:
     """The imagenette zoo's preprocessing from the shipped manifest, the 128 px test size and a no-crop 160."""
     zoo = load_manifest(MANIFEST_PATH).zoos.get("imagenette")
@@ -285,6 +305,7 @@ def shipped_preprocessings() -> list[Preprocessing]:
 
 def test_read_boxes_on_the_real_csv(ilsvrc):
     import csv
+
     boxes = read_boxes(ilsvrc)
     assert len(boxes) == 250 and sum(map(len, boxes.values())) == 406
     rows = list(csv.DictReader(open(ilsvrc / "boxes.csv", newline="")))
@@ -338,6 +359,7 @@ def test_whole_real_set_has_boxes_in_every_view_and_baselines_are_sane(ilsvrc):
 
 # --- Quantus --------------------------------------------------------------------------------------------------------
 
+
 def test_pointing_and_energy_equal_quantus():
     quantus = pytest.importorskip("quantus", reason="Quantus is not installed (optional, GPL-3.0: never a dependency)")
     rng = np.random.default_rng(3)
@@ -349,8 +371,14 @@ def test_pointing_and_energy_equal_quantus():
     masks = np.stack([boxes_mask(b, (size, size)) for b in boxes]).astype(float)[:, None]
     keep = masks.reshape(n, -1).any(1)
     x = np.zeros((n, 3, size, size), np.float32)
-    kwargs = dict(model=None, x_batch=x, y_batch=np.zeros(n, int), a_batch=maps[:, None].astype(np.float32),
-                  s_batch=masks, channel_first=True)
+    kwargs = dict(
+        model=None,
+        x_batch=x,
+        y_batch=np.zeros(n, int),
+        a_batch=maps[:, None].astype(np.float32),
+        s_batch=masks,
+        channel_first=True,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs_pg = quantus.PointingGame(normalise=False, abs=False, disable_warnings=True)(**kwargs)

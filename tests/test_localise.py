@@ -1,5 +1,6 @@
 """Localisation in the service, the evidence command and the app's evidence section: hand-made maps
 and boxes with known answers, the picture functions, and the command end to end on a tiny zoo."""
+
 from __future__ import annotations
 
 import csv
@@ -9,10 +10,9 @@ import math
 import numpy as np
 import pytest
 
+from conftest import DATA
 from dsnet.cam.images import difference_overlay, draw_boxes, signed_difference
 from dsnet.cam.localisation import Box, score_map
-
-from conftest import DATA
 
 BOXES = DATA / "ilsvrc-val-boxes"
 
@@ -47,8 +47,10 @@ def test_draw_boxes_outlines_inside_the_picture_and_leaves_the_rest():
 
 
 def test_the_signed_difference_is_where_one_map_looks_and_the_other_does_not():
-    a = np.zeros((8, 8)); a[:4] = 3.0  # top half
-    b = np.zeros((8, 8)); b[:, :4] = 0.5  # left half
+    a = np.zeros((8, 8))
+    a[:4] = 3.0  # top half
+    b = np.zeros((8, 8))
+    b[:, :4] = 0.5  # left half
     d = signed_difference(a, b)  # each scaled to [0, 1] first
     assert d[0, 6] == 1.0 and d[6, 0] == -1.0 and d[0, 0] == 0.0 and d[6, 6] == 0.0
     assert (signed_difference(np.ones((4, 4)), np.ones((4, 4))) == 0).all()  # flat maps: no difference
@@ -63,9 +65,18 @@ def test_the_signed_difference_is_where_one_map_looks_and_the_other_does_not():
 
 def test_the_evidence_section_reads_only_the_artifacts(tmp_path):
     from app.evidence import localisation_table, method_label, sanity_verdicts
+
     sanity = tmp_path / "sanity.json"
-    sanity.write_text(json.dumps({"verdicts": {"gradcam": {"resnet50": "passes", "dsnet50": "passes"},
-                                               "eigencam": {"resnet50": "weak", "dsnet50": "fails"}}}))
+    sanity.write_text(
+        json.dumps(
+            {
+                "verdicts": {
+                    "gradcam": {"resnet50": "passes", "dsnet50": "passes"},
+                    "eigencam": {"resnet50": "weak", "dsnet50": "fails"},
+                }
+            }
+        )
+    )
     verdicts = sanity_verdicts(sanity)
     assert verdicts == {"gradcam": "passes", "eigencam": "fails"}  # the worst over the models
     assert method_label("gradcam", "fast", verdicts) == "gradcam — fast"
@@ -74,20 +85,51 @@ def test_the_evidence_section_reads_only_the_artifacts(tmp_path):
     ci = {"mean": 0.5, "ci95": [0.4, 0.6], "n": 10}
     box = {"value": 55.0, "ci95": [50.0, 60.0]}
     group = {"pointing": ci, "energy": ci, "coverage": 0.3, "max_box_acc_v2": box}
-    table = localisation_table({"groups": {"gradcam/resnet50": group, "gradcam/dsnet50": group, "-/flat": group},
-                                "comparisons": [{"method": "gradcam", "subset": "all", "a": "resnet50", "b": "dsnet50",
-                                                 "pointing": {"diff": 2.0, "p_value": 0.5},
-                                                 "energy": {"diff": 0.01, "p_value": 0.04}}]})
+    table = localisation_table(
+        {
+            "groups": {"gradcam/resnet50": group, "gradcam/dsnet50": group, "-/flat": group},
+            "comparisons": [
+                {
+                    "method": "gradcam",
+                    "subset": "all",
+                    "a": "resnet50",
+                    "b": "dsnet50",
+                    "pointing": {"diff": 2.0, "p_value": 0.5},
+                    "energy": {"diff": 0.01, "p_value": 0.04},
+                }
+            ],
+        }
+    )
     assert "| resnet50 | 50 % [40, 60] | 50 % [40, 60] (30 %) | 55.0 [50.0, 60.0] |" in table
     assert "baseline: flat map | — (every pixel ties)" in table
-    assert ("dsnet50 − resnet50: pointing +2.0 points (McNemar p = 0.5), map mass in the boxes +1.0 points "
-            "(Wilcoxon p = 0.04)") in table
+    assert (
+        "dsnet50 − resnet50: pointing +2.0 points (McNemar p = 0.5), map mass in the boxes +1.0 points "
+        "(Wilcoxon p = 0.04)"
+    ) in table
 
 
 def test_the_evidence_command_without_a_model_says_so(tiny_zoo, tmp_path, capsys):
     from dsnet.evidence.localise import main
-    assert main(["--data", str(BOXES), "--out", str(tmp_path / "loc"), "--work", str(tmp_path / "work"),
-                 "--zoo", "tiny", "--models", "dsnet101", "--limit", "1"]) == 2
+
+    assert (
+        main(
+            [
+                "--data",
+                str(BOXES),
+                "--out",
+                str(tmp_path / "loc"),
+                "--work",
+                str(tmp_path / "work"),
+                "--zoo",
+                "tiny",
+                "--models",
+                "dsnet101",
+                "--limit",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.endswith("error: no model of zoo 'tiny' can be loaded\n")
     assert not (tmp_path / "loc.json").exists()
 
@@ -95,9 +137,27 @@ def test_the_evidence_command_without_a_model_says_so(tiny_zoo, tmp_path, capsys
 @pytest.mark.slow
 def test_the_evidence_command_resumes_and_summarises(tiny_zoo, tmp_path):
     from dsnet.evidence.localise import main
+
     out, work = tmp_path / "loc", tmp_path / "work"
-    args = ["--data", str(BOXES), "--out", str(out), "--work", str(work), "--zoo", "tiny", "--limit", "3",
-            "--methods", "gradcam", "ablationcam", "--slow-per-class", "1", "--focus-csv", str(tmp_path / "none.csv")]
+    args = [
+        "--data",
+        str(BOXES),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--zoo",
+        "tiny",
+        "--limit",
+        "3",
+        "--methods",
+        "gradcam",
+        "ablationcam",
+        "--slow-per-class",
+        "1",
+        "--focus-csv",
+        str(tmp_path / "none.csv"),
+    ]
     assert main(args) == 0
     with open(work / "rows.csv", newline="") as f:
         first = list(csv.DictReader(f))

@@ -1,15 +1,27 @@
 """The manifest file: its schema is checked on every read, and concurrent writers lose no entry."""
+
 import json
 import threading
 from dataclasses import replace
 
 import pytest
 
-from dsnet.zoo import loader as zoo
-from dsnet.zoo.manifest import (MANIFEST_PATH, PROTOCOLS, SCHEMA, LabelSet, ManifestError, Metrics, Preprocessing,
-                                 class_names, label_set_for, load_manifest, protocol, write_entry)
-
 from conftest import write_tiny_zoo
+from dsnet.zoo import loader as zoo
+from dsnet.zoo.manifest import (
+    MANIFEST_PATH,
+    PROTOCOLS,
+    SCHEMA,
+    LabelSet,
+    ManifestError,
+    Metrics,
+    Preprocessing,
+    class_names,
+    label_set_for,
+    load_manifest,
+    protocol,
+    write_entry,
+)
 
 
 @pytest.mark.parametrize("schema", [None, 2, "1"])
@@ -47,8 +59,9 @@ def test_concurrent_writers_lose_no_entry(tmp_path):
             for j in range(each):
                 write_entry(f"zoo{i % 2}", replace(base, name=f"m{i}_{j}"), path)
                 label_set_for([f"n{i:08d}"], path, f"w{i}")
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:
             errors.append(e)
+
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
     for t in threads:
         t.start()
@@ -83,12 +96,15 @@ def test_an_unknown_class_is_quoted_short_with_the_close_names():
 
 def test_a_metric_names_what_it_was_measured_on_and_how():
     pre = Preprocessing(resize=183, crop=160)
-    assert protocol("app", pre) == ("the app's preprocessing: PIL bilinear resize of the shorter side to 183 px, "
-                                    "centre crop 160 px")
+    assert protocol("app", pre) == (
+        "the app's preprocessing: PIL bilinear resize of the shorter side to 183 px, centre crop 160 px"
+    )
     assert set(PROTOCOLS) == {"app", "export"}
     m = Metrics("imagenette/val", 3791, 85.54, 98.26, protocol("export", pre))
-    assert m.measurement() == ("imagenette/val (3791 images); export's preprocessing: torchvision antialiased "
-                               "resize of the shorter side to 183 px, centre crop 160 px")
+    assert m.measurement() == (
+        "imagenette/val (3791 images); export's preprocessing: torchvision antialiased "
+        "resize of the shorter side to 183 px, centre crop 160 px"
+    )
     assert Metrics("x/val", 4, 1.0, 2.0).measurement() == "x/val (4 images); preprocessing not recorded"
     shipped = load_manifest(MANIFEST_PATH)
     for shipped_zoo in shipped.zoos.values():

@@ -6,12 +6,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import dsnet
-from dsnet.cam.images import model_view, open_image, to_tensor
-from dsnet.zoo.manifest import Preprocessing
-from dsnet.models.networks import BLOCKS_BY_DEPTH, Stage, parameter_free_norm
-from dsnet.zoo.weights import warm_start_from_resnet
-
 from conftest import sample
+from dsnet.cam.images import model_view, open_image, to_tensor
+from dsnet.models.networks import BLOCKS_BY_DEPTH, Stage, parameter_free_norm
+from dsnet.zoo.manifest import Preprocessing
+from dsnet.zoo.weights import warm_start_from_resnet
 
 
 def n_params(m: nn.Module) -> int:
@@ -29,8 +28,16 @@ def test_every_registered_model_runs_forward_and_backward(name):
 
 
 def test_registry_lists_the_required_builders():
-    required = {"resnet50", "dsnet50", "ds2net50", "dsnet50_a", "resnet50_dense", "dsnext50_32x4d",
-                "ds2next50_32x4d", "dswrn50_2"} | {f"{p}{d}" for p in ("dsnet", "ds2net") for d in (26, 38, 77, 101)}
+    required = {
+        "resnet50",
+        "dsnet50",
+        "ds2net50",
+        "dsnet50_a",
+        "resnet50_dense",
+        "dsnext50_32x4d",
+        "ds2next50_32x4d",
+        "dswrn50_2",
+    } | {f"{p}{d}" for p in ("dsnet", "ds2net") for d in (26, 38, 77, 101)}
     assert required <= set(dsnet.list_models())
     with pytest.raises(ValueError, match="registered models: .*dsnet50"):
         dsnet.get_model("dsnet51")
@@ -80,8 +87,17 @@ def naive_stage(stage: Stage, x: torch.Tensor) -> torch.Tensor:
     return ys[-1]
 
 
-@pytest.mark.parametrize("name,weight", [("dsnet50", "channel"), ("ds2net50", "channel"), ("dsnet50_a", "channel"),
-                                         ("dsnet50", "scalar"), ("dsnet50", "none"), ("resnet50_dense", None)])
+@pytest.mark.parametrize(
+    "name,weight",
+    [
+        ("dsnet50", "channel"),
+        ("ds2net50", "channel"),
+        ("dsnet50_a", "channel"),
+        ("dsnet50", "scalar"),
+        ("dsnet50", "none"),
+        ("resnet50_dense", None),
+    ],
+)
 def test_shared_normalisation_equals_the_equation(name, weight):
     torch.manual_seed(0)
     model = dsnet.get_model(name, width=0.25, weight=weight).eval()
@@ -102,6 +118,7 @@ def test_folded_normalisation_has_the_gradients_of_groupnorm(monkeypatch, channe
     """Training uses N folded into scale/shift (dsnet.models.kernels.apply_norm); its backward must equal
     that of PyTorch's GroupNorm, also for a dead (all-zero) channel and in channels_last."""
     from dsnet.models import networks as models
+
     torch.manual_seed(0)
     model = dsnet.get_model("ds2net50", width=0.25, num_classes=10).train()
     x = torch.randn(2, 3, 64, 64)
@@ -131,6 +148,7 @@ def test_hand_written_backwards_pass_gradcheck():
     (zero-variance) group (eps 1e-2: at 1e-5, 1/std amplifies the one-pass variance's 1e-17 rounding
     past the tolerance)."""
     from dsnet.models.kernels import FoldedShortcutSum, GroupNormAffine
+
     torch.manual_seed(0)
     y = torch.randn(2, 6, 4, 5, dtype=torch.float64)
     y[1, :3] = 0.5  # group 0 of sample 1 is constant
@@ -138,19 +156,24 @@ def test_hand_written_backwards_pass_gradcheck():
     assert torch.autograd.gradcheck(lambda t: GroupNormAffine.apply(t, 2, 1e-2), (y,))
     scale, shift = GroupNormAffine.apply(y, 2, 1e-2)  # N(y) = y * scale + shift is GroupNorm
     torch.testing.assert_close(y * scale + shift, nn.functional.group_norm(y, 2, eps=1e-2))
-    out, bias, scales = (torch.randn(shape, dtype=torch.float64, requires_grad=True)
-                         for shape in ((2, 6, 4, 5), (2, 6, 1, 1), (2, 2, 6, 1, 1)))
+    out, bias, scales = (
+        torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        for shape in ((2, 6, 4, 5), (2, 6, 1, 1), (2, 2, 6, 1, 1))
+    )
     y1 = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda o, *rest: FoldedShortcutSum.apply(o.clone(), *rest),
-                                    (out, bias, scales, y, y1))
-    assert torch.autograd.gradcheck(lambda o, *rest: FoldedShortcutSum.apply(o.clone(), *rest),
-                                    (out, bias, scales[:1], y))
+    assert torch.autograd.gradcheck(
+        lambda o, *rest: FoldedShortcutSum.apply(o.clone(), *rest), (out, bias, scales, y, y1)
+    )
+    assert torch.autograd.gradcheck(
+        lambda o, *rest: FoldedShortcutSum.apply(o.clone(), *rest), (out, bias, scales[:1], y)
+    )
 
 
 def test_shortcut_weight_gradients_are_not_rounded_to_the_activations_dtype():
     """In a bf16 (or fp16) sum, the float32 factors' gradients are float32 sums, not bf16 roundings
     (2^-8 relative error, and fp16 overflow at 65504 under a loss scale)."""
     from dsnet.models.kernels import FoldedShortcutSum
+
     torch.manual_seed(0)
     y = torch.randn(2, 8, 16, 16).bfloat16()
     out = torch.randn(2, 8, 16, 16).bfloat16().requires_grad_()
@@ -174,7 +197,7 @@ def test_ds2_inner_shortcut_equals_the_equation(size):
     for block in (model.layer2[0], model.layer2[1]):
         nn.init.uniform_(block.inner_weight, 0.2, 1.5)
 
-        def naive(x):
+        def naive(x, block=block):
             a = torch.relu(block.bn1(block.conv1(x)))
             n = block.inner_norm(a)
             if block.stride > 1:
@@ -267,8 +290,9 @@ class _OpCounts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name,terms,norms,pools", [("resnet50", 0, 0, 0), ("dsnet50", 27, 12, 0),
-                                                     ("ds2net50", 27 + 16, 12 + 16, 3)])
+@pytest.mark.parametrize(
+    "name,terms,norms,pools", [("resnet50", 0, 0, 0), ("dsnet50", 27, 12, 0), ("ds2net50", 27 + 16, 12 + 16, 3)]
+)
 def test_inference_runs_one_fused_norm_per_source_and_one_in_place_pass_per_term(name, terms, norms, pools):
     """Without autograd (served inference, benchmarks/models.py) a forward runs the fast path whose CPU
     ratios docs/benchmarks.md records: N materialised once per source by PyTorch's fused GroupNorm (no
@@ -286,9 +310,21 @@ def test_inference_runs_one_fused_norm_per_source_and_one_in_place_pass_per_term
             assert torch.equal(out, reference)
         counts = seen.counts
         if mode is torch.no_grad:  # under inference_mode the mode sees composite ops (conv2d, group_norm)
-            assert set(counts) <= {"convolution", "native_batch_norm", "relu_", "add_", "addcmul_",
-                                   "native_group_norm", "unbind", "empty", "max_pool2d_with_indices", "mean",
-                                   "view", "t", "addmm"}, counts
+            assert set(counts) <= {
+                "convolution",
+                "native_batch_norm",
+                "relu_",
+                "add_",
+                "addcmul_",
+                "native_group_norm",
+                "unbind",
+                "empty",
+                "max_pool2d_with_indices",
+                "mean",
+                "view",
+                "t",
+                "addmm",
+            }, counts
             assert counts.get("native_group_norm", 0) == norms
             assert counts["convolution"] == 53 + pools
         assert counts.get("addcmul_", 0) == terms
@@ -340,6 +376,7 @@ def test_layer4_forward_split_matches_forward():
 
 def test_an_unknown_shortcut_kind_is_refused_with_the_known_ones():
     from dsnet.models.networks import SHORTCUT_KINDS
+
     with pytest.raises(ValueError, match=f"unknown shortcut kind 'densee'; choose {', '.join(SHORTCUT_KINDS)}$"):
         dsnet.ShortcutSpec("densee")
 

@@ -1,4 +1,5 @@
 """Issue 6 against a live server on 127.0.0.1: bad inputs, bad parameters, concurrency, limits, access."""
+
 import base64
 import json
 import threading
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badimages import EXPECTED, awkward_inputs, bad_inputs
 from app.uploads import REFUSED_INPUT
-from dsnet.cam.service import METHODS
+from badimages import EXPECTED, awkward_inputs, bad_inputs
 from conftest import IMAGENETTE, ROOT, record, sample
+from dsnet.cam.service import METHODS
 
 pytestmark = pytest.mark.slow  # a live server, hundreds of requests
 
@@ -24,19 +25,25 @@ HEATMAPS, CAPTIONS = (2, 5, 8), (3, 6, 9)  # /explain returns status, model view
 @pytest.fixture(scope="module")
 def client(live_app):
     from gradio_client import Client
+
     return Client(live_app.url, verbose=False)
 
 
 def call(client, live_app, image, method="gradcam", mode=TOP1, cls=None, metrics=False, zoo=None):
     from gradio_client import handle_file
-    return client.predict(handle_file(str(image)), zoo or live_app.zoo, method, mode, cls, 0.5, metrics, "",
-                          api_name="/explain")
+
+    return client.predict(
+        handle_file(str(image)), zoo or live_app.zoo, method, mode, cls, 0.5, metrics, "", api_name="/explain"
+    )
 
 
 def http_call(live_app, data: list, timeout: float = 120) -> tuple[str, str]:
     """Plain HTTP API: POST then read the event stream; returns (last event, its data)."""
-    req = urllib.request.Request(live_app.url + "gradio_api/call/explain", json.dumps({"data": data}).encode(),
-                                 {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        live_app.url + "gradio_api/call/explain",
+        json.dumps({"data": data}).encode(),
+        {"Content-Type": "application/json"},
+    )
     event_id = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
     with urllib.request.urlopen(f"{live_app.url}gradio_api/call/explain/{event_id}", timeout=timeout) as r:
         lines = r.read().decode().strip().splitlines()
@@ -52,7 +59,9 @@ def test_every_bad_image_gets_its_message_and_the_server_keeps_serving(client, l
     stored); one that does but cannot be used gets its own message from the handler."""
     import httpx
     from gradio_client.exceptions import AppError
+
     from dsnet.cam.images import looks_like_image
+
     for name, (data, filename) in bad_inputs().items():
         path = tmp_path / filename
         path.write_bytes(data)
@@ -92,14 +101,17 @@ def test_data_url_in_the_payload_is_validated_in_the_handler(live_app):
     assert event == "error" and json.loads(data)["error"] == REFUSED_INPUT
 
 
-@pytest.mark.parametrize("args,message", [
-    (("nomethod", TOP1, None), "method must be one of"),
-    (("gradcam", "one class for all", "golfball x"), "unknown class"),
-    (("gradcam", "one class for all", "999"), "out of range"),
-    (("gradcam", "one class for all", None), "pick the class"),
-    (("gradcam", "the true class", None), "true class is known only for the examples"),
-    (("gradcam", "explain everything", None), "explain must be one of"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("nomethod", TOP1, None), "method must be one of"),
+        (("gradcam", "one class for all", "golfball x"), "unknown class"),
+        (("gradcam", "one class for all", "999"), "out of range"),
+        (("gradcam", "one class for all", None), "pick the class"),
+        (("gradcam", "the true class", None), "true class is known only for the examples"),
+        (("gradcam", "explain everything", None), "explain must be one of"),
+    ],
+)
 def test_bad_parameters_get_a_clear_error_never_a_traceback(live_app, args, message):
     method, mode, cls = args
     image = "data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode()
@@ -111,24 +123,34 @@ def test_unknown_zoo_and_wrong_types(live_app):
     image = file_data("data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode())
     event, data = http_call(live_app, [image, "nozoo", "gradcam", TOP1, None, 0.5, False, ""])
     assert event == "error" and "zoo must be one of imagenette" in data and "'nozoo'" in data
-    for bad in ([image, live_app.zoo, "gradcam", TOP1, None, "abc", False, ""],
-                [image, 5, "gradcam", TOP1, None, 0.5, False, ""],
-                [image, live_app.zoo, "gradcam", TOP1, None, 7.0, False, ""]):
+    for bad in (
+        [image, live_app.zoo, "gradcam", TOP1, None, "abc", False, ""],
+        [image, 5, "gradcam", TOP1, None, 0.5, False, ""],
+        [image, live_app.zoo, "gradcam", TOP1, None, 7.0, False, ""],
+    ):
         event, data = http_call(live_app, bad)
         assert event == "error" and json.loads(data)["error"] and "Traceback" not in data
 
 
 def _fingerprint(out) -> list:
-    return [(np.asarray(Image.open(out[i])).tobytes(), [ln for ln in out[i + 1].splitlines() if " ms · " not in ln],
-             out[i + 2]) for i in HEATMAPS]
+    return [
+        (
+            np.asarray(Image.open(out[i])).tobytes(),
+            [ln for ln in out[i + 1].splitlines() if " ms · " not in ln],
+            out[i + 2],
+        )
+        for i in HEATMAPS
+    ]
 
 
 def test_16_simultaneous_requests_each_get_their_lone_result(client, live_app):
     images = sorted((IMAGENETTE / "val").glob("*/*.JPEG"))[::250][:16]
     methods = [name for name, m in METHODS.items() if not m.whole_network]  # every method that is not minutes
     classes = [None, "golf ball", "tench", None, "church", "parachute", None, "chain saw"]
-    jobs = [(img, methods[i % len(methods)], TOP1 if classes[i % 8] is None else "one class for all",
-             classes[i % 8]) for i, img in enumerate(images)]
+    jobs = [
+        (img, methods[i % len(methods)], TOP1 if classes[i % 8] is None else "one class for all", classes[i % 8])
+        for i, img in enumerate(images)
+    ]
     lone = [_fingerprint(call(client, live_app, *job)) for job in jobs]
     submitted = [client.submit(*_args(live_app, *job), api_name="/explain") for job in jobs]
     together = [_fingerprint(job.result(timeout=300)) for job in submitted]
@@ -138,12 +160,14 @@ def test_16_simultaneous_requests_each_get_their_lone_result(client, live_app):
 
 def _args(live_app, image, method, mode, cls):
     from gradio_client import handle_file
+
     return handle_file(str(image)), live_app.zoo, method, mode, cls, 0.5, False, ""
 
 
 def test_a_flood_beyond_the_queue_bound_is_refused_as_busy(live_app):
     """Many clients at once (each its own X-Forwarded-For, as a Space's proxy sends it): the bound for everyone."""
     from app.settings import ServingSettings
+
     QUEUE_SIZE = ServingSettings.from_env().queue_size
     image = file_data("data:image/jpeg;base64," + base64.b64encode(sample("tench").read_bytes()).decode())
     body = json.dumps({"data": [image, live_app.zoo, "ablationcam", TOP1, None, 0.5, False, ""]}).encode()
@@ -151,8 +175,11 @@ def test_a_flood_beyond_the_queue_bound_is_refused_as_busy(live_app):
     barrier = threading.Barrier(3 * QUEUE_SIZE)
 
     def post(i):
-        req = urllib.request.Request(live_app.url + "gradio_api/call/explain", body,
-                                     {"Content-Type": "application/json", "X-Forwarded-For": f"198.18.{i // 250}.{i % 250}"})
+        req = urllib.request.Request(
+            live_app.url + "gradio_api/call/explain",
+            body,
+            {"Content-Type": "application/json", "X-Forwarded-For": f"198.18.{i // 250}.{i % 250}"},
+        )
         barrier.wait()
         try:
             accepted.append(json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"])
@@ -168,7 +195,9 @@ def test_a_flood_beyond_the_queue_bound_is_refused_as_busy(live_app):
     assert len(accepted) <= QUEUE_SIZE + 8  # a few may have left the queue while the flood was posted
     with urllib.request.urlopen(f"{live_app.url}gradio_api/call/explain/{accepted[-1]}", timeout=300) as r:
         assert b"event: complete" in r.read()  # the accepted ones are served, and so is the next one
-    record("reliability", "flood", {"sent": len(threads), "queued_and_served": len(accepted), "refused_503": len(refused)})
+    record(
+        "reliability", "flood", {"sent": len(threads), "queued_and_served": len(accepted), "refused_503": len(refused)}
+    )
 
 
 def _rss_mb() -> float:
@@ -190,12 +219,17 @@ def test_300_sequential_requests_leave_memory_flat(live_app):
         assert http_call(live_app, [file_data(payloads[i % len(payloads)]), *rest])[0] == "complete"
     growth = _rss_mb() - before
     assert growth < 40, f"resident memory grew by {growth:.0f} MB over 300 requests"
-    record("reliability", "memory_mb", {"after_40_warm_up": round(before), "after_300_more": round(before + growth),
-                                        "growth": round(growth, 1)})
+    record(
+        "reliability",
+        "memory_mb",
+        {"after_40_warm_up": round(before), "after_300_more": round(before + growth), "growth": round(growth, 1)},
+    )
 
 
-@pytest.mark.parametrize("target", ["/etc/passwd", str(ROOT / "app.py"), str(ROOT / "checkpoints" / "manifest.json"),
-                                    str(ROOT / "checkpoints")])
+@pytest.mark.parametrize(
+    "target",
+    ["/etc/passwd", str(ROOT / "app.py"), str(ROOT / "checkpoints" / "manifest.json"), str(ROOT / "checkpoints")],
+)
 def test_the_server_serves_no_file_outside_its_own(live_app, target):
     for prefix in ("gradio_api/file=", "file=", "gradio_api/file/"):
         try:
@@ -221,10 +255,13 @@ def test_uploaded_files_are_deleted_after_their_time(tiny_zoo):
     """A second server whose cache time is 2 s: an upload nobody uses is on disk, then gone."""
     import time
     from dataclasses import replace
+
+    import httpx
+
     from app import build_app, launch
     from app.settings import ServingSettings
     from conftest import free_port
-    import httpx
+
     settings = replace(ServingSettings.from_env(), cache_seconds=2)
     built = build_app(None, "tiny", settings)
     port = free_port()
@@ -248,16 +285,21 @@ def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
     the same picture comes back; before app/outputs.py some of these fetches were cut off: the test failed.)"""
     import http.client
     import time
+
     from app.examples import load_examples
     from dsnet.zoo.manifest import load_manifest
+
     example = load_examples(load_manifest(), None, live_app.zoo).ids()[0]
     data = [None, live_app.zoo, "gradcam", TOP1, "", 0.5, False, example]
 
     def picture_urls() -> list[str]:
         event, out = http_call(live_app, data)
         assert event == "complete", out
-        return [d["url"].split(f":{live_app.port}", 1)[1] for d in json.loads(out) if isinstance(d, dict)
-                and str(d.get("url", "")).endswith(".png")]
+        return [
+            d["url"].split(f":{live_app.port}", 1)[1]
+            for d in json.loads(out)
+            if isinstance(d, dict) and str(d.get("url", "")).endswith(".png")
+        ]
 
     urls, stop, cut, whole, errors = picture_urls(), time.monotonic() + 15, [], [0], []
 
@@ -265,7 +307,7 @@ def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
         try:
             while time.monotonic() < stop:
                 urls[:] = picture_urls()
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:
             errors.append(e)
 
     def fetch():
@@ -285,7 +327,9 @@ def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
                 finally:
                     conn.close()
 
-    threads = [threading.Thread(target=explain_again) for _ in range(2)] + [threading.Thread(target=fetch) for _ in range(3)]
+    threads = [threading.Thread(target=explain_again) for _ in range(2)] + [
+        threading.Thread(target=fetch) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,5 +1,6 @@
 """The model-parameter randomisation check (dsnet.evidence.sanity) on tiny models: the cascade randomises
 exactly its stages, never the shared model, reproducibly; the similarities; the verdict rule; verdicts()."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,12 @@ def test_randomisation_follows_the_constructors_initialisation():
     *_, (_, private) = sanity.cascade(model)
     fresh = dsnet.get_model("dsnet50", width=0.125, num_classes=10)
     for (key, value), ref in zip(private.state_dict().items(), fresh.state_dict().values()):
-        if key.endswith(("dense_weight", "running_mean", "running_var", "num_batches_tracked", "bn1.weight",
-                         "bn1.bias")) or ".bn" in key:
+        if (
+            key.endswith(
+                ("dense_weight", "running_mean", "running_var", "num_batches_tracked", "bn1.weight", "bn1.bias")
+            )
+            or ".bn" in key
+        ):
             assert torch.equal(value, ref), key  # deterministic initial values
         elif value.dim() == 4 and value.shape[-1] > 1:  # a 3x3/7x7 conv: kaiming_normal, fan_out
             fan_out = value.shape[0] * value[0, 0].numel()
@@ -85,7 +90,7 @@ def test_the_cascade_is_reproducible():
     first = [snapshot(p) for _, p in sanity.cascade(model, seed=3)]
     again = [snapshot(p) for _, p in sanity.cascade(model, seed=3)]
     other = [snapshot(p) for _, p in sanity.cascade(model, seed=4)]
-    for a, b, c in zip(first, again, other):
+    for a, b, _ in zip(first, again, other):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(first[0]["fc.weight"], other[0]["fc.weight"])
     assert not torch.equal(first[-1]["layer2.0.conv2.weight"], other[-1]["layer2.0.conv2.weight"])
@@ -111,9 +116,19 @@ def test_similarities():
     assert sanity.spearman(cam, flat) == 0.0 and sanity.spearman(flat, flat) == 1.0
 
 
-@pytest.mark.parametrize("value, expected", [(0.93, "fails"), (0.5, "fails"), (0.4999, "weak"), (0.2, "weak"),
-                                             (0.1999, "passes"), (0.0, "passes"), (-0.7, "passes"),
-                                             (float("nan"), "no data")])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (0.93, "fails"),
+        (0.5, "fails"),
+        (0.4999, "weak"),
+        (0.2, "weak"),
+        (0.1999, "passes"),
+        (0.0, "passes"),
+        (-0.7, "passes"),
+        (float("nan"), "no data"),
+    ],
+)
 def test_the_verdict_rule(value, expected):
     assert sanity.verdict(value) == expected
 
@@ -121,11 +136,20 @@ def test_the_verdict_rule(value, expected):
 def test_verdicts_reads_only_the_json(tmp_path):
     def r(v):
         return {"verdict": v, "final_spearman": 0.0, "final_ssim": 0.0, "steps": {}}
+
     path = tmp_path / "sanity.json"
-    path.write_text(json.dumps({"rule": sanity.RULE, "results": {
-        "resnet50": {"gradcam": r("passes"), "eigencam": r("weak"), "layercam": r("passes")},
-        "dsnet50": {"gradcam": r("passes"), "eigencam": r("fails"), "layercam": r("weak")},
-        "ds2net50": {"gradcam": r("passes"), "eigencam": r("passes"), "layercam": r("passes")}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "rule": sanity.RULE,
+                "results": {
+                    "resnet50": {"gradcam": r("passes"), "eigencam": r("weak"), "layercam": r("passes")},
+                    "dsnet50": {"gradcam": r("passes"), "eigencam": r("fails"), "layercam": r("weak")},
+                    "ds2net50": {"gradcam": r("passes"), "eigencam": r("passes"), "layercam": r("passes")},
+                },
+            }
+        )
+    )
     assert sanity.verdicts(path) == {"gradcam": "passes", "eigencam": "fails", "layercam": "weak"}
     assert sanity.verdicts(path, "resnet50") == {"gradcam": "passes", "eigencam": "weak", "layercam": "passes"}
     assert sanity.verdicts(path, "nosuchmodel") == {}
@@ -176,8 +200,28 @@ def test_command_line_writes_the_artifact_and_plot(tiny_zoo, tmp_path):
         for i in range(3):
             Image.fromarray((rng.random((80, 100, 3)) * 255).astype(np.uint8)).save(data / wnid / f"{i}.JPEG")
     out, png = tmp_path / "sanity.json", tmp_path / "sanity.png"
-    assert sanity.main(["--data", str(data), "--zoo", "tiny", "--models", "resnet50,ds2net50", "--per-class", "2",
-                        "--methods", "gradcam,hirescam", "--json", str(out), "--plot", str(png), "--quiet"]) == 0
+    assert (
+        sanity.main(
+            [
+                "--data",
+                str(data),
+                "--zoo",
+                "tiny",
+                "--models",
+                "resnet50,ds2net50",
+                "--per-class",
+                "2",
+                "--methods",
+                "gradcam,hirescam",
+                "--json",
+                str(out),
+                "--plot",
+                str(png),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["command"].startswith("python -m dsnet.evidence.sanity --data")
     assert report["n_images"] == 4 and report["skipped_images"] == 2

@@ -1,4 +1,5 @@
 """The Space deploy (``python -m app.space``) and the ZeroGPU seam (``app.zerogpu``), without network."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,6 @@ import pytest
 
 from app import space
 from app.space import DeployError, check, deploy
-
 from conftest import ROOT, free_port, sample
 
 WEIGHTS = [f"checkpoints/imagenette/{m}.safetensors" for m in ("resnet50", "dsnet50", "ds2net50")]
@@ -22,13 +22,26 @@ WEIGHTS = [f"checkpoints/imagenette/{m}.safetensors" for m in ("resnet50", "dsne
 
 def copy_repo(dest: Path) -> Path:
     """The deployable part of this repository, plus things that must never be uploaded."""
-    for pattern in ("README.md", "requirements.txt", "pyproject.toml", "app.py", "app/*.py", "dsnet/*.py",
-                    "checkpoints/manifest.json", "checkpoints/imagenette/*"):
+    for pattern in (
+        "README.md",
+        "requirements.txt",
+        "pyproject.toml",
+        "app.py",
+        "app/*.py",
+        "dsnet/*.py",
+        "checkpoints/manifest.json",
+        "checkpoints/imagenette/*",
+    ):
         for src in ROOT.glob(pattern):
             (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / src.relative_to(ROOT))
-    for extra in ("tests/test_x.py", "runs/x/last.pt", "dsnet/__pycache__/zoo.cpython-311.pyc", "docs/a.png",
-                  "app/notes.txt"):
+    for extra in (
+        "tests/test_x.py",
+        "runs/x/last.pt",
+        "dsnet/__pycache__/zoo.cpython-311.pyc",
+        "docs/a.png",
+        "app/notes.txt",
+    ):
         (dest / extra).parent.mkdir(parents=True, exist_ok=True)
         (dest / extra).write_bytes(b"not for the Space")
     return dest
@@ -45,15 +58,31 @@ def test_dry_run_on_the_repository_passes(capsys):
     out = capsys.readouterr().out
     plan = check(ROOT)
     assert plan.ok, plan.problems
-    for path in ["app.py", "app/__init__.py", "app/layout.py", "app/zerogpu.py", "dsnet/zoo/loader.py", "dsnet/cam/service.py",
-                 "checkpoints/manifest.json", "requirements.txt", "README.md", *WEIGHTS]:
+    for path in [
+        "app.py",
+        "app/__init__.py",
+        "app/layout.py",
+        "app/zerogpu.py",
+        "dsnet/zoo/loader.py",
+        "dsnet/cam/service.py",
+        "checkpoints/manifest.json",
+        "requirements.txt",
+        "README.md",
+        *WEIGHTS,
+    ]:
         assert path in plan.files, path
         assert path in out
     assert not [p for p in plan.files if p.startswith(("tests/", "runs/", "benchmarks/", "scripts/", "."))]
     from app.evidence import FILES as EVIDENCE
+
     docs = {p for p in plan.files if p.startswith("docs/")}  # the pictures README shows, the page's evidence
-    assert set(EVIDENCE) <= docs and docs <= {"docs/screenshot.png", "docs/screenshot-phone.png",
-                                              "docs/figure4-imagenette.png", "docs/figure5-imagenette.png", *EVIDENCE}
+    assert set(EVIDENCE) <= docs and docs <= {
+        "docs/screenshot.png",
+        "docs/screenshot-phone.png",
+        "docs/figure4-imagenette.png",
+        "docs/figure5-imagenette.png",
+        *EVIDENCE,
+    }
     assert not [p for p in plan.files if p.startswith("dsnet/evidence/") or p == "app/space.py"]  # not the app's
     assert not [p for p in plan.files if "__pycache__" in p or p.endswith(".log.jsonl")]
     assert plan.files["checkpoints/imagenette/dsnet50.safetensors"] == (ROOT / WEIGHTS[1]).stat().st_size
@@ -64,11 +93,20 @@ def test_dry_run_on_the_repository_passes(capsys):
 def test_the_copy_passes_and_ships_only_the_allow_list(tmp_path):
     plan = check(copy_repo(tmp_path))
     assert plan.ok, plan.problems
-    assert set(plan.files) == {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
-                               if p.is_file() and (space.allowed(p.relative_to(tmp_path).as_posix())
-                                                   or p.suffix == ".safetensors")}
-    for stray in ("tests/test_x.py", "runs/x/last.pt", "dsnet/__pycache__/zoo.cpython-311.pyc", "docs/a.png",
-                  "app/notes.txt", "pyproject.toml", "checkpoints/imagenette/dsnet50.log.jsonl"):
+    assert set(plan.files) == {
+        p.relative_to(tmp_path).as_posix()
+        for p in tmp_path.rglob("*")
+        if p.is_file() and (space.allowed(p.relative_to(tmp_path).as_posix()) or p.suffix == ".safetensors")
+    }
+    for stray in (
+        "tests/test_x.py",
+        "runs/x/last.pt",
+        "dsnet/__pycache__/zoo.cpython-311.pyc",
+        "docs/a.png",
+        "app/notes.txt",
+        "pyproject.toml",
+        "checkpoints/imagenette/dsnet50.log.jsonl",
+    ):
         assert stray not in plan.files
 
 
@@ -124,9 +162,16 @@ def test_every_problem_is_listed_at_once(tmp_path):
     token = "hf_" + "a1B2" * 9
     (root / "dsnet" / "leak.py").write_text(f"TOKEN = '{token}'\n")
     message = refused(root, hardware="zero-a10g", max_total_mb=1)
-    for reason in ["imagenette/ds2net50: missing weight", "secret: .env", "python_version is 3.1", "quote it",
-                   "app_file is 'main.py'", "dsnet/leak.py contains a Hugging Face access token",
-                   "over the 1 MB limit", "6 problem(s)"]:
+    for reason in [
+        "imagenette/ds2net50: missing weight",
+        "secret: .env",
+        "python_version is 3.1",
+        "quote it",
+        "app_file is 'main.py'",
+        "dsnet/leak.py contains a Hugging Face access token",
+        "over the 1 MB limit",
+        "6 problem(s)",
+    ]:
         assert reason in message, reason
     assert token not in message
 
@@ -149,6 +194,7 @@ class Recorder:
         def record(api, *args, **kwargs):
             self.calls.append((name, args, kwargs))
             return result
+
         return record
 
 
@@ -158,8 +204,13 @@ def test_upload_calls_the_hub_api_with_exactly_the_checked_files(tmp_path, monke
 
     root = copy_repo(tmp_path)
     rec = Recorder(None)
-    present = [".gitattributes", "README.md", "dsnet/old_module.py", "checkpoints/imagenette/old.safetensors",
-               "user/notes.md"]
+    present = [
+        ".gitattributes",
+        "README.md",
+        "dsnet/old_module.py",
+        "checkpoints/imagenette/old.safetensors",
+        "user/notes.md",
+    ]
     monkeypatch.setattr(HfApi, "create_repo", rec.method("create_repo"))
     monkeypatch.setattr(HfApi, "request_space_hardware", rec.method("request_space_hardware"))
     monkeypatch.setattr(HfApi, "list_repo_files", rec.method("list_repo_files", present))
@@ -170,8 +221,10 @@ def test_upload_calls_the_hub_api_with_exactly_the_checked_files(tmp_path, monke
 
     names = [c[0] for c in rec.calls]
     assert names == ["create_repo", "request_space_hardware", "list_repo_files", "create_commit"]
-    assert rec.calls[0][1:] == (("alice/dsnet-explain",), dict(repo_type="space", space_sdk="gradio", private=True,
-                                                               space_hardware="zero-a10g", exist_ok=True))
+    assert rec.calls[0][1:] == (
+        ("alice/dsnet-explain",),
+        dict(repo_type="space", space_sdk="gradio", private=True, space_hardware="zero-a10g", exist_ok=True),
+    )
     assert rec.calls[1][1:] == (("alice/dsnet-explain", "zero-a10g"), {})
     assert rec.calls[2][1:] == (("alice/dsnet-explain",), dict(repo_type="space"))
     (repo_id, operations), kwargs = rec.calls[3][1:]
@@ -188,6 +241,7 @@ def test_upload_calls_the_hub_api_with_exactly_the_checked_files(tmp_path, monke
 
 def test_nothing_is_called_when_the_checks_fail(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
+
     root = copy_repo(tmp_path)
     (root / ".env").write_text("A=1\n")
     monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: pytest.fail("the Hub was called"))
@@ -198,8 +252,14 @@ def test_nothing_is_called_when_the_checks_fail(tmp_path, monkeypatch):
 def _run_cli(env_extra: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(tmp_path / "hf-home"), **env_extra)  # no stored token either
-    return subprocess.run([sys.executable, "-m", "app.space", "deploy", "alice/dsnet-explain", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "app.space", "deploy", "alice/dsnet-explain", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_deploy_without_a_token_says_how_to_get_one(tmp_path):
@@ -228,8 +288,16 @@ def test_a_bad_space_id_is_refused(tmp_path):
 
 
 def _same(a, b) -> None:
-    assert (a.zoo, a.model, a.method, a.top5, a.explained, a.notes, a.device, a.faithfulness) == \
-           (b.zoo, b.model, b.method, b.top5, b.explained, b.notes, b.device, b.faithfulness)
+    assert (a.zoo, a.model, a.method, a.top5, a.explained, a.notes, a.device, a.faithfulness) == (
+        b.zoo,
+        b.model,
+        b.method,
+        b.top5,
+        b.explained,
+        b.notes,
+        b.device,
+        b.faithfulness,
+    )
     for name in ("view", "cam", "overlay"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
@@ -258,12 +326,14 @@ def test_on_gpu_returns_what_the_plain_service_returns_on_the_cpu(monkeypatch):
 
     def stream(image):
         yield from explain(image, models)
+
     for a, b in zip(on_gpu(duration=60)(stream)(image), plain):  # generators too
         _same(a, b)
 
 
 def test_on_gpu_is_spaces_gpu_on_zerogpu(monkeypatch):
     from app.zerogpu import on_gpu, on_zerogpu
+
     seen = []
     fake = types.ModuleType("spaces")
 
@@ -272,21 +342,25 @@ def test_on_gpu_is_spaces_gpu_on_zerogpu(monkeypatch):
             def inner(*args, **kwargs):
                 seen.append(duration)
                 return fn(*args, **kwargs)
+
             return inner
+
         return wrap
+
     fake.GPU = GPU
     monkeypatch.setitem(sys.modules, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert on_zerogpu()
     assert on_gpu(duration=42)(lambda x: x * 2)(21) == 42 and seen == [42]
     monkeypatch.setenv("SPACES_ZERO_GPU", "false")
-    f = lambda x: x  # noqa: E731
+    f = lambda x: x
     assert on_gpu(duration=42)(f) is f and seen == [42]
 
 
 def test_serving_device_follows_the_zoo(monkeypatch):
     from app.zerogpu import serving_device
     from dsnet.zoo.loader import pick_device
+
     monkeypatch.delenv("DSNET_DEVICE", raising=False)
     assert serving_device() == pick_device().type
     monkeypatch.setenv("DSNET_DEVICE", "cuda")  # as on GPU hardware, where CUDA is picked

@@ -1,4 +1,5 @@
 """dsnet.evidence.stats on hand-made cases whose answers are known in closed form."""
+
 from __future__ import annotations
 
 import math
@@ -15,13 +16,16 @@ def _pairs(both_right: int, only_a: int, only_b: int, both_wrong: int) -> tuple[
     return a, b
 
 
-@pytest.mark.parametrize("only_a, only_b, p", [
-    (1, 9, 2 * (1 + 10) / 2**10),  # two-sided binomial tail: 2 * P(X <= 1), X ~ Bin(10, 1/2)
-    (0, 6, 2 / 2**6),
-    (6, 0, 2 / 2**6),
-    (5, 5, 1.0),
-    (0, 0, 1.0),  # no discordant pair: nothing to test
-])
+@pytest.mark.parametrize(
+    "only_a, only_b, p",
+    [
+        (1, 9, 2 * (1 + 10) / 2**10),  # two-sided binomial tail: 2 * P(X <= 1), X ~ Bin(10, 1/2)
+        (0, 6, 2 / 2**6),
+        (6, 0, 2 / 2**6),
+        (5, 5, 1.0),
+        (0, 0, 1.0),  # no discordant pair: nothing to test
+    ],
+)
 def test_mcnemar_exact_is_the_binomial_test_on_discordant_pairs(only_a, only_b, p):
     a, b = _pairs(7, only_a, only_b, 3)
     r = stats.mcnemar(a, b)
@@ -58,11 +62,14 @@ def test_bootstrap_matches_the_normal_interval_on_a_large_sample():
     assert stats.bootstrap_ci(d) == (low, high)  # seeded: reproducible
 
 
-@pytest.mark.parametrize("diffs, p", [
-    ([1, 2, 3, 4, 5], 2 / 2**5),  # all signs positive: exact two-sided p = 2 / 2^n
-    ([-1, -2, -3, -4, -5], 2 / 2**5),
-    ([0.5, 1, 2, 3, 4, 5], 2 / 2**6),
-])
+@pytest.mark.parametrize(
+    "diffs, p",
+    [
+        ([1, 2, 3, 4, 5], 2 / 2**5),  # all signs positive: exact two-sided p = 2 / 2^n
+        ([-1, -2, -3, -4, -5], 2 / 2**5),
+        ([0.5, 1, 2, 3, 4, 5], 2 / 2**6),
+    ],
+)
 def test_wilcoxon_exact_p_when_all_differences_share_a_sign(diffs, p):
     a = [10.0] * len(diffs)
     b = [10.0 + x for x in diffs]
@@ -89,14 +96,31 @@ def test_unpaired_shapes_are_refused():
 
 # --- dsnet.evidence.evaluate: paired comparisons, test sizes, the artifact ---------------------------------
 
+
 def _report(model: str, correct: str, crop: int = 128, run: str = "seed0"):
     from dsnet.evidence.evaluate import ModelReport
-    return ModelReport(model, len(correct), 0, 100 * correct.count("1") / len(correct), 100.0, 1.0, 0.1, None, None,
-                       run, "", crop, 146, correct)
+
+    return ModelReport(
+        model,
+        len(correct),
+        0,
+        100 * correct.count("1") / len(correct),
+        100.0,
+        1.0,
+        0.1,
+        None,
+        None,
+        run,
+        "",
+        crop,
+        146,
+        correct,
+    )
 
 
 def test_evaluate_compares_each_model_with_the_baseline_and_each_size_with_the_first():
     from dsnet.evidence.evaluate import compare
+
     base = "1" * 7 + "1" + "0" * 9 + "000"  # 20 images; vs other: 1 only-base-right, 9 only-other-right
     other = "1" * 7 + "0" + "1" * 9 + "000"
     comps = compare([_report("resnet50", base), _report("dsnet50", other), _report("dsnet50", base, crop=160)])
@@ -111,21 +135,31 @@ def test_evaluate_compares_each_model_with_the_baseline_and_each_size_with_the_f
 def test_test_sizes_scale_the_resize_with_the_crop():
     from dsnet.evidence.evaluate import scaled
     from dsnet.zoo.manifest import Preprocessing
+
     pre = Preprocessing(resize=146, crop=128)
-    assert [(scaled(pre, c).crop, scaled(pre, c).resize) for c in (128, 160, 192, 224)] == \
-        [(128, 146), (160, 183), (192, 219), (224, 256)]
+    assert [(scaled(pre, c).crop, scaled(pre, c).resize) for c in (128, 160, 192, 224)] == [
+        (128, 146),
+        (160, 183),
+        (192, 219),
+        (224, 256),
+    ]
 
 
 def test_timing_never_moves_or_retrains_the_shared_model(monkeypatch):
     import torch
+
     import dsnet
     from dsnet.evidence.evaluate import latency_ms, train_step_memory
+
     model = dsnet.get_model("dsnet50", width=0.125, num_classes=10).eval()
     moved = []
     for name in ("cpu", "to", "cuda", "train"):
         original = getattr(torch.nn.Module, name)
-        monkeypatch.setattr(torch.nn.Module, name,
-                            lambda self, *a, _o=original, _n=name, **k: (moved.append((_n, id(self))), _o(self, *a, **k))[1])
+        monkeypatch.setattr(
+            torch.nn.Module,
+            name,
+            lambda self, *a, _o=original, _n=name, **k: (moved.append((_n, id(self))), _o(self, *a, **k))[1],
+        )
     latency_ms(model, 32, repeats=1)
     train_step_memory(model, 32, batch=2)
     assert id(model) not in {i for _, i in moved} and not model.training
@@ -136,8 +170,10 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     import json
     import os
     from pathlib import Path
+
     from conftest import IMAGENETTE
     from dsnet.evidence.evaluate import main
+
     folder = tmp_path / "val"
     for wnid_dir in sorted((IMAGENETTE / "val").iterdir()):
         (folder / wnid_dir.name).mkdir(parents=True)
@@ -148,17 +184,43 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
     os.symlink(tiny_zoo.parent / "tiny" / "dsnet50.safetensors", runs / "dsnet50.safetensors")
     os.symlink(tiny_zoo.parent / "tiny" / "resnet50.safetensors", runs / "resnet50.safetensors")
     out = tmp_path / "e.json"
-    assert main(["--zoo", "tiny", "--data", str(folder), "--models", "resnet50,dsnet50", "--crops", "64,96",
-                 "--runs", str(runs.parent), "--no-timing", "--pipeline", "export", "--limit", "2",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--zoo",
+                "tiny",
+                "--data",
+                str(folder),
+                "--models",
+                "resnet50,dsnet50",
+                "--crops",
+                "64,96",
+                "--runs",
+                str(runs.parent),
+                "--no-timing",
+                "--pipeline",
+                "export",
+                "--limit",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     d = json.loads(out.read_text())
-    assert len(d["commit"]) >= 7 and d["date"].endswith("UTC") and d["command"].startswith("python -m dsnet.evidence.evaluate")
+    assert (
+        len(d["commit"]) >= 7
+        and d["date"].endswith("UTC")
+        and d["command"].startswith("python -m dsnet.evidence.evaluate")
+    )
     assert d["crops"] == [64, 96] and d["runs"] == ["seed0", "seed7"] and len(d["models"]) == 8
     assert len(d["per_image"]["images"]) == 20  # the images the bits are over: two per class, as evaluated
     assert {Path(i).parent.name for i in d["per_image"]["images"]} == {p.name for p in folder.iterdir()}
     assert {m["protocol"] for m in d["models"]} == {
         f"export's preprocessing: torchvision antialiased resize of the shorter side to {r} px, centre crop {c} px"
-        for r, c in ((73, 64), (110, 96))}
+        for r, c in ((73, 64), (110, 96))
+    }
     assert all(len(v) == 20 for v in d["per_image"]["correct"].values())
     kinds = [(c["kind"], c["run"]) for c in d["comparisons"]]
     assert kinds.count(("model", "seed0")) == 2 and kinds.count(("model", "seed7")) == 2
@@ -171,17 +233,30 @@ def test_evaluate_writes_a_paired_artifact_with_provenance(tiny_zoo, tmp_path, c
 
 # --- dsnet.evidence.figure --stats: the paired summaries ----------------------------------------------------
 
+
 def test_figure_pairs_every_number_with_the_baseline_on_the_same_images(tmp_path):
     import csv
     import json
+
     from dsnet.evidence.figure import STAT_FIELDS, paired, read_rows, write_summaries
+
     rows = []
     for i in range(6):  # dsnet50's top10_mass is higher on all six images: exact Wilcoxon p = 2 / 2^6
         for model, bump, correct in (("resnet50", 0.0, i % 2), ("dsnet50", 0.1 + 0.01 * i, 1)):
-            rows.append({"image": f"img{i}", "wnid": "n01440764", "model": model, "explained": "tench",
-                         "probability": 0.5, "correct": correct, "top10_mass": 0.2 + bump,
-                         "entropy": 0.9, "confidence_change": None if i == 0 else -0.1 * (model == "dsnet50"),
-                         "road": 0.1})
+            rows.append(
+                {
+                    "image": f"img{i}",
+                    "wnid": "n01440764",
+                    "model": model,
+                    "explained": "tench",
+                    "probability": 0.5,
+                    "correct": correct,
+                    "top10_mass": 0.2 + bump,
+                    "entropy": 0.9,
+                    "confidence_change": None if i == 0 else -0.1 * (model == "dsnet50"),
+                    "road": 0.1,
+                }
+            )
     comps = {c["metric"]: c for c in paired(rows)}
     assert set(comps) == {*STAT_FIELDS, "top1 (points)"}
     assert comps["top10_mass"]["p_value"] == pytest.approx(2 / 2**6) and comps["top10_mass"]["n"] == 6

@@ -1,4 +1,5 @@
 """dsnet.core.text: what every error message that repeats a client's value uses, and the titles' cut."""
+
 import pytest
 
 from dsnet.core.text import QUOTE_LIMIT, quoted, shortened

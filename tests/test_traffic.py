@@ -1,6 +1,7 @@
 """benchmarks/traffic.py counts what README's traffic tables say: bytes read plus written per op,
 nothing for views, and the dense shortcuts add no convolution or BatchNorm work; compiled, Inductor
 fuses most of their traffic away."""
+
 import importlib.util
 import sys
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 import dsnet
-
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("traffic", ROOT / "benchmarks" / "traffic.py")
@@ -63,7 +63,7 @@ def test_triton_count_is_the_triton_schedule_of_the_same_graphs():
             return dsnet.models.kernels.apply_norm(norm, torch.relu(x * 2))  # y, and N's scale and shift
 
     x = torch.randn(2, 32, 16, 16, requires_grad=True)
-    loss = lambda n: n.y.sum() + n.scale.sum() + n.shift.sum()  # noqa: E731
+    loss = lambda n: n.y.sum() + n.scale.sum() + n.shift.sum()
     cpp, triton = (traffic.compiled_traffic(ReluThenStatistics(), x, loss, s) for s in ("cpp", "triton"))
     activation = x.numel() * x.element_size()
     assert 0 < triton.bytes() <= cpp.bytes() - 0.9 * activation  # one pass over y less

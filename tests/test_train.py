@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -10,16 +11,32 @@ import time
 import pytest
 import torch
 
-from dsnet.zoo import loader as zoo
-from dsnet.evidence.evaluate import evaluate_zoo
-from dsnet.cam.images import model_view, open_image, to_tensor
-from dsnet.zoo.manifest import MANIFEST_PATH, load_manifest
-from dsnet.evidence.train import main as train_main, save_atomic
-
 from conftest import IMAGENETTE, ROOT, TRIO
+from dsnet.cam.images import model_view, open_image, to_tensor
+from dsnet.evidence.evaluate import evaluate_zoo
+from dsnet.evidence.train import main as train_main
+from dsnet.evidence.train import save_atomic
+from dsnet.zoo import loader as zoo
+from dsnet.zoo.manifest import MANIFEST_PATH, load_manifest
 
-TINY = ["--data", str(IMAGENETTE), "--width", "0.125", "--batch-size", "8", "--train-crop", "48",
-        "--eval-resize", "56", "--eval-crop", "48", "--threads", "1", "--limit-per-class", "4"]
+TINY = [
+    "--data",
+    str(IMAGENETTE),
+    "--width",
+    "0.125",
+    "--batch-size",
+    "8",
+    "--train-crop",
+    "48",
+    "--eval-resize",
+    "56",
+    "--eval-crop",
+    "48",
+    "--threads",
+    "1",
+    "--limit-per-class",
+    "4",
+]
 
 
 @pytest.fixture
@@ -34,16 +51,36 @@ def manifest_copy(tmp_path, monkeypatch):
 
 def test_tiny_training_exports_a_loadable_checkpoint_and_manifest_entry(tmp_path, manifest_copy):
     out = tmp_path / "run"
-    assert train_main(["--model", "ds2net50", *TINY, "--epochs", "2", "--out", str(out), "--cache-dir",
-                       str(tmp_path / "cache"), "--export", "mini", "--export-dir", str(tmp_path / "mini"),
-                       "--manifest", str(manifest_copy)]) == 0
+    assert (
+        train_main(
+            [
+                "--model",
+                "ds2net50",
+                *TINY,
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--export",
+                "mini",
+                "--export-dir",
+                str(tmp_path / "mini"),
+                "--manifest",
+                str(manifest_copy),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and (out / "curves.png").stat().st_size > 1000
     entry = load_manifest(manifest_copy).entry("mini", "ds2net50")
     assert entry.labels == "imagenette10" and entry.metrics[0].images == 40
     assert entry.metrics[0].top1 == round(rows[-1]["val_top1"], 2) and entry.provenance["epochs"] == 2
-    assert entry.metrics[0].protocol == ("export's preprocessing: torchvision antialiased resize of the shorter "
-                                         "side to 56 px, centre crop 48 px")
+    assert entry.metrics[0].protocol == (
+        "export's preprocessing: torchvision antialiased resize of the shorter side to 56 px, centre crop 48 px"
+    )
     [measured] = evaluate_zoo("mini", IMAGENETTE / "val", ["ds2net50"], timing=False, pipeline="export", per_class=4)
     assert measured.images == 40 and measured.top1 == pytest.approx(rows[-1]["val_top1"], abs=0.01)
     assert measured.protocol == entry.metrics[0].protocol  # evaluate's export pipeline is the one export used
@@ -77,8 +114,9 @@ def test_compiled_training_trains_the_same_model(tmp_path, capsys):
     assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-5)
     capsys.readouterr()
     assert train_main([*common, "--out", str(tmp_path / "typo"), "--compile", "inductr"]) == 2
-    assert re.fullmatch(r"error: unknown --compile backend 'inductr'; torch.compile has .*inductor.*\n",
-                        capsys.readouterr().err)
+    assert re.fullmatch(
+        r"error: unknown --compile backend 'inductr'; torch.compile has .*inductor.*\n", capsys.readouterr().err
+    )
     assert not (tmp_path / "typo").exists()  # refused before any work
 
 
@@ -87,8 +125,17 @@ def test_export_of_a_finished_run_measures_this_data_and_keeps_the_training_prov
     out, cache = tmp_path / "run", str(tmp_path / "cache")
     run = ["--model", "resnet50", *TINY, "--epochs", "1", "--workers", "2", "--out", str(out), "--cache-dir", cache]
     assert train_main(run) == 0  # trained on 4 images per class
-    more_val = ["--limit-per-class", "6", "--resume", "--export", "mini", "--export-dir", str(tmp_path / "mini"),
-                "--manifest", str(manifest_copy)]  # the later flag wins
+    more_val = [
+        "--limit-per-class",
+        "6",
+        "--resume",
+        "--export",
+        "mini",
+        "--export-dir",
+        str(tmp_path / "mini"),
+        "--manifest",
+        str(manifest_copy),
+    ]  # the later flag wins
     assert train_main(run + more_val) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # nothing trained again
     entry = load_manifest(manifest_copy).entry("mini", "resnet50")
@@ -117,8 +164,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pat
     save_atomic({"version": 0, "blob": torch.zeros(8_000_000)}, path)
     version = 0
     for delay in (0.05, 0.2, 0.45):  # after the child has started writing: mid-write at some point
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(version)], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(version)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "writing"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -128,7 +176,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pat
         assert state["version"] >= version  # never older than what was there
         version = state["version"]
     assert version >= 2, "the child never completed a write: the kill tested nothing"
-    with pytest.raises(Exception):
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
         save_atomic({"bad": lambda: None}, path)  # a failing write ...
     assert torch.load(path, weights_only=True)["version"] == state["version"]  # ... changes nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # and leaves no temp files
@@ -139,10 +187,31 @@ def test_torchrun_two_cpu_processes(tmp_path):
     """DDP over two processes, with channels_last (the default) and the dense shortcut weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "dsnet.evidence.train", "--model", "ds2net50", *TINY, "--epochs", "1", "--out", str(out),
-                             "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "dsnet.evidence.train",
+            "--model",
+            "ds2net50",
+            *TINY,
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Grad strides do not match" not in result.stderr  # DDP copied gradients into its buckets
     row = json.loads((out / "log.jsonl").read_text())
@@ -172,6 +241,7 @@ def test_evaluate_matches_a_hand_computation(tiny_zoo, tmp_path):
 
 def test_evaluate_accepts_flat_wnid_named_files_and_counts_foreign_classes(tiny_zoo):
     from conftest import SAMPLES
+
     reports = evaluate_zoo("tiny", SAMPLES, ["resnet50"], timing=False)
     assert reports[0].images == 10 and reports[0].skipped == 990
 
@@ -194,8 +264,10 @@ def test_shipped_imagenette_zoo_loads_verifies_and_classifies(monkeypatch):
 
 def test_the_width_is_part_of_the_recipe_and_the_command_line_overrides_it(tmp_path):
     from dsnet.evidence.train import build_parser, config_from_args
+
     def config(*extra):
         return config_from_args(build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path), *extra]))
+
     assert config().recipe.width == 0.25 and config().recipe_name == "imagenette"  # the shipped zoo's width
     assert config("--recipe", "imagenet").recipe.width == 1.0
     assert config("--recipe", "imagenet", "--width", "0.5").recipe.width == 0.5
@@ -205,14 +277,20 @@ def test_the_width_is_part_of_the_recipe_and_the_command_line_overrides_it(tmp_p
 
 def test_curves_plots_the_logs_of_several_runs(tmp_path):
     from PIL import Image
+
     from dsnet.evidence.curves import main as curves_main
+
     for run, offset in (("resnet50", 0), ("dsnet50", 5)):
         (tmp_path / run).mkdir()
         rows = [{"epoch": e, "train_top1": 10 * e + offset, "val_top1": 9 * e + offset} for e in (1, 2, 3)]
         (tmp_path / run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "figure.png"
-    assert curves_main([str(tmp_path / "resnet50" / "log.jsonl"), str(tmp_path / "dsnet50" / "log.jsonl"),
-                        "--out", str(out)]) == 0
+    assert (
+        curves_main(
+            [str(tmp_path / "resnet50" / "log.jsonl"), str(tmp_path / "dsnet50" / "log.jsonl"), "--out", str(out)]
+        )
+        == 0
+    )
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (720, 480)
         assert len(set(im.convert("RGB").getdata())) > 20  # lines and a legend, not a blank canvas
@@ -222,8 +300,24 @@ def test_export_follows_dsnet_manifest_and_puts_the_weights_beside_it(tmp_path, 
     """With $DSNET_MANIFEST set (manifest_copy sets it) and no --manifest / --export-dir, the entry goes
     into that manifest and the weights into its folder, never into the shipped checkpoints/."""
     shipped = MANIFEST_PATH.read_bytes()
-    assert train_main(["--model", "resnet50", *TINY, "--epochs", "1", "--out", str(tmp_path / "run"),
-                       "--cache-dir", str(tmp_path / "cache"), "--export", "mine"]) == 0
+    assert (
+        train_main(
+            [
+                "--model",
+                "resnet50",
+                *TINY,
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--export",
+                "mine",
+            ]
+        )
+        == 0
+    )
     entry = load_manifest(manifest_copy).entry("mine", "resnet50")
     assert (manifest_copy.parent / entry.sources.local).is_file()
     assert entry.sources.local == "mine/resnet50.safetensors"

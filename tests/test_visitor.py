@@ -2,6 +2,7 @@
 
 $DSNET_SCREENSHOT_DIR keeps the desktop and phone screenshots (README's pictures are made this way).
 """
+
 import os
 import shutil
 from pathlib import Path
@@ -11,18 +12,30 @@ import pytest
 from conftest import IMAGENETTE, ROOT, sample, spawn_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)"),
+]
 ERROR_WORDS = ("Error", "Traceback", str(ROOT), "/tmp/", ".pth", "allowed_paths")
 
 
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
         yield b
         b.close()
 
@@ -41,16 +54,23 @@ def explained_count(app) -> int:
 
 def wait_for_three_maps(page, previous: set[str] = frozenset(), timeout=120_000) -> set[str]:
     """Until three heatmaps (256 px, loaded) are shown that were not there before; their URLs."""
-    page.wait_for_function("""prev => Array.from(document.querySelectorAll('img'))
+    page.wait_for_function(
+        """prev => Array.from(document.querySelectorAll('img'))
         .filter(i => i.src.includes('/file=') && i.src.endsWith('.png') && i.naturalWidth === 256 && i.complete
-                && !prev.includes(i.src)).length >= 4""", arg=list(previous), timeout=timeout)  # view + 3 maps
-    return set(page.evaluate("""() => Array.from(document.querySelectorAll('img'))
-        .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.src.endsWith('.png')).map(i => i.src)"""))
+                && !prev.includes(i.src)).length >= 4""",
+        arg=list(previous),
+        timeout=timeout,
+    )  # view + 3 maps
+    return set(
+        page.evaluate("""() => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.src.includes('/file=') && i.naturalWidth === 256 && i.src.endsWith('.png')).map(i => i.src)""")
+    )
 
 
 def wait_or_show(page, js: str, timeout: float = 120_000) -> None:
     """page.wait_for_function, failing with what the page says (a timeout alone says nothing)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     try:
         page.wait_for_function(js, timeout=timeout)
     except PlaywrightTimeout:
@@ -85,17 +105,23 @@ def test_a_visitor_journey(space, browser, tmp_path):
     assert "ILSVRC2012 val, with its object boxes" in text
     assert text.count("peak inside the box ✓") + text.count("peak inside the box ✗") == 3
     assert text.count("of the map inside the box (the box covers") == 3
-    page.wait_for_function("""() => Array.from(document.querySelectorAll('img'))
+    page.wait_for_function(
+        """() => Array.from(document.querySelectorAll('img'))
         .filter(i => i.src.includes('-minus-resnet50') && i.complete && i.naturalWidth === 256).length === 2""",
-                           timeout=30_000)
+        timeout=30_000,
+    )
     assert_no_error_text(page)
     page.screenshot(path=str(shots / "screenshot.png"), full_page=True)
     maps = wait_for_three_maps(page)
     # the box outline off: the maps are drawn again without it, and no model runs
     page.get_by_label("Outline the object's box (examples with boxes)").uncheck()
-    page.wait_for_function("""prev => Array.from(document.querySelectorAll('img'))
+    page.wait_for_function(
+        """prev => Array.from(document.querySelectorAll('img'))
         .filter(i => i.src.endsWith('.png') && i.naturalWidth === 256 && i.complete && !prev.includes(i.src))
-        .length >= 4""", arg=list(maps), timeout=30_000)
+        .length >= 4""",
+        arg=list(maps),
+        timeout=30_000,
+    )
     assert explained_count(space) == 3
     page.get_by_label("Outline the object's box (examples with boxes)").check()
     # the evidence section: read from the saved artifacts, no model runs
@@ -112,9 +138,13 @@ def test_a_visitor_journey(space, browser, tmp_path):
     box = page.get_by_label("number input for Heatmap opacity")
     box.fill("0.9")
     box.press("Enter")
-    page.wait_for_function("""prev => Array.from(document.querySelectorAll('img'))
+    page.wait_for_function(
+        """prev => Array.from(document.querySelectorAll('img'))
         .filter(i => i.src.endsWith('.png') && i.naturalWidth === 256 && i.complete && !prev.includes(i.src))
-        .length >= 3""", arg=list(maps), timeout=30_000)
+        .length >= 3""",
+        arg=list(maps),
+        timeout=30_000,
+    )
     assert explained_count(space) == runs
 
     # 3. another method, from the Advanced section
@@ -122,8 +152,10 @@ def test_a_visitor_journey(space, browser, tmp_path):
     method = page.get_by_label("CAM method")
     method.click()
     page.get_by_role("option", name="layercam").first.click()
-    page.wait_for_function("() => Array.from(document.querySelectorAll('input'))"
-                           ".some(i => i.value && i.value.startsWith('layercam'))", timeout=30_000)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('input')).some(i => i.value && i.value.startsWith('layercam'))",
+        timeout=30_000,
+    )
     page.get_by_role("button", name="Explain", exact=True).click()
     wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3")
     assert explained_count(space) == runs + 3
@@ -131,9 +163,11 @@ def test_a_visitor_journey(space, browser, tmp_path):
     # 4. a photo outside the label set: the notice is on the page, no true class is claimed
     page.wait_for_timeout(1500)  # the run's download comes after its columns; a person reads them first
     page.locator("input[type=file]").first.set_input_files(str(sample("zebra")))
-    page.wait_for_function("() => !document.body.innerText.includes(\"from the example's label\") && Array.from("
-                           "document.querySelectorAll('img')).some(i => i.src.includes('zebra') && i.complete)",
-                           timeout=30_000)  # the upload has arrived and is shown
+    page.wait_for_function(
+        '() => !document.body.innerText.includes("from the example\'s label") && Array.from('
+        "document.querySelectorAll('img')).some(i => i.src.includes('zebra') && i.complete)",
+        timeout=30_000,
+    )  # the upload has arrived and is shown
     page.wait_for_timeout(1000)  # as a person would: the page settles after an upload
     assert page.locator("button.thumbnail-item.selected").count() == 0  # the example is no longer marked
     wait_or_show(page, "() => document.body.innerText.includes('New image: press Explain.')", timeout=10_000)
@@ -141,8 +175,11 @@ def test_a_visitor_journey(space, browser, tmp_path):
     assert "(explained)" not in text and "True class" not in text and "peak inside the box" not in text
     page.screenshot(path=str(tmp_path / "new-image.png"), full_page=True)
     page.get_by_role("button", name="Explain", exact=True).click()
-    wait_or_show(page, "() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
-                       "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')")
+    wait_or_show(
+        page,
+        "() => document.body.innerText.split('· layercam ·').length - 1 >= 3 && "
+        "!document.body.innerText.includes('✓') && !document.body.innerText.includes('✗')",
+    )
     assert "These models know only 10 classes" in page_text(page)
     assert "peak inside the box" not in page_text(page)  # an upload has no box: no localisation line
     assert page.get_by_label("the true class").count() == 0  # offered for examples only
@@ -174,8 +211,9 @@ def test_a_visitor_journey(space, browser, tmp_path):
 
 def test_on_a_phone_explain_is_right_under_the_image(space, browser, tmp_path):
     shots = Path(os.environ.get("DSNET_SCREENSHOT_DIR", tmp_path))
-    phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                             has_touch=True)
+    phone = browser.new_page(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     phone.goto(space.url)
     upload = phone.get_by_text("Drop Image Here").bounding_box()
     button = phone.get_by_role("button", name="Explain", exact=True).bounding_box()
@@ -184,7 +222,9 @@ def test_on_a_phone_explain_is_right_under_the_image(space, browser, tmp_path):
     phone.get_by_text("True class:").wait_for(timeout=30_000)
     phone.get_by_role("button", name="Explain", exact=True).tap()
     phone.get_by_text("(explained)").nth(2).wait_for(timeout=120_000)
-    phone.get_by_text("All three models say").or_(phone.get_by_text("The models disagree")).first.scroll_into_view_if_needed()
+    phone.get_by_text("All three models say").or_(
+        phone.get_by_text("The models disagree")
+    ).first.scroll_into_view_if_needed()
     phone.wait_for_timeout(1000)
     phone.screenshot(path=str(shots / "screenshot-phone.png"))
     phone.close()
@@ -197,6 +237,7 @@ def test_a_gallery_outside_the_working_directory(browser, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app.url)
         from app.examples import SHIPPED
+
         shipped = len([p for p in SHIPPED.rglob("*.JPEG")])
         page.get_by_role("button", name=f"Thumbnail {shipped + 1} of {shipped + 30}").click()  # the gallery's first
         page.get_by_text("True class:").wait_for(timeout=30_000)
@@ -213,6 +254,7 @@ def test_an_explain_click_while_the_last_run_still_finishes_is_not_dropped(space
     a visitor who clicks again (or uploads and clicks at once) would keep the old maps beside a new
     image. The page runs such a click after the last run instead."""
     import time
+
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(space.url)
     page.get_by_role("button", name="Thumbnail 4 of").first.click()

@@ -10,11 +10,10 @@ import torch
 import torchvision
 
 import dsnet
+from conftest import TRIO, sample
 from dsnet.zoo import loader as zoo
 from dsnet.zoo.manifest import load_manifest
 from dsnet.zoo.weights import ChecksumError, sha256_file
-
-from conftest import TRIO, sample
 
 
 def test_round_trip_of_a_checkpoint_the_test_wrote(tiny_zoo):
@@ -107,10 +106,18 @@ def http_root(tmp_path):
 
 def _torchvision_entry(tiny_zoo: Path, sha: str, url: str) -> None:
     raw = json.loads(tiny_zoo.read_text())
-    entry = json.loads(json.dumps(load_manifest(Path(__file__).parent.parent / "checkpoints" / "manifest.json")
-                                  .entry("imagenet", "resnet50").to_json()))
-    entry.update(sha256=sha, sources={"local": "imagenet/resnet50-test.pth", "hub": None, "url": url},
-                 file="imagenet/resnet50-test.pth")
+    entry = json.loads(
+        json.dumps(
+            load_manifest(Path(__file__).parent.parent / "checkpoints" / "manifest.json")
+            .entry("imagenet", "resnet50")
+            .to_json()
+        )
+    )
+    entry.update(
+        sha256=sha,
+        sources={"local": "imagenet/resnet50-test.pth", "hub": None, "url": url},
+        file="imagenet/resnet50-test.pth",
+    )
     raw["zoos"]["imagenet"] = {"description": "", "models": {"resnet50": entry}}
     tiny_zoo.write_text(json.dumps(raw))
 
@@ -181,11 +188,15 @@ def _stalled_download(tiny_zoo: Path, http_root, monkeypatch) -> tuple[threading
         started.set()
         release.wait(60)
         serve(self)
+
     monkeypatch.setattr(_Files, "do_GET", stalled)
     shutil.move(tiny_zoo.parent / "tiny" / "dsnet50.safetensors", root / "dsnet50.safetensors")
     raw = json.loads(tiny_zoo.read_text())
-    raw["zoos"]["tiny"]["models"]["dsnet50"]["sources"] = {"local": "tiny/dsnet50.safetensors", "hub": None,
-                                                           "url": f"{base}/dsnet50.safetensors"}
+    raw["zoos"]["tiny"]["models"]["dsnet50"]["sources"] = {
+        "local": "tiny/dsnet50.safetensors",
+        "hub": None,
+        "url": f"{base}/dsnet50.safetensors",
+    }
     tiny_zoo.write_text(json.dumps(raw))
     return started, release, hits
 
@@ -235,8 +246,9 @@ def test_concurrent_loads_of_one_model_download_it_once_and_share_it(tiny_zoo, h
     models = zoo.ModelZoo(tiny_zoo)
     blocked = threading.Semaphore(0)
     lock_for = models._lock_for
-    monkeypatch.setattr(models, "_lock_for", lambda *key: _WatchedLock(lock_for(*key), blocked)
-                        if key[0] == "load" else lock_for(*key))
+    monkeypatch.setattr(
+        models, "_lock_for", lambda *key: _WatchedLock(lock_for(*key), blocked) if key[0] == "load" else lock_for(*key)
+    )
     runs = [_in_thread(models.load, "tiny", "dsnet50", "cpu") for _ in range(3)]
     try:
         assert started.wait(30), "the download never reached the server"
@@ -275,11 +287,15 @@ def test_hub_source_fails_clearly_offline(tiny_zoo, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = json.loads(tiny_zoo.read_text())
     entry = raw["zoos"]["tiny"]["models"]["dsnet50"]
-    entry["sources"] = {"local": "elsewhere/dsnet50.safetensors", "url": None,
-                        "hub": {"repo_id": "dsnet-explain/imagenette", "filename": "dsnet50.safetensors",
-                                "revision": "0" * 40}}
+    entry["sources"] = {
+        "local": "elsewhere/dsnet50.safetensors",
+        "url": None,
+        "hub": {"repo_id": "dsnet-explain/imagenette", "filename": "dsnet50.safetensors", "revision": "0" * 40},
+    }
     tiny_zoo.write_text(json.dumps(raw))
-    with pytest.raises(zoo.WeightsUnavailable, match=r"Hugging Face Hub dsnet-explain/imagenette@0+.*huggingface-cli download"):
+    with pytest.raises(
+        zoo.WeightsUnavailable, match=r"Hugging Face Hub dsnet-explain/imagenette@0+.*huggingface-cli download"
+    ):
         zoo.load("tiny", "dsnet50")
 
 
@@ -287,8 +303,10 @@ def test_zoo_cli_lists_and_verifies(tiny_zoo, capsys):
     assert zoo.main(["list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(TRIO) and all(r["verified"] for r in rows)
-    assert {r["measured"] for r in rows} == {"imagenette/val (3791 images); export's preprocessing: torchvision "
-                                             "antialiased resize of the shorter side to 183 px, centre crop 160 px"}
+    assert {r["measured"] for r in rows} == {
+        "imagenette/val (3791 images); export's preprocessing: torchvision "
+        "antialiased resize of the shorter side to 183 px, centre crop 160 px"
+    }
     assert zoo.main(["verify"]) == 0
     path = tiny_zoo.parent / "tiny" / "resnet50.safetensors"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
@@ -300,7 +318,8 @@ def test_zoo_list_names_what_each_top1_was_measured_on_and_how(tiny_zoo, capsys)
     """One top-1 per model, and under the table what it was measured on and with which preprocessing."""
     raw = json.loads(tiny_zoo.read_text())
     raw["zoos"]["tiny"]["models"]["ds2net50"]["metrics"] = [
-        {"dataset": "mini/val", "images": 40, "top1": 12.5, "top5": 50.0}]  # an old entry: no protocol
+        {"dataset": "mini/val", "images": 40, "top1": 12.5, "top5": 50.0}
+    ]  # an old entry: no protocol
     raw["zoos"]["tiny"]["models"]["dsnet50"]["metrics"] = []
     tiny_zoo.write_text(json.dumps(raw))
     assert zoo.main(["list"]) == 0
@@ -311,13 +330,15 @@ def test_zoo_list_names_what_each_top1_was_measured_on_and_how(tiny_zoo, capsys)
         "top-1 (%): the manifest's number for each model, measured on",
         "  tiny/resnet50: imagenette/val (3791 images); export's preprocessing: torchvision antialiased resize "
         "of the shorter side to 183 px, centre crop 160 px",
-        "  tiny/ds2net50: mini/val (40 images); preprocessing not recorded"]
+        "  tiny/ds2net50: mini/val (40 images); preprocessing not recorded",
+    ]
     assert "--pipeline app" in out[7]
 
 
 def test_a_model_the_zoo_lacks_is_a_failure_in_its_column_not_an_exception(tiny_zoo):
-    from dsnet.cam.service import ModelFailure, explain_zoo
     from dsnet.cam.images import open_image
+    from dsnet.cam.service import ModelFailure, explain_zoo
+
     results = list(explain_zoo(open_image(sample("tench")), "tiny", names=("resnet50", "dsnet101")))
     assert results[0].model == "resnet50" and not isinstance(results[0], ModelFailure)
     assert isinstance(results[1], ModelFailure) and results[1].unavailable

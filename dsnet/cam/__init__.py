@@ -1,1 +1,2 @@
-"""The CAM service (``service``): maps, top-5 and faithfulness for the zoo's models; image operations (``images``), pictures (``render``) and ground-truth localisation metrics (``localisation``)."""
+"""The CAM service (``service``): maps, top-5 and faithfulness for the zoo's models; image operations
+(``images``), pictures (``render``) and ground-truth localisation metrics (``localisation``)."""

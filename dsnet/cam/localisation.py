@@ -9,6 +9,7 @@ Definitions, references and the reasons for each convention: docs/localisation-m
 * Saliency maps are 2-D, finite and non-negative, of the view's size; boxes are in the view's coordinates
   (``boxes_to_view``). A metric of an image with no box left in the view is None: the image is not scored.
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,7 +60,8 @@ def read_boxes(folder: str | os.PathLike) -> dict[str, list[Box]]:
             w, h, ow, oh = (float(row[k]) for k in ("width", "height", "original_width", "original_height"))
             x0, y0, x1, y1 = (float(row[f"original_{k}"]) for k in ("x0", "y0", "x1", "y1"))
             boxes.setdefault(row["image"], []).append(  # multiplied first: a full-width box ends at exactly w
-                Box(x0 * w / ow, y0 * h / oh, (x1 + 1) * w / ow, (y1 + 1) * h / oh, wnid=row["wnid"]))
+                Box(x0 * w / ow, y0 * h / oh, (x1 + 1) * w / ow, (y1 + 1) * h / oh, wnid=row["wnid"])
+            )
     return boxes
 
 
@@ -134,6 +136,7 @@ def _checked(saliency: np.ndarray) -> np.ndarray:
 
 # --- pointing game (Zhang et al. 2016) -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Pointing:
     """Where a map's maximum lies relative to the boxes. Every pixel equal to the maximum is a peak (ties are
@@ -166,6 +169,7 @@ def _hits(distances: np.ndarray, tolerance: float) -> np.ndarray:
 def pointing_game(saliency: np.ndarray, boxes: Sequence[Box]) -> Pointing | None:
     """The pointing game of one map (Zhang et al. 2016); None when no box has a pixel in the view."""
     from scipy import ndimage  # on use: SciPy takes a second to import
+
     s = _checked(saliency)
     mask = boxes_mask(boxes, s.shape)
     if not mask.any():
@@ -177,6 +181,7 @@ def pointing_game(saliency: np.ndarray, boxes: Sequence[Box]) -> Pointing | None
 
 
 # --- energy-based pointing game (Wang et al. 2020, Score-CAM) ---------------------------------------------
+
 
 @dataclass(frozen=True)
 class Energy:
@@ -196,6 +201,7 @@ def energy_in_boxes(saliency: np.ndarray, boxes: Sequence[Box]) -> Energy | None
 
 # --- MaxBoxAccV2 (Choe et al. 2020, as clovaai/wsolevaluation computes it) ---------------------------------
 
+
 def minmax_normalise(saliency: np.ndarray) -> np.ndarray:
     """(m - min) / (max - min) in float64; a constant map becomes zeros (wsolevaluation's normalize_scoremap)."""
     s = _checked(saliency)
@@ -209,13 +215,19 @@ def estimated_boxes(foreground: np.ndarray) -> np.ndarray:
     background component not touching the border) whose contour runs through the foreground pixels around it, so
     its box is the hole's grown by one pixel. k x 4 float (x0, y0, x1, y1), pixel-edge coordinates."""
     from scipy import ndimage  # on use: SciPy takes a second to import
+
     fg = np.asarray(foreground, dtype=bool)
-    found = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-             for sl in ndimage.find_objects(ndimage.label(fg, structure=_EIGHT)[0])]
+    found = [
+        (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        for sl in ndimage.find_objects(ndimage.label(fg, structure=_EIGHT)[0])
+    ]
     background = ndimage.label(~fg, structure=_FOUR)[0]
     outer = set(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]).tolist())
-    found += [(sl[1].start - 1, sl[0].start - 1, sl[1].stop + 1, sl[0].stop + 1)
-              for i, sl in enumerate(ndimage.find_objects(background), 1) if sl is not None and i not in outer]
+    found += [
+        (sl[1].start - 1, sl[0].start - 1, sl[1].stop + 1, sl[0].stop + 1)
+        for i, sl in enumerate(ndimage.find_objects(background), 1)
+        if sl is not None and i not in outer
+    ]
     return np.asarray(found, dtype=np.float64).reshape(-1, 4)
 
 
@@ -265,8 +277,9 @@ class MaxBoxAccV2:
     """MaxBoxAccV2 over a dataset, accumulated image by image like wsolevaluation's BoxEvaluator (with
     multi_contour_eval and multi_iou_eval): ``add`` each image's map and boxes, then ``result``."""
 
-    def __init__(self, thresholds: np.ndarray = THRESHOLDS, deltas: Sequence[int] = IOU_DELTAS,
-                 select: int = SELECT_DELTA):
+    def __init__(
+        self, thresholds: np.ndarray = THRESHOLDS, deltas: Sequence[int] = IOU_DELTAS, select: int = SELECT_DELTA
+    ):
         if select not in deltas:
             raise ValueError(f"select={select} must be one of the deltas {tuple(deltas)}")
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
@@ -309,10 +322,13 @@ class MaxBoxAccV2:
             best_tau={d: float(self.thresholds[best[d]]) for d in self.deltas},
             optimal_tau=float(self.thresholds[at]),
             per_image_iou={k: float(c[at]) for k, c in zip(self.keys, self.curves, strict=True)},
-            images=len(self.keys), skipped=tuple(self.skipped))
+            images=len(self.keys),
+            skipped=tuple(self.skipped),
+        )
 
 
 # --- baselines and the whole evaluation ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MapScore:
@@ -332,8 +348,9 @@ def score_map(saliency: np.ndarray, boxes: Sequence[Box | None]) -> MapScore | N
     point, energy = pointing_game(saliency, kept), energy_in_boxes(saliency, kept)
     if point is None or energy is None:
         return None
-    return MapScore(point.hit(), point.hit(POINTING_TOLERANCE), point.hit_share(), point.peaks, energy.share,
-                    energy.coverage)
+    return MapScore(
+        point.hit(), point.hit(POINTING_TOLERANCE), point.hit_share(), point.peaks, energy.share, energy.coverage
+    )
 
 
 def flat_map(shape: tuple[int, int]) -> np.ndarray:
@@ -348,7 +365,7 @@ def centre_gaussian(shape: tuple[int, int], sigma: float | None = None) -> np.nd
     sigma = min(h, w) / 4 if sigma is None else sigma
     y = np.arange(h) + 0.5 - h / 2
     x = np.arange(w) + 0.5 - w / 2
-    return np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
+    return np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2))
 
 
 @dataclass(frozen=True)
@@ -368,8 +385,12 @@ class LocalisationSummary:
 class LocalisationEvaluator:
     """Pointing game, energy in boxes and MaxBoxAccV2 over the same images, one ``add`` per image."""
 
-    def __init__(self, tolerance: float = POINTING_TOLERANCE, thresholds: np.ndarray = THRESHOLDS,
-                 deltas: Sequence[int] = IOU_DELTAS):
+    def __init__(
+        self,
+        tolerance: float = POINTING_TOLERANCE,
+        thresholds: np.ndarray = THRESHOLDS,
+        deltas: Sequence[int] = IOU_DELTAS,
+    ):
         self.tolerance = tolerance
         self.box_acc = MaxBoxAccV2(thresholds, deltas)
         self.pointing: dict[str, Pointing] = {}
@@ -401,4 +422,5 @@ class LocalisationEvaluator:
             energy=float(np.mean(with_mass)) if with_mass else math.nan,
             coverage=float(np.mean([e.coverage for e in energies])),
             massless=len(energies) - len(with_mass),
-            max_box_acc=self.box_acc.result())
+            max_box_acc=self.box_acc.result(),
+        )

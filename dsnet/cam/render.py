@@ -2,6 +2,7 @@
 
 Pure image composition: nothing here knows of models or CAM results (``dsnet.cam.service.comparison``
 lays those out with it)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,9 @@ def grid(tiles: list[list[np.ndarray]], col_titles: list[str], row_titles: list[
             arr = np.asarray(arr)
             if arr.dtype != np.uint8:
                 arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-            canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.Resampling.BILINEAR),
-                         (left + c * (tile + 4), y))
+            canvas.paste(
+                Image.fromarray(arr).resize((tile, tile), Image.Resampling.BILINEAR), (left + c * (tile + 4), y)
+            )
     return canvas
 
 

@@ -1,34 +1,35 @@
 """The Grad-CAM service: per model, top-5 and a class activation map from one forward pass.
 
-The target layer is ``layer4`` (the last aggregation output); only global pooling and ``fc``
-follow it (docs/architecture.md, "Why the service runs one forward per model"). So the body runs
-once, without autograd, and pytorch-grad-cam's methods run on a per-call *head* module (pool + fc with detached weights) whose input is the layer4
-activation: gradients, ablations and the top-5 all come from that single body pass, and no hook,
-gradient or layer swap ever touches the shared model. ScoreCAM masks the *input image*, so it is
-the one method that needs the whole network; it holds a per-model lock while its hooks are on.
+The target layer is ``layer4`` (the last aggregation output); only global pooling and ``fc`` follow
+it (docs/architecture.md, "Why the service runs one forward per model"). So the body runs once,
+without autograd, and pytorch-grad-cam's methods run on a per-call *head* module (pool + fc with
+detached weights) whose input is the layer4 activation: gradients, ablations and the top-5 all come
+from that single body pass, and no hook, gradient or layer swap ever touches the shared model.
+ScoreCAM masks the *input image*, so it is the one method that needs the whole network; it holds a
+per-model lock while its hooks are on.
 """
+
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
-
-import importlib
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from PIL import Image
+from torch import nn
 
 from dsnet.cam.images import LoadedImage, model_view, open_image, overlay, to_tensor
 from dsnet.cam.render import grid, titled
 from dsnet.core.text import shortened
-from dsnet.zoo.weights import ChecksumError
 from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, ZooModel, load
+from dsnet.zoo.weights import ChecksumError
 
 
 @dataclass(frozen=True)
@@ -51,33 +52,91 @@ class Method:
 
 def _ablation_layer() -> dict:
     from pytorch_grad_cam.ablation_layer import AblationLayer
+
     return {"ablation_layer": AblationLayer()}
 
 
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("gradcam", "GradCAM", False, False, "one forward + a backward through the head",
-           "weights layer4's channels by their average gradient: the standard, fast choice"),
-    Method("gradcam++", "GradCAMPlusPlus", False, False, "one forward + a backward through the head",
-           "like Grad-CAM, with weights that favour several instances of the object"),
-    Method("xgradcam", "XGradCAM", False, False, "one forward + a backward through the head",
-           "Grad-CAM with weights scaled by the activations (axiom-based)"),
-    Method("hirescam", "HiResCAM", False, False, "one forward + a backward through the head",
-           "gradient times activation per cell: follows the model's computation exactly"),
-    Method("layercam", "LayerCAM", False, False, "one forward + a backward through the head",
-           "keeps only positive gradients, per cell: sharper maps"),
-    Method("eigencam", "EigenCAM", False, False, "one forward + an SVD of the layer4 activation",
-           "the first principal component of layer4 (the same map whatever the class)"),
-    Method("eigengradcam", "EigenGradCAM", False, False, "one forward + a backward + an SVD",
-           "the principal component of gradient times activation (class-aware)"),
-    # AblationCAM's default AblationLayer is one instance shared by every AblationCAM: each call its own.
-    Method("ablationcam", "AblationCAM", False, True,
-           "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes",
-           "how much the score drops when each channel is removed",
-           batch_size=32, extra_args=_ablation_layer),
-    Method("scorecam", "ScoreCAM", True, True,
-           "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)",
-           "how much each channel's mask raises the score: slow, whole network per channel", batch_size=32),
-]}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method(
+            "gradcam",
+            "GradCAM",
+            False,
+            False,
+            "one forward + a backward through the head",
+            "weights layer4's channels by their average gradient: the standard, fast choice",
+        ),
+        Method(
+            "gradcam++",
+            "GradCAMPlusPlus",
+            False,
+            False,
+            "one forward + a backward through the head",
+            "like Grad-CAM, with weights that favour several instances of the object",
+        ),
+        Method(
+            "xgradcam",
+            "XGradCAM",
+            False,
+            False,
+            "one forward + a backward through the head",
+            "Grad-CAM with weights scaled by the activations (axiom-based)",
+        ),
+        Method(
+            "hirescam",
+            "HiResCAM",
+            False,
+            False,
+            "one forward + a backward through the head",
+            "gradient times activation per cell: follows the model's computation exactly",
+        ),
+        Method(
+            "layercam",
+            "LayerCAM",
+            False,
+            False,
+            "one forward + a backward through the head",
+            "keeps only positive gradients, per cell: sharper maps",
+        ),
+        Method(
+            "eigencam",
+            "EigenCAM",
+            False,
+            False,
+            "one forward + an SVD of the layer4 activation",
+            "the first principal component of layer4 (the same map whatever the class)",
+        ),
+        Method(
+            "eigengradcam",
+            "EigenGradCAM",
+            False,
+            False,
+            "one forward + a backward + an SVD",
+            "the principal component of gradient times activation (class-aware)",
+        ),
+        # AblationCAM's default AblationLayer is one instance shared by every AblationCAM: each call its own.
+        Method(
+            "ablationcam",
+            "AblationCAM",
+            False,
+            True,
+            "one forward + one head-only pass per layer4 channel, batched by 32: seconds, not minutes",
+            "how much the score drops when each channel is removed",
+            batch_size=32,
+            extra_args=_ablation_layer,
+        ),
+        Method(
+            "scorecam",
+            "ScoreCAM",
+            True,
+            True,
+            "one forward of the WHOLE network per layer4 channel: slow (minutes on a CPU at full width)",
+            "how much each channel's mask raises the score: slow, whole network per channel",
+            batch_size=32,
+        ),
+    ]
+}
 
 
 class CamTimeout(RuntimeError):
@@ -96,8 +155,8 @@ class TargetPolicy:
     value: str | int | None = None  # class index/name for "class", wnid for "label"
 
     @staticmethod
-    def parse(text: str | None, label_wnid: str | None = None) -> "TargetPolicy":
-        """"top1" (default), "label", or a class name / index / wnid such as "golf ball" or "574"."""
+    def parse(text: str | None, label_wnid: str | None = None) -> TargetPolicy:
+        """ "top1" (default), "label", or a class name / index / wnid such as "golf ball" or "574"."""
         text = (text or "top1").strip()
         if text.lower() in ("top1", "top-1", "predicted", ""):
             return TargetPolicy()
@@ -112,8 +171,9 @@ class TargetPolicy:
             return int(logits.argmax())
         if self.kind == "label":
             if self.value not in zm.labels.wnids:
-                raise ValueError(f"the true class {self.value} is not among the {len(zm.labels.wnids)} classes "
-                                 f"of {zm.zoo}/{zm.name}")
+                raise ValueError(
+                    f"the true class {self.value} is not among the {len(zm.labels.wnids)} classes of {zm.zoo}/{zm.name}"
+                )
             return zm.labels.wnids.index(self.value)
         return zm.labels.index(self.value)
 
@@ -199,7 +259,7 @@ class _Deadline:
         return self.target(output)
 
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -228,6 +288,7 @@ def faithfulness(zm: ZooModel, x: torch.Tensor, cam: np.ndarray, cls: int) -> Fa
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
     targets = [ClassifierOutputSoftmaxTarget(cls)]
     cams = cam[None]
     with torch.no_grad():
@@ -250,14 +311,21 @@ def grad_cam_ready() -> None:
     """Import pytorch-grad-cam once (2-3 s on two cores: it brings OpenCV and Matplotlib), outside any
     model's timing: a side-by-side tool must not charge the first model of the first request for it.
     The app also calls it in the background at start-up, so the first visitor does not wait for it."""
-    import pytorch_grad_cam  # noqa: F401
-    import pytorch_grad_cam.metrics.road  # noqa: F401
+    import pytorch_grad_cam
+    import pytorch_grad_cam.metrics.road
     import pytorch_grad_cam.utils.model_targets  # noqa: F401
 
 
-def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", target: TargetPolicy = TargetPolicy(),
-                  opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> CamResult:
+def explain_model(
+    image: LoadedImage,
+    zm: ZooModel,
+    method: str = "gradcam",
+    target: TargetPolicy = TargetPolicy(),
+    opacity: float = 0.5,
+    with_metrics: bool = False,
+    time_limit: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> CamResult:
     """One model's top-5 and CAM for an already validated image; ``should_stop`` (checked inside the slow
     methods' loops) ends it early with CamStopped."""
     if method not in METHODS:
@@ -281,6 +349,7 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
     top = probs.topk(min(5, len(probs)))
     top5 = [Prediction(int(i), names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     cam_target = [_Deadline(ClassifierOutputTarget(cls), deadline, should_stop)]
     size = (view.shape[1], view.shape[0])
     if spec.whole_network:
@@ -293,15 +362,31 @@ def explain_model(image: LoadedImage, zm: ZooModel, method: str = "gradcam", tar
         grayscale = _run_cam(cam, spec, features.detach().requires_grad_(), cam_target)
     grayscale = np.clip(grayscale.astype(np.float32), 0.0, 1.0)
     metrics = faithfulness(zm, x, grayscale, cls) if with_metrics else None
-    return CamResult(zoo=zm.zoo, model=zm.name, method=method, view=view, cam=grayscale,
-                     overlay=overlay(view, grayscale, opacity), top5=top5,
-                     explained=Prediction(cls, names[cls], float(probs[cls])),
-                     seconds=time.perf_counter() - started, faithfulness=metrics, notes=image.notes,
-                     device=zm.device.type)
+    return CamResult(
+        zoo=zm.zoo,
+        model=zm.name,
+        method=method,
+        view=view,
+        cam=grayscale,
+        overlay=overlay(view, grayscale, opacity),
+        top5=top5,
+        explained=Prediction(cls, names[cls], float(probs[cls])),
+        seconds=time.perf_counter() - started,
+        faithfulness=metrics,
+        notes=image.notes,
+        device=zm.device.type,
+    )
 
 
-def explain(image, models: list[ZooModel], method: str = "gradcam", target: TargetPolicy | str = TargetPolicy(),
-            opacity: float = 0.5, with_metrics: bool = False, time_limit: float | None = None) -> list[CamResult]:
+def explain(
+    image,
+    models: list[ZooModel],
+    method: str = "gradcam",
+    target: TargetPolicy | str = TargetPolicy(),
+    opacity: float = 0.5,
+    with_metrics: bool = False,
+    time_limit: float | None = None,
+) -> list[CamResult]:
     """Every model's result for one image (a path, bytes, PIL image, array or LoadedImage)."""
     loaded = image if isinstance(image, LoadedImage) else open_image(image)
     policy = TargetPolicy.parse(target) if isinstance(target, str) else target
@@ -318,10 +403,17 @@ class ModelFailure:
     summary: str = ""  # one line without paths, for the people using a public app
 
 
-def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_MODELS, method: str = "gradcam",
-                target: TargetPolicy = TargetPolicy(), opacity: float = 0.5, with_metrics: bool = False,
-                time_limit: float | None = None,
-                should_stop: Callable[[], bool] | None = None) -> Iterator[CamResult | ModelFailure]:
+def explain_zoo(
+    image: LoadedImage,
+    zoo: str,
+    names: tuple[str, ...] = DEFAULT_MODELS,
+    method: str = "gradcam",
+    target: TargetPolicy = TargetPolicy(),
+    opacity: float = 0.5,
+    with_metrics: bool = False,
+    time_limit: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[CamResult | ModelFailure]:
     """One result per model, yielded as each finishes (for streaming UIs); never a stand-in model.
     ``should_stop`` is checked before each model and inside the slow methods: the stream ends there."""
     for name in names:
@@ -337,8 +429,12 @@ def explain_zoo(image: LoadedImage, zoo: str, names: tuple[str, ...] = DEFAULT_M
         except CamStopped:
             return
         except (ValueError, CamTimeout, ZooError, ChecksumError) as e:
-            yield ModelFailure(name, str(e), False, str(e) if isinstance(e, (ValueError, CamTimeout)) else
-                               getattr(e, "summary", "The model failed."))
+            yield ModelFailure(
+                name,
+                str(e),
+                False,
+                str(e) if isinstance(e, (ValueError, CamTimeout)) else getattr(e, "summary", "The model failed."),
+            )
             continue
         yield result
 
@@ -348,6 +444,8 @@ def comparison(results: list[CamResult], tile: int = 224, title: str | None = No
     ``title`` (e.g. zoo, method and class) goes on a line above."""
     titles = ["input"] + [
         f"{r.model}\n{shortened(r.explained.name, 22)} {100 * r.explained.probability:.0f}%\ntop-1: "
-        f"{shortened(r.top5[0].name, 16)}" for r in results]
+        f"{shortened(r.top5[0].name, 16)}"
+        for r in results
+    ]
     body = grid([[results[0].view] + [r.overlay for r in results]], titles, [], tile)
     return titled(body, title, tile) if title else body

@@ -6,6 +6,7 @@ those pages back in on every forward. DSNet's shared N(Y_i) history raises the p
 stage: thousands of page faults per DSNet50 forward at batch 1, or none, depending on the heap's
 history (benchmarks/cpu_details.py). Fixed thresholds keep freed memory for reuse instead.
 """
+
 from __future__ import annotations
 
 import ctypes

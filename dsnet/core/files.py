@@ -1,10 +1,11 @@
 """Small file and process helpers shared by training, the zoo and the app."""
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def pid_alive(pid: int) -> bool:
@@ -26,7 +27,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     The temporary name keeps the suffix (``savefig`` and friends pick the format from it)."""
     path = Path(path)
     for stale in path.parent.glob(f".{path.name}.tmp*"):
-        pid = stale.name[len(f".{path.name}.tmp"):].split(".")[0]
+        pid = stale.name[len(f".{path.name}.tmp") :].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
@@ -46,6 +47,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -55,6 +57,7 @@ def wait_until_serving(proc, url: str, timeout: float, poll: float = 0.05) -> No
     """Return once ``url`` answers HTTP 200; RuntimeError if ``proc`` (a Popen) exits or ``timeout`` passes."""
     import time
     import urllib.request
+
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

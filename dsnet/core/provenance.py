@@ -1,5 +1,6 @@
 """Where a saved number came from: the commit it ran at (and whether tracked files differed), the
 command and the date, written the same way into every artifact."""
+
 from __future__ import annotations
 
 import datetime
@@ -29,6 +30,7 @@ def revision(root: Path = REPO) -> Revision:
             return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
+
     commit = git("rev-parse", "--short=7", "HEAD")
     return Revision(commit, bool(commit) and bool(git("status", "--porcelain", "--untracked-files=no")))
 
@@ -38,6 +40,9 @@ def artifact_header(argv: list[str] | None, tool: str) -> dict:
     script path ending in .py), the commit and whether tracked files differed from it, the date."""
     prefix = f"python {tool}" if tool.endswith(".py") else f"python -m {tool}"
     rev = revision()
-    return {"command": f"{prefix} " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "commit": rev.commit, "dirty": rev.dirty,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "command": f"{prefix} " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "commit": rev.commit,
+        "dirty": rev.dirty,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

@@ -1,4 +1,5 @@
 """Text for people: a string cut to a width, and a value a client sent, quoted for an error message."""
+
 from __future__ import annotations
 
 QUOTE_LIMIT = 100  # characters of a client's value an error message repeats

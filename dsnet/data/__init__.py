@@ -1,1 +1,2 @@
-"""Labelled image folders and the decoded-image cache (``labelled``); the training augmentation as batched tensor operations (``augment``)."""
+"""Labelled image folders and the decoded-image cache (``labelled``); the training augmentation as
+batched tensor operations (``augment``)."""

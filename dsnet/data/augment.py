@@ -14,6 +14,7 @@ network itself. This module computes the same thing for a whole batch with a few
 
 Tested against torchvision and the DataLoader in tests/test_augment.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,15 @@ from torch import Tensor
 RATIO = (3 / 4, 4 / 3)  # torchvision's default aspect-ratio range
 
 
-def resized_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator,
-                       ratio: tuple[float, float] = RATIO, tries: int = 10) -> Tensor:
+def resized_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = RATIO,
+    tries: int = 10,
+) -> Tensor:
     """``n`` boxes (top, left, height, width), int64, distributed as ``v2.RandomResizedCrop.make_params``.
 
     Each image gets ``tries`` candidate (area, aspect) pairs; the first that fits is used, as in the

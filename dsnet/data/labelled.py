@@ -3,14 +3,15 @@
 Two layouts are understood everywhere (training, evaluation, the app's gallery):
 ImageFolder (``<root>/<wnid>/*.JPEG``) and flat (``<root>/<wnid>_<anything>.JPEG``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -83,6 +84,7 @@ def class_index(items: list[LabelledImage], wnids: list[str]) -> list[int]:
 def decode_square(path: Path, size: int) -> Tensor:
     """uint8 CHW, shorter side resized to ``size`` then centre-cropped to ``size`` x ``size``."""
     from torchvision.transforms.v2 import functional as TF  # on use: torchvision takes seconds to import
+
     with Image.open(path) as im:
         im = im.convert("RGB")
         image = TF.pil_to_tensor(im)
@@ -103,6 +105,7 @@ def cached_images(items: list[LabelledImage], size: int, cache_dir: Path) -> Ten
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
+
     images = torch.empty(len(items), 3, size, size, dtype=torch.uint8)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # Pillow and the resize release the GIL
         decoded = pool.map(lambda it: decode_square(it.path, size), items)
@@ -139,6 +142,7 @@ class FileImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         from torchvision.transforms.v2 import functional as TF
+
         with Image.open(self.items[i].path) as im:
             image = TF.pil_to_tensor(im.convert("RGB"))
         return self.transform(image), self.labels[i]
@@ -147,6 +151,7 @@ class FileImages(Dataset):
 def train_transform(crop: int, scale: tuple[float, float], pad: int = 0) -> v2.Transform:
     """uint8 CHW -> uint8 CHW augmented: random-resized crop (or pad + random crop) and flip."""
     from torchvision.transforms import v2
+
     if pad:
         return v2.Compose([v2.RandomCrop(crop, padding=pad), v2.RandomHorizontalFlip()])
     return v2.Compose([v2.RandomResizedCrop(crop, scale=scale, antialias=True), v2.RandomHorizontalFlip()])
@@ -154,6 +159,7 @@ def train_transform(crop: int, scale: tuple[float, float], pad: int = 0) -> v2.T
 
 def eval_transform(resize: int, crop: int) -> v2.Transform:
     from torchvision.transforms import v2
+
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)])
 
 

@@ -1,1 +1,2 @@
-"""The research command lines: training (``train``, ``seedstudy``), evaluation (``evaluate``, ``seedreport``, ``figure``, ``explain``), curves and statistics (``curves``, ``stats``)."""
+"""The research command lines: training (``train``, ``seedstudy``), evaluation (``evaluate``,
+``seedreport``, ``figure``, ``explain``), curves and statistics (``curves``, ``stats``)."""

@@ -4,6 +4,7 @@ The library code under each ``main`` raises typed errors (``ValueError`` and ``R
 only ``main`` turns one into ``error: ...`` on stderr and exit status 2 (``refused``). Nothing here
 imports more than the standard library: ``--help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Train and val top-1 error per epoch for one or more runs of ``python -m dsnet.evidence.train`` (each writes
 ``log.jsonl`` and its own ``curves.png``), the layout of the paper's Figure 4.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,10 @@ from dsnet.core.files import atomic_path
 def plot_curves(logs: dict[str, list[dict]], out: Path) -> None:
     """Train/val top-1 error per epoch, one colour per run (the layout of the paper's Figure 4)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for i, (name, rows) in enumerate(logs.items()):
         epochs = [r["epoch"] for r in rows]
@@ -38,8 +41,11 @@ def read_log(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.curves", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dsnet.evidence.curves",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="log.jsonl files; a run is named by its folder")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ saved per-image CSV without explaining anything. ``--crop N`` explains at anothe
 the resize scaled with it as ``dsnet.evidence.evaluate --crops`` does: the manifest's resize / crop ratio,
 rounded half up; ``--resize R`` sets it instead), so the same images can be measured at several sizes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dsnet.cam.images import ImageError, open_image
+from dsnet.cam.render import grid
 from dsnet.cam.service import METHODS, CamResult, TargetPolicy, explain
 from dsnet.data.labelled import IMAGE_SUFFIXES, limit_per_class, scan_labelled, wnid_of
-from dsnet.cam.images import ImageError, open_image
-from dsnet.zoo.manifest import load_manifest
-from dsnet.cam.render import grid
-from dsnet.evidence.stats import compare_accuracy, compare_metric
 from dsnet.evidence.cli import refused
+from dsnet.evidence.stats import compare_accuracy, compare_metric
 from dsnet.zoo.loader import DEFAULT_MODELS, load_or_skip
+from dsnet.zoo.manifest import load_manifest
 
 STAT_FIELDS = ("top10_mass", "entropy", "confidence_change", "road")
 
@@ -50,6 +51,7 @@ class ModelSummary:
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % Student-t interval (nan for fewer than two values)."""
     from scipy import stats
+
     if len(values) < 2:
         return (values[0] if values else math.nan), math.nan
     return statistics.fmean(values), float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values))
@@ -65,10 +67,15 @@ def summarise(rows: list[dict]) -> list[ModelSummary]:
     for m in models:
         mine = [r for r in rows if r["model"] == m]
         labelled = [r for r in mine if r["correct"] != ""]
-        out.append(ModelSummary(
-            m, len(mine), 100 * statistics.fmean(r["correct"] for r in labelled) if labelled else None,
-            {f: mean_ci([r[f] for r in mine if r[f] is not None]) for f in STAT_FIELDS},
-            winners.count(m) / len(winners) if winners else math.nan))
+        out.append(
+            ModelSummary(
+                m,
+                len(mine),
+                100 * statistics.fmean(r["correct"] for r in labelled) if labelled else None,
+                {f: mean_ci([r[f] for r in mine if r[f] is not None]) for f in STAT_FIELDS},
+                winners.count(m) / len(winners) if winners else math.nan,
+            )
+        )
     return out
 
 
@@ -88,8 +95,9 @@ def paired(rows: list[dict], baseline: str = "resnet50") -> list[dict]:
             out.append({"a": baseline, "b": m, "metric": f, **c.as_dict()})
         labelled = [i for i in common if by[i, m]["correct"] != "" and by[i, baseline]["correct"] != ""]
         if labelled:
-            c = compare_accuracy([bool(by[i, baseline]["correct"]) for i in labelled],
-                                 [bool(by[i, m]["correct"]) for i in labelled])
+            c = compare_accuracy(
+                [bool(by[i, baseline]["correct"]) for i in labelled], [bool(by[i, m]["correct"]) for i in labelled]
+            )
             out.append({"a": baseline, "b": m, "metric": "top1 (points)", **c.as_dict(scale=100, digits=2)})
     return out
 
@@ -111,27 +119,57 @@ def write_summaries(rows: list[dict], stats_path: Path, header: dict, baseline: 
     summary_path = stats_path.with_suffix(".summary.csv")
     with open(summary_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "images", "top1_accuracy", *(x for k in STAT_FIELDS for x in (k, k + "_ci95")),
-                    "most_focused"])
+        w.writerow(
+            ["model", "images", "top1_accuracy", *(x for k in STAT_FIELDS for x in (k, k + "_ci95")), "most_focused"]
+        )
         for s in summary:
-            w.writerow([s.model, s.images, s.top1_accuracy, *(round(x, 5) for k in STAT_FIELDS for x in s.means[k]),
-                        round(s.most_focused, 4)])
+            w.writerow(
+                [
+                    s.model,
+                    s.images,
+                    s.top1_accuracy,
+                    *(round(x, 5) for k in STAT_FIELDS for x in s.means[k]),
+                    round(s.most_focused, 4),
+                ]
+            )
     comparisons = paired(rows, baseline)
     json_path = stats_path.with_suffix(".summary.json")
-    json_path.write_text(json.dumps({
-        **header, "per_image_csv": str(stats_path), "images": len({r["image"] for r in rows}), "baseline": baseline,
-        "models": [{"model": s.model, "images": s.images, "top1_accuracy": s.top1_accuracy,
-                    **{k: {"mean": round(s.means[k][0], 5), "ci95_t": round(s.means[k][1], 5)} for k in STAT_FIELDS},
-                    "most_focused": round(s.most_focused, 4)} for s in summary],
-        "comparisons": comparisons}, indent=1))
+    json_path.write_text(
+        json.dumps(
+            {
+                **header,
+                "per_image_csv": str(stats_path),
+                "images": len({r["image"] for r in rows}),
+                "baseline": baseline,
+                "models": [
+                    {
+                        "model": s.model,
+                        "images": s.images,
+                        "top1_accuracy": s.top1_accuracy,
+                        **{
+                            k: {"mean": round(s.means[k][0], 5), "ci95_t": round(s.means[k][1], 5)} for k in STAT_FIELDS
+                        },
+                        "most_focused": round(s.most_focused, 4),
+                    }
+                    for s in summary
+                ],
+                "comparisons": comparisons,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {summary_path} and {json_path}")
     for s in summary:
         focus, ci = s.means["top10_mass"]
-        print(f"{s.model:<10} top10_mass {focus:.3f} ± {ci:.3f}  most focused on {100 * s.most_focused:.0f}% "
-              f"of images" + (f"  top-1 {s.top1_accuracy:.1f}%" if s.top1_accuracy is not None else ""))
+        print(
+            f"{s.model:<10} top10_mass {focus:.3f} ± {ci:.3f}  most focused on {100 * s.most_focused:.0f}% "
+            f"of images" + (f"  top-1 {s.top1_accuracy:.1f}%" if s.top1_accuracy is not None else "")
+        )
     for c in comparisons:
-        print(f"{c['b']} - {c['a']} {c['metric']:<18} {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
-              f"{c['test']} p = {c['p_value']:.2g} (n = {c['n']})")
+        print(
+            f"{c['b']} - {c['a']} {c['metric']:<18} {c['diff']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] "
+            f"{c['test']} p = {c['p_value']:.2g} (n = {c['n']})"
+        )
 
 
 def collect_images(spec: list[str], per_class: int | None = None) -> list[Path]:
@@ -139,8 +177,11 @@ def collect_images(spec: list[str], per_class: int | None = None) -> list[Path]:
     for s in spec:
         p = Path(s)
         if p.is_dir():
-            paths += [it.path for it in limit_per_class(scan_labelled(p), per_class)] if _has_labels(p) else sorted(
-                q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            paths += (
+                [it.path for it in limit_per_class(scan_labelled(p), per_class)]
+                if _has_labels(p)
+                else sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            )
         elif p.is_file():
             paths.append(p)
         else:
@@ -157,8 +198,11 @@ def _has_labels(folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.figure", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dsnet.evidence.figure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--images", nargs="+", help="image files and/or folders")
     p.add_argument("--out", type=Path, help="the grid PNG")
     p.add_argument("--zoo", default="imagenette")
@@ -173,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--baseline", default="resnet50", help="the model the paired comparisons are against")
     p.add_argument("--from-csv", type=Path, help="only recompute the summaries of a saved per-image CSV")
-    p.add_argument("--crop", type=int, help="test size in px (resize scaled as dsnet.evidence.evaluate --crops does; "
-                                            "default: the manifest's)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        help="test size in px (resize scaled as dsnet.evidence.evaluate --crops does; default: the manifest's)",
+    )
     p.add_argument("--resize", type=int, help="with --crop: this resize instead of the scaled one")
     args = p.parse_args(argv)
     from dsnet.core.provenance import artifact_header
+
     header = artifact_header(argv, "dsnet.evidence.figure")
     if args.from_csv:
         write_summaries(read_rows(args.from_csv), args.from_csv, header, args.baseline)
@@ -195,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         def at_size(pre):
             pre = scaled(pre, args.crop)
             return replace(pre, resize=args.resize) if args.resize else pre
+
         models = [replace(zm, entry=replace(zm.entry, preprocessing=at_size(zm.entry.preprocessing))) for zm in models]
     if not models or not paths:
         return refused(f"no model of zoo {args.zoo!r} is available" if not models else "no images")
@@ -205,11 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     for path in tqdm(todo, desc=f"explaining with {args.method}", unit="img"):
         wnid = wnid_of(path)
         known = wnid is not None and all(wnid in zm.labels.wnids for zm in models)
-        target = TargetPolicy("label", wnid) if args.target == "auto" and known else \
-            TargetPolicy.parse("top1" if args.target == "auto" else args.target, wnid)
+        target = (
+            TargetPolicy("label", wnid)
+            if args.target == "auto" and known
+            else TargetPolicy.parse("top1" if args.target == "auto" else args.target, wnid)
+        )
         try:
-            results: list[CamResult] = explain(open_image(path), models, args.method, target,
-                                               with_metrics=bool(args.stats))
+            results: list[CamResult] = explain(
+                open_image(path), models, args.method, target, with_metrics=bool(args.stats)
+            )
         except ImageError as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
             continue
@@ -217,12 +270,18 @@ def main(argv: list[str] | None = None) -> int:
             columns.append((names.get(wnid, path.stem), results))
         for r in results:
             f = r.faithfulness
-            rows.append({"image": str(path), "wnid": wnid or "", "model": r.model, "explained": r.explained.name,
-                         "probability": round(r.explained.probability, 5),
-                         "correct": int(r.top5[0].index == r.explained.index) if target.kind == "label" else "",
-                         **({k: getattr(f, k) for k in STAT_FIELDS} if f else {k: None for k in STAT_FIELDS})})
-    tiles = [[res[0].view for _, res in columns]] + [[res[i].overlay for _, res in columns]
-                                                    for i in range(len(models))]
+            rows.append(
+                {
+                    "image": str(path),
+                    "wnid": wnid or "",
+                    "model": r.model,
+                    "explained": r.explained.name,
+                    "probability": round(r.explained.probability, 5),
+                    "correct": int(r.top5[0].index == r.explained.index) if target.kind == "label" else "",
+                    **({k: getattr(f, k) for k in STAT_FIELDS} if f else {k: None for k in STAT_FIELDS}),
+                }
+            )
+    tiles = [[res[0].view for _, res in columns]] + [[res[i].overlay for _, res in columns] for i in range(len(models))]
     grid(tiles, [t for t, _ in columns], ["input"] + [zm.name for zm in models], args.tile).save(args.out)
     print(f"wrote {args.out} ({len(columns)} images x {len(models)} models)")
     if args.stats:
@@ -233,11 +292,22 @@ def main(argv: list[str] | None = None) -> int:
             w.writerows(rows)
         print(f"wrote {args.stats}")
         images = len({r["image"] for r in rows})
-        write_summaries(rows, args.stats, {**header, "method": args.method, "target": args.target,
-                                           "seconds": round(seconds), "seconds_per_image": round(seconds / max(1, images), 2),
-                                           "preprocessing": {zm.name: {"resize": zm.entry.preprocessing.resize,
-                                                                       "crop": zm.entry.preprocessing.crop} for zm in models}},
-                        args.baseline)
+        write_summaries(
+            rows,
+            args.stats,
+            {
+                **header,
+                "method": args.method,
+                "target": args.target,
+                "seconds": round(seconds),
+                "seconds_per_image": round(seconds / max(1, images), 2),
+                "preprocessing": {
+                    zm.name: {"resize": zm.entry.preprocessing.resize, "crop": zm.entry.preprocessing.crop}
+                    for zm in models
+                },
+            },
+            args.baseline,
+        )
     return 0
 
 

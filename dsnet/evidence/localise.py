@@ -2,10 +2,11 @@
 
 ``python -m dsnet.evidence.localise --data ../shared/data/ilsvrc-val-boxes --out docs/localisation-imagenette``
 explains every image of the boxed ILSVRC2012 val set for its TRUE class with each model of the zoo
-and each CAM method (the slow ones, AblationCAM and ScoreCAM, on the first ``--slow-per-class`` images
-of each class only: each costs a pass per batch of channels, seconds per map on two cores), and scores each map against the boxes carried through the
-model's own view (``dsnet.cam.localisation``): pointing game (tolerance 0, and 15 px), energy in the
-boxes beside the boxes' share of the view, MaxBoxAccV2 (its per-image best IoU at the optimal tau).
+and each CAM method (the slow ones, AblationCAM and ScoreCAM, on the first ``--slow-per-class``
+images of each class only: each costs a pass per batch of channels, seconds per map on two cores),
+and scores each map against the boxes carried through the model's own view
+(``dsnet.cam.localisation``): pointing game (tolerance 0, and 15 px), energy in the boxes beside the
+boxes' share of the view, MaxBoxAccV2 (its per-image best IoU at the optimal tau).
 The flat map and a centred Gaussian are scored on the same views as baselines.
 
 Resumable: each (image, method, model) row, with its best-IoU-per-tau curve, is appended to
@@ -19,6 +20,7 @@ Resumable: each (image, method, model) row, with its best-IoU-per-tau curve, is 
   less than half of the view (Score-CAM's protocol, where a flat map cannot score well); the command,
   commit and date.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +35,39 @@ import numpy as np
 from tqdm import tqdm
 
 from dsnet.cam.images import open_image
-from dsnet.cam.localisation import (POINTING_TOLERANCE, THRESHOLDS, Box, MaxBoxAccV2, best_iou_curve, boxes_to_view,
-                                    centre_gaussian, flat_map, read_boxes, score_map)
+from dsnet.cam.localisation import (
+    POINTING_TOLERANCE,
+    THRESHOLDS,
+    Box,
+    MaxBoxAccV2,
+    best_iou_curve,
+    boxes_to_view,
+    centre_gaussian,
+    flat_map,
+    read_boxes,
+    score_map,
+)
 from dsnet.cam.service import METHODS, TargetPolicy, explain_model
 from dsnet.core.provenance import artifact_header
-from dsnet.evidence.cli import positive, refused
 from dsnet.evidence import stats
+from dsnet.evidence.cli import positive, refused
 from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, load_or_skip
 
 BASELINES = ("flat", "centre")
-FIELDS = ("image", "wnid", "method", "model", "correct", "hit", "hit_tolerant", "hit_share", "peaks", "energy",
-          "coverage", "iou_curve")
+FIELDS = (
+    "image",
+    "wnid",
+    "method",
+    "model",
+    "correct",
+    "hit",
+    "hit_tolerant",
+    "hit_share",
+    "peaks",
+    "energy",
+    "coverage",
+    "iou_curve",
+)
 SMALL = 0.5  # boxes covering less than this share of the view: the "small objects" subset
 
 
@@ -51,9 +75,15 @@ def score(saliency: np.ndarray, boxes: list[Box]) -> dict:
     """One map's numbers against boxes already in its view (at least one), with its IoU curve."""
     s = score_map(saliency, boxes)
     curve = best_iou_curve(saliency, boxes)
-    return {"hit": int(s.hit), "hit_tolerant": int(s.hit_tolerant), "hit_share": round(s.hit_share, 4),
-            "peaks": s.peaks, "energy": "" if math.isnan(s.energy) else round(s.energy, 5),
-            "coverage": round(s.coverage, 5), "iou_curve": " ".join(f"{v:.4f}" for v in curve)}
+    return {
+        "hit": int(s.hit),
+        "hit_tolerant": int(s.hit_tolerant),
+        "hit_share": round(s.hit_share, 4),
+        "peaks": s.peaks,
+        "energy": "" if math.isnan(s.energy) else round(s.energy, 5),
+        "coverage": round(s.coverage, 5),
+        "iou_curve": " ".join(f"{v:.4f}" for v in curve),
+    }
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -68,8 +98,9 @@ def in_subset(method: str, index_in_class: int, slow_per_class: int) -> bool:
     return method == "-" or not METHODS[method].slow or index_in_class <= slow_per_class
 
 
-def explain_all(data: Path, zoo: str, models: list[str], methods: list[str], slow_per_class: int,
-                work: Path, limit: int | None) -> list[dict]:
+def explain_all(
+    data: Path, zoo: str, models: list[str], methods: list[str], slow_per_class: int, work: Path, limit: int | None
+) -> list[dict]:
     boxes = read_boxes(data)
     images = sorted(boxes)[:limit] if limit else sorted(boxes)
     loaded = load_or_skip(zoo, models)
@@ -104,14 +135,27 @@ def explain_all(data: Path, zoo: str, models: list[str], methods: list[str], slo
                 view_boxes = [b for b in boxes_to_view(boxes[rel], image.image.size, pre) if b]
                 shape = (pre.crop, pre.crop)
                 saliency = flat_map(shape) if name == "flat" else centre_gaussian(shape)
-                row = {"image": rel, "wnid": wnid, "method": "-", "model": name, "correct": "", **score(saliency, view_boxes)}
+                row = {
+                    "image": rel,
+                    "wnid": wnid,
+                    "method": "-",
+                    "model": name,
+                    "correct": "",
+                    **score(saliency, view_boxes),
+                }
             else:
                 zm = by_name[name]
                 view_boxes = [b for b in boxes_to_view(boxes[rel], image.image.size, zm.entry.preprocessing) if b]
                 result = explain_model(image, zm, method, TargetPolicy("label", wnid))
                 correct = int(result.top5[0].index == result.explained.index)
-                row = {"image": rel, "wnid": wnid, "method": method, "model": name, "correct": correct,
-                       **score(result.cam, view_boxes)}
+                row = {
+                    "image": rel,
+                    "wnid": wnid,
+                    "method": method,
+                    "model": name,
+                    "correct": correct,
+                    **score(result.cam, view_boxes),
+                }
             writer.writerow(row)
             f.flush()
     rows, index = [], {}
@@ -144,9 +188,13 @@ def max_box_acc(curves: dict[str, np.ndarray], resamples: int = 1000, seed: int 
         sample = stack[rng.integers(0, len(stack), len(stack))]
         values.append(np.mean([((sample >= d / 100).mean(axis=0) * 100).max() for d in acc.deltas]))
     low, high = np.percentile(values, [2.5, 97.5])
-    return {"value": round(result.value, 2), "ci95": [round(float(low), 2), round(float(high), 2)],
-            "per_delta": {str(d): round(v, 2) for d, v in result.per_delta.items()},
-            "optimal_tau": result.optimal_tau, "images": result.images}, result.per_image_iou
+    return {
+        "value": round(result.value, 2),
+        "ci95": [round(float(low), 2), round(float(high), 2)],
+        "per_delta": {str(d): round(v, 2) for d, v in result.per_delta.items()},
+        "optimal_tau": result.optimal_tau,
+        "images": result.images,
+    }, result.per_image_iou
 
 
 def summarise(rows: list[dict], baseline: str = "resnet50") -> dict:
@@ -162,18 +210,25 @@ def summarise(rows: list[dict], baseline: str = "resnet50") -> dict:
         ious[(method, model)] = per_image_iou
         for r in rs:  # the per-image IoU at the dataset's optimal tau, for OUT.csv and the plot
             r["iou"] = round(per_image_iou[r["image"]], 4)
-        entry = {"images": len(rs), "pointing": mean_ci([int(r["hit"]) for r in rs]),
-                 "pointing_tolerant": mean_ci([int(r["hit_tolerant"]) for r in rs]),
-                 "pointing_share": round(float(np.mean([float(r["hit_share"]) for r in rs])), 4),
-                 "energy": mean_ci([float(r["energy"]) for r in rs if r["energy"] != ""]),
-                 "coverage": round(float(np.mean([float(r["coverage"]) for r in rs])), 4),
-                 "max_box_acc_v2": box, "iou_at_optimal_tau": mean_ci(list(per_image_iou.values())),
-                 "small_objects": None}
+        entry = {
+            "images": len(rs),
+            "pointing": mean_ci([int(r["hit"]) for r in rs]),
+            "pointing_tolerant": mean_ci([int(r["hit_tolerant"]) for r in rs]),
+            "pointing_share": round(float(np.mean([float(r["hit_share"]) for r in rs])), 4),
+            "energy": mean_ci([float(r["energy"]) for r in rs if r["energy"] != ""]),
+            "coverage": round(float(np.mean([float(r["coverage"]) for r in rs])), 4),
+            "max_box_acc_v2": box,
+            "iou_at_optimal_tau": mean_ci(list(per_image_iou.values())),
+            "small_objects": None,
+        }
         small = [r for r in rs if float(r["coverage"]) < SMALL]
         if small:
-            entry["small_objects"] = {"images": len(small), "pointing": mean_ci([int(r["hit"]) for r in small]),
-                                      "energy": mean_ci([float(r["energy"]) for r in small if r["energy"] != ""]),
-                                      "coverage": round(float(np.mean([float(r["coverage"]) for r in small])), 4)}
+            entry["small_objects"] = {
+                "images": len(small),
+                "pointing": mean_ci([int(r["hit"]) for r in small]),
+                "energy": mean_ci([float(r["energy"]) for r in small if r["energy"] != ""]),
+                "coverage": round(float(np.mean([float(r["coverage"]) for r in small])), 4),
+            }
         if rs[0]["correct"] != "":
             entry["top1"] = round(float(np.mean([int(r["correct"]) for r in rs])), 4)
         out["groups"][f"{method}/{model}"] = entry
@@ -191,14 +246,27 @@ def summarise(rows: list[dict], baseline: str = "resnet50") -> dict:
 
             def energy(r):
                 return float(r["energy"]) if r["energy"] != "" else math.nan
-            out["comparisons"].append({
-                "method": method, "a": baseline, "b": model, "subset": subset, "images": len(keys),
-                "pointing": {**stats.compare_accuracy(a_hit, b_hit).as_dict(scale=100, digits=2),
-                             "only_a": m.only_a, "only_b": m.only_b},
-                "energy": stats.compare_metric([energy(base[k]) for k in keys],
-                                               [energy(own[k]) for k in keys]).as_dict(digits=4),
-                "iou": stats.compare_metric([ious[(method, baseline)][k] for k in keys],
-                                            [ious[(method, model)][k] for k in keys]).as_dict(digits=4)})
+
+            out["comparisons"].append(
+                {
+                    "method": method,
+                    "a": baseline,
+                    "b": model,
+                    "subset": subset,
+                    "images": len(keys),
+                    "pointing": {
+                        **stats.compare_accuracy(a_hit, b_hit).as_dict(scale=100, digits=2),
+                        "only_a": m.only_a,
+                        "only_b": m.only_b,
+                    },
+                    "energy": stats.compare_metric(
+                        [energy(base[k]) for k in keys], [energy(own[k]) for k in keys]
+                    ).as_dict(digits=4),
+                    "iou": stats.compare_metric(
+                        [ious[(method, baseline)][k] for k in keys], [ious[(method, model)][k] for k in keys]
+                    ).as_dict(digits=4),
+                }
+            )
     return out
 
 
@@ -215,15 +283,19 @@ def plot(summary: dict, rows: list[dict], out: Path, focus_csv: Path | None = No
     centred-Gaussian baseline as a line); for ``method``, the per-image distributions of energy in the boxes
     and IoU, and (from a focus CSV of dsnet.evidence.figure) of top-10 % mass and ROAD."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     groups = summary["groups"]
     models = [m for m in DEFAULT_MODELS if f"{method}/{m}" in groups]
     methods = sorted({k.split("/")[0] for k in groups if not k.startswith("-/")}, key=list(METHODS).index)
     colours = dict(zip(DEFAULT_MODELS, ("#7f7f7f", "#1f77b4", "#d62728")))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.2))
-    for ax, key, title, scale in ((axes[0, 0], "pointing", "pointing game (% of images, peak in a box)", 100),
-                                  (axes[0, 1], "max_box_acc_v2", "MaxBoxAccV2", 1)):
+    for ax, key, title, scale in (
+        (axes[0, 0], "pointing", "pointing game (% of images, peak in a box)", 100),
+        (axes[0, 1], "max_box_acc_v2", "MaxBoxAccV2", 1),
+    ):
         width = 0.8 / len(models)
         for j, m in enumerate(models):
             xs, ys, lo, hi = [], [], [], []
@@ -241,8 +313,9 @@ def plot(summary: dict, rows: list[dict], out: Path, focus_csv: Path | None = No
         centre = groups.get("-/centre")
         if centre:
             v = centre[key]
-            ax.axhline(v["mean"] * scale if "mean" in v else v["value"], color="black", ls="--", lw=1,
-                       label="centred Gaussian")
+            ax.axhline(
+                v["mean"] * scale if "mean" in v else v["value"], color="black", ls="--", lw=1, label="centred Gaussian"
+            )
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -256,18 +329,30 @@ def plot(summary: dict, rows: list[dict], out: Path, focus_csv: Path | None = No
             ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    boxes_of(axes[0, 2], {m: [float(r["energy"]) for r in rs if r["energy"] != ""] for m, rs in per_model.items()},
-             f"{method}: share of the map in the boxes", groups[f"{method}/{models[0]}"]["coverage"],
-             "mean share of the view the boxes cover")
-    boxes_of(axes[1, 0], {m: [float(r["iou"]) for r in rs] for m, rs in per_model.items()},
-             f"{method}: best IoU at the optimal threshold")
+
+    boxes_of(
+        axes[0, 2],
+        {m: [float(r["energy"]) for r in rs if r["energy"] != ""] for m, rs in per_model.items()},
+        f"{method}: share of the map in the boxes",
+        groups[f"{method}/{models[0]}"]["coverage"],
+        "mean share of the view the boxes cover",
+    )
+    boxes_of(
+        axes[1, 0],
+        {m: [float(r["iou"]) for r in rs] for m, rs in per_model.items()},
+        f"{method}: best IoU at the optimal threshold",
+    )
     if focus_csv and focus_csv.is_file():
         with open(focus_csv, newline="") as f:
             focus = [r for r in csv.DictReader(f)]
-        for ax, key, title in ((axes[1, 1], "top10_mass", "top-10 % mass (concentration; Imagenette val)"),
-                               (axes[1, 2], "road", "ROAD (faithfulness; Imagenette val)")):
-            values = {m: [float(r[key]) for r in focus if r.get("model") == m and r.get(key) not in ("", None)]
-                      for m in models}
+        for ax, key, title in (
+            (axes[1, 1], "top10_mass", "top-10 % mass (concentration; Imagenette val)"),
+            (axes[1, 2], "road", "ROAD (faithfulness; Imagenette val)"),
+        ):
+            values = {
+                m: [float(r[key]) for r in focus if r.get("model") == m and r.get(key) not in ("", None)]
+                for m in models
+            }
             if all(values.values()):
                 boxes_of(ax, values, title)
             else:
@@ -275,28 +360,44 @@ def plot(summary: dict, rows: list[dict], out: Path, focus_csv: Path | None = No
     else:
         axes[1, 1].set_axis_off()
         axes[1, 2].set_axis_off()
-    fig.suptitle(f"Localisation on {summary.get('images', '')} ILSVRC2012 val images (true class); 95 % intervals",
-                 fontsize=11)
+    fig.suptitle(
+        f"Localisation on {summary.get('images', '')} ILSVRC2012 val images (true class); 95 % intervals", fontsize=11
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.localise", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dsnet.evidence.localise",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", type=Path, required=True, help="an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.csv, OUT.json and OUT.png")
-    p.add_argument("--work", type=Path, default=Path("runs/localisation"),
-                   help="resumable rows (default: %(default)s, under runs/, which git ignores)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/localisation"),
+        help="resumable rows (default: %(default)s, under runs/, which git ignores)",
+    )
     p.add_argument("--zoo", default="imagenette", help="a zoo of the manifest (default: %(default)s)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models of the zoo (default: all three)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--slow-per-class", type=int, default=2,
-                   help="the slow methods (AblationCAM, ScoreCAM) on this many images of each class (default: %(default)s)")
+    p.add_argument(
+        "--slow-per-class",
+        type=int,
+        default=2,
+        help="the slow methods (AblationCAM, ScoreCAM) on this many images of each class (default: %(default)s)",
+    )
     p.add_argument("--limit", type=positive, help="only the first N images (a quick look)")
-    p.add_argument("--focus-csv", type=Path, default=Path("docs/focus-imagenette-size160.csv"),
-                   help="per-image focus numbers (python -m dsnet.evidence.figure --stats) for the plot's last panels")
+    p.add_argument(
+        "--focus-csv",
+        type=Path,
+        default=Path("docs/focus-imagenette-size160.csv"),
+        help="per-image focus numbers (python -m dsnet.evidence.figure --stats) for the plot's last panels",
+    )
     args = p.parse_args(argv)
     if not (args.data / "boxes.csv").is_file():
         p.error(f"no boxes.csv in {args.data}: expected an ilsvrc-val-boxes folder (boxes.csv + <wnid>/*.JPEG)")
@@ -311,17 +412,29 @@ def main(argv: list[str] | None = None) -> int:
     header = artifact_header(argv, "dsnet.evidence.localise")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out.with_suffix(".csv"))
-    result = {**header, "data": str(args.data), "zoo": args.zoo, "images": len({r["image"] for r in rows}),
-              "slow_methods": [m for m in args.methods if METHODS[m].slow], "slow_per_class": args.slow_per_class,
-              "target": "the true class",
-              "pointing_tolerance_px": POINTING_TOLERANCE, "thresholds": [float(THRESHOLDS[0]), float(THRESHOLDS[-1])],
-              "small_objects_below": SMALL, "seconds": round(time.perf_counter() - started), **summary}
+    result = {
+        **header,
+        "data": str(args.data),
+        "zoo": args.zoo,
+        "images": len({r["image"] for r in rows}),
+        "slow_methods": [m for m in args.methods if METHODS[m].slow],
+        "slow_per_class": args.slow_per_class,
+        "target": "the true class",
+        "pointing_tolerance_px": POINTING_TOLERANCE,
+        "thresholds": [float(THRESHOLDS[0]), float(THRESHOLDS[-1])],
+        "small_objects_below": SMALL,
+        "seconds": round(time.perf_counter() - started),
+        **summary,
+    }
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plot({**summary, "images": result["images"]}, rows, args.out.with_suffix(".png"), args.focus_csv)
     for key, g in summary["groups"].items():
         point = "    — " if key == "-/flat" else f"{100 * g['pointing']['mean']:5.1f}%"  # a flat map: every pixel ties
-        print(f"{key:<26} pointing {point}  energy {g['energy']['mean']:.3f} "
-              f"(boxes cover {g['coverage']:.3f})  MaxBoxAccV2 {g['max_box_acc_v2']['value']:.1f}", file=sys.stdout)
+        print(
+            f"{key:<26} pointing {point}  energy {g['energy']['mean']:.3f} "
+            f"(boxes cover {g['coverage']:.3f})  MaxBoxAccV2 {g['max_box_acc_v2']['value']:.1f}",
+            file=sys.stdout,
+        )
     return 0
 
 

@@ -34,6 +34,7 @@ EigenCAM is class-agnostic by design (the first principal component of layer4); 
 weight-independence, and it gets no special case here. ``verdicts(path)`` reads only the JSON (no models):
 per method, its worst verdict over the models (or one model's), for the app's menu.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -76,11 +77,11 @@ WEAK_AT = 0.2  # in [WEAK_AT, FAILS_AT): "weak"; below: "passes"
 VERDICTS = ("passes", "weak", "fails")  # from best to worst
 RULE = {
     "statistic": "mean over images of the Spearman rank correlation between the trained model's map and the map "
-                 "after the last cascade step (every parameter randomised)",
+    "after the last cascade step (every parameter randomised)",
     "fails_at": FAILS_AT,
     "weak_at": WEAK_AT,
     "text": f"mean Spearman >= {FAILS_AT}: fails (the map hardly depends on the weights); "
-            f"{WEAK_AT} <= mean < {FAILS_AT}: weak; < {WEAK_AT}: passes. Fixed before the results were seen.",
+    f"{WEAK_AT} <= mean < {FAILS_AT}: weak; < {WEAK_AT}: passes. Fixed before the results were seen.",
 }
 SHORTCUT_WEIGHTS = ("dense_weight", "inner_weight")  # DSNet / DS2Net's W, initialised to 1 by the constructor
 
@@ -91,6 +92,7 @@ def fast_methods() -> list[str]:
 
 
 # --- the cascade -------------------------------------------------------------------------------
+
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator for one step, from (seed, step): the same weights on every device and run."""
@@ -155,8 +157,9 @@ def randomise(model: nn.Module, modules: Sequence[str], seed: int = SEED, step: 
         expected = {k for k in state_keys if k.startswith(root + ".")}
         missed = expected - set(done)
         if missed:
-            raise RuntimeError(f"randomising {root!r} left {len(missed)} entries as they were: "
-                               f"{', '.join(sorted(missed)[:6])}")
+            raise RuntimeError(
+                f"randomising {root!r} left {len(missed)} entries as they were: {', '.join(sorted(missed)[:6])}"
+            )
     return done
 
 
@@ -171,8 +174,9 @@ def stage_keys(model: nn.Module, steps: Sequence[tuple[str, Sequence[str]]] = ST
     return out
 
 
-def cascade(model: nn.Module, seed: int = SEED,
-            steps: Sequence[tuple[str, Sequence[str]]] = STEPS) -> Iterator[tuple[str, nn.Module]]:
+def cascade(
+    model: nn.Module, seed: int = SEED, steps: Sequence[tuple[str, Sequence[str]]] = STEPS
+) -> Iterator[tuple[str, nn.Module]]:
     """A private deep copy of ``model``, randomised one more step at a time: yields (step name, the copy).
 
     The same copy is yielded every time, with one more stage random; ``model`` itself is never changed."""
@@ -185,6 +189,7 @@ def cascade(model: nn.Module, seed: int = SEED,
 
 # --- similarity and verdicts ---------------------------------------------------------------------
 
+
 def _constant(a: np.ndarray) -> bool:
     return bool(a.size == 0 or np.all(a == a.flat[0]))
 
@@ -195,12 +200,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if _constant(a) or _constant(b):
         return 1.0 if _constant(a) and _constant(b) else 0.0
     from scipy.stats import spearmanr
+
     return float(spearmanr(a, b).statistic)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two [0, 1] maps (``data_range=1``)."""
     from skimage.metrics import structural_similarity
+
     return float(structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), data_range=1.0))
 
 
@@ -240,13 +247,24 @@ mean_ci = stats.mean_interval  # mean and 95 % bootstrap interval over images
 
 # --- the run -------------------------------------------------------------------------------------
 
-def sanity(images: Sequence[tuple[LabelledImage, LoadedImage]], models: Sequence[ZooModel],
-           methods: Sequence[str], seed: int = SEED, steps: Sequence[tuple[str, Sequence[str]]] = STEPS,
-           progress: bool = True) -> dict:
+
+def sanity(
+    images: Sequence[tuple[LabelledImage, LoadedImage]],
+    models: Sequence[ZooModel],
+    methods: Sequence[str],
+    seed: int = SEED,
+    steps: Sequence[tuple[str, Sequence[str]]] = STEPS,
+    progress: bool = True,
+) -> dict:
     """Every model's cascade on every image and method: the ``results``, ``accuracy`` and ``verdicts`` parts
     of the artifact (see the module docstring)."""
-    bar = tqdm(total=len(models) * (1 + len(steps)) * len(images) * len(methods), desc="maps", unit="map",
-               disable=not progress, mininterval=1 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        total=len(models) * (1 + len(steps)) * len(images) * len(methods),
+        desc="maps",
+        unit="map",
+        disable=not progress,
+        mininterval=1 if sys.stderr.isatty() else 30,
+    )
     results: dict[str, dict] = {}
     accuracy: dict[str, dict[str, float]] = {}
 
@@ -274,15 +292,24 @@ def sanity(images: Sequence[tuple[LabelledImage, LoadedImage]], models: Sequence
                 rho = [spearman(a, b) for a, b in zip(trained[m], randomised[m])]
                 sim = [ssim(a, b) for a, b in zip(trained[m], randomised[m])]
                 constant = sum(_constant(c) for c in randomised[m])
-                per_method[m]["steps"][step] = {"spearman": mean_ci(rho), "ssim": mean_ci(sim),
-                                                "constant_maps": constant}
+                per_method[m]["steps"][step] = {
+                    "spearman": mean_ci(rho),
+                    "ssim": mean_ci(sim),
+                    "constant_maps": constant,
+                }
         last = steps[-1][0]
         for m in methods:
             final = per_method[m]["steps"][last]
-            per_method[m].update({"final_spearman": final["spearman"]["mean"], "final_ssim": final["ssim"]["mean"],
-                                  "verdict": verdict(final["spearman"]["mean"])})
-        per_method = {m: {k: per_method[m][k] for k in ("verdict", "final_spearman", "final_ssim", "steps")}
-                      for m in methods}
+            per_method[m].update(
+                {
+                    "final_spearman": final["spearman"]["mean"],
+                    "final_ssim": final["ssim"]["mean"],
+                    "verdict": verdict(final["spearman"]["mean"]),
+                }
+            )
+        per_method = {
+            m: {k: per_method[m][k] for k in ("verdict", "final_spearman", "final_ssim", "steps")} for m in methods
+        }
         results[zm.name] = per_method
         trained_constant = {m: sum(_constant(c) for c in trained[m]) for m in methods}
         if any(trained_constant.values()):
@@ -296,8 +323,10 @@ def sanity(images: Sequence[tuple[LabelledImage, LoadedImage]], models: Sequence
 def plot(report: dict, out: Path) -> None:
     """One panel per model: mean Spearman (with its 95 % interval) against the cascade step, a line per method."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     steps = [s["name"] for s in report["steps"]]
     labels = ["trained"] + [f"+{s}" for s in steps]
     models = list(report["results"])
@@ -311,8 +340,16 @@ def plot(report: dict, out: Path) -> None:
             low = [1.0] + [r["steps"][s]["spearman"]["ci95"][0] for s in steps]
             high = [1.0] + [r["steps"][s]["spearman"]["ci95"][1] for s in steps]
             x = range(len(labels))  # methods that coincide (Grad-CAM, XGrad-CAM, HiResCAM under GAP + fc) stay visible
-            ax.plot(x, means, marker=markers[i % len(markers)], ms=3.5, lw=1.4, ls=styles[i % len(styles)],
-                    color=colours(i), label=f"{method}: {r['verdict']}")
+            ax.plot(
+                x,
+                means,
+                marker=markers[i % len(markers)],
+                ms=3.5,
+                lw=1.4,
+                ls=styles[i % len(styles)],
+                color=colours(i),
+                label=f"{method}: {r['verdict']}",
+            )
             ax.fill_between(x, low, high, color=colours(i), alpha=0.10, lw=0)
         for level, style in ((report["rule"]["fails_at"], "--"), (report["rule"]["weak_at"], ":")):
             ax.axhline(level, color="grey", ls=style, lw=1)
@@ -323,9 +360,12 @@ def plot(report: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     axes[0][0].set_ylabel("Spearman vs the trained map (mean, 95 % CI)")
-    fig.suptitle(f"Cascading parameter randomisation, {report['zoo']} zoo, {report['n_images']} images, true class; "
-                 f"verdict after +{steps[-1]} (dashed: fails at >= {report['rule']['fails_at']}, "
-                 f"dotted: weak at >= {report['rule']['weak_at']})", fontsize=9)
+    fig.suptitle(
+        f"Cascading parameter randomisation, {report['zoo']} zoo, {report['n_images']} images, true class; "
+        f"verdict after +{steps[-1]} (dashed: fails at >= {report['rule']['fails_at']}, "
+        f"dotted: weak at >= {report['rule']['weak_at']})",
+        fontsize=9,
+    )
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110)
@@ -338,6 +378,7 @@ def limited_threads(threads: int) -> Iterator[None]:
     machine OpenBLAS's threads wait on each other over tiny matrices (measured 40 x slower on 2 shared cores)."""
     try:
         from threadpoolctl import threadpool_limits  # scikit-learn's, which pytorch-grad-cam needs
+
         blas = threadpool_limits(threads, user_api="blas")
     except ImportError:
         blas = None
@@ -352,8 +393,11 @@ def limited_threads(threads: int) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.sanity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dsnet.evidence.sanity",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", type=Path, required=True, help="labelled images (<wnid>/*.JPEG or <wnid>_*.JPEG)")
     p.add_argument("--zoo", default="imagenette")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo model names")
@@ -383,22 +427,33 @@ def _run(args: argparse.Namespace, header: dict, methods: list[str]) -> int:
     items = limit_per_class(scan_labelled(args.data), args.per_class or None)
     usable = [it for it in items if all(it.wnid in zm.labels.wnids for zm in models)]
     images = [(it, open_image(it.path)) for it in usable]
-    report = {**header, "zoo": args.zoo, "data": str(args.data), "per_class": args.per_class,
-              "n_images": len(images), "skipped_images": len(items) - len(usable),
-              "images": [str(it.path.relative_to(args.data)) if it.path.is_relative_to(args.data) else str(it.path)
-                         for it, _ in images],
-              "target": "the true class (TargetPolicy('label', wnid))", "methods": methods,
-              "models": [zm.name for zm in models], "seed": args.seed,
-              "steps": [{"name": s, "randomised": list(mods)} for s, mods in STEPS],
-              "randomisation": "cascading from the top on a private deep copy of each model; every state-dict entry "
-                               "of a step's modules re-initialised as the constructor does (conv kaiming_normal "
-                               "fan_out, fc nn.Linear's default, BatchNorm 1 / 0 with running statistics reset, "
-                               "shortcut weights W 1), fresh draws seeded by (seed, step)",
-              "similarity": {"spearman": "scipy.stats.spearmanr of the flattened maps (1 if both maps are constant, "
-                                         "0 if only one is)",
-                             "ssim": "skimage.metrics.structural_similarity, data_range=1, on the [0, 1] maps",
-                             "interval": "95 % percentile bootstrap over images (dsnet.evidence.stats.bootstrap_ci)"},
-              "rule": RULE}
+    report = {
+        **header,
+        "zoo": args.zoo,
+        "data": str(args.data),
+        "per_class": args.per_class,
+        "n_images": len(images),
+        "skipped_images": len(items) - len(usable),
+        "images": [
+            str(it.path.relative_to(args.data)) if it.path.is_relative_to(args.data) else str(it.path)
+            for it, _ in images
+        ],
+        "target": "the true class (TargetPolicy('label', wnid))",
+        "methods": methods,
+        "models": [zm.name for zm in models],
+        "seed": args.seed,
+        "steps": [{"name": s, "randomised": list(mods)} for s, mods in STEPS],
+        "randomisation": "cascading from the top on a private deep copy of each model; every state-dict entry "
+        "of a step's modules re-initialised as the constructor does (conv kaiming_normal "
+        "fan_out, fc nn.Linear's default, BatchNorm 1 / 0 with running statistics reset, "
+        "shortcut weights W 1), fresh draws seeded by (seed, step)",
+        "similarity": {
+            "spearman": "scipy.stats.spearmanr of the flattened maps (1 if both maps are constant, 0 if only one is)",
+            "ssim": "skimage.metrics.structural_similarity, data_range=1, on the [0, 1] maps",
+            "interval": "95 % percentile bootstrap over images (dsnet.evidence.stats.bootstrap_ci)",
+        },
+        "rule": RULE,
+    }
     report.update(sanity(images, models, methods, args.seed, progress=not args.quiet))
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["threads"] = torch.get_num_threads()

@@ -17,6 +17,7 @@ highest seeds are dropped until the projected end (the last epoch's time per run
 left) fits; finished runs are exported (safetensors + a manifest entry, as ``dsnet.evidence.train --export``)
 and packed one tar per seed. ``RUNS/study.json`` (and its copy beside the tars) is rewritten every epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,36 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dsnet.data.augment import epoch_draws, resized_crops
-from dsnet.data.labelled import cached_images, class_index, eval_transform, limit_per_class, scan_labelled, standardize, topk_hits
 from dsnet.core.files import cache_root
+from dsnet.data.augment import epoch_draws, resized_crops
+from dsnet.data.labelled import (
+    cached_images,
+    class_index,
+    eval_transform,
+    limit_per_class,
+    scan_labelled,
+    standardize,
+    topk_hits,
+)
+from dsnet.evidence.train import (
+    RECIPES,
+    Dist,
+    TrainConfig,
+    build_model,
+    export,
+    lr_factor,
+    param_groups,
+    peak_lr,
+    run_record,
+    training_device,
+)
 from dsnet.zoo.manifest import IMAGENET_MEAN, IMAGENET_STD, MANIFEST_PATH
-from dsnet.evidence.train import (RECIPES, Dist, TrainConfig, build_model, export, lr_factor, param_groups, peak_lr, run_record,
-                    training_device)
 
 MODELS = ("resnet50", "dsnet50", "ds2net50")
-PIPELINE = ("dsnet.evidence.seedstudy: the 146 px training set on the device, dsnet.data.augment's batched random-resized crop "
-            "and flip (the DataLoader's sample order), one CUDA graph per run, bf16 autocast, fused SGD")
+PIPELINE = (
+    "dsnet.evidence.seedstudy: the 146 px training set on the device, dsnet.data.augment's batched random-resized crop "
+    "and flip (the DataLoader's sample order), one CUDA graph per run, bf16 autocast, fused SGD"
+)
 WARMUP_STEPS = 3  # eager steps before a capture (cuDNN picks its kernels, SGD makes its momentum buffers)
 
 
@@ -60,16 +81,22 @@ class DeviceData:
     val_labels: Tensor
 
 
-def load_device_data(data: Path, recipe, cache_dir: Path, device: torch.device,
-                     per_class: int | None = None) -> DeviceData:
+def load_device_data(
+    data: Path, recipe, cache_dir: Path, device: torch.device, per_class: int | None = None
+) -> DeviceData:
     train_items = limit_per_class(scan_labelled(data / "train"), per_class)
     val_items = limit_per_class(scan_labelled(data / "val"), per_class)
     wnids = sorted({it.wnid for it in train_items})
     size = max(recipe.eval_resize, recipe.train_crop)
     train = cached_images(train_items, size, cache_dir)
     val = eval_transform(recipe.eval_resize, recipe.eval_crop)(cached_images(val_items, size, cache_dir))
-    return DeviceData(wnids, train.to(device), torch.tensor(class_index(train_items, wnids), device=device),
-                      val.to(device), torch.tensor(class_index(val_items, wnids), device=device))
+    return DeviceData(
+        wnids,
+        train.to(device),
+        torch.tensor(class_index(train_items, wnids), device=device),
+        val.to(device),
+        torch.tensor(class_index(val_items, wnids), device=device),
+    )
 
 
 @dataclass
@@ -108,7 +135,9 @@ class Study:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.batch = recipe.batch_size
         self.steps_per_epoch = len(data.train_labels) // self.batch
-        self.eval_chunks = [(i, min(i + eval_batch, len(data.val_labels))) for i in range(0, len(data.val_labels), eval_batch)]
+        self.eval_chunks = [
+            (i, min(i + eval_batch, len(data.val_labels))) for i in range(0, len(data.val_labels), eval_batch)
+        ]
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch size {self.batch} is larger than the training set ({len(data.train_labels)})")
 
@@ -147,17 +176,30 @@ class Study:
         model = build_model(cfg, len(self.data.wnids), self.device, Dist())
         cuda = self.device.type == "cuda"
         lr = torch.tensor(peak_lr(self.recipe) * lr_factor(self.recipe, 0, self.steps_per_epoch), device=self.device)
-        optimizer = torch.optim.SGD(param_groups(model, self.recipe.weight_decay), lr=lr, momentum=self.recipe.momentum,
-                                    nesterov=self.recipe.nesterov, fused=cuda or None)
+        optimizer = torch.optim.SGD(
+            param_groups(model, self.recipe.weight_decay),
+            lr=lr,
+            momentum=self.recipe.momentum,
+            nesterov=self.recipe.nesterov,
+            fused=cuda or None,
+        )
         lrs = [g["lr"] for g in optimizer.param_groups]
         if not all(isinstance(t, Tensor) for t in lrs):
             raise RuntimeError("this PyTorch's SGD does not keep a tensor lr")
         stream = torch.cuda.Stream(self.device) if cuda else None
         with self.on(stream):
             z = dict(device=self.device, dtype=torch.long)
-            run = Run(cfg, model, optimizer, lrs, stream, torch.zeros(self.batch, **z), torch.zeros(self.batch, 4, **z),
-                      torch.zeros(self.batch, dtype=torch.bool, device=self.device),
-                      torch.zeros(5, device=self.device, dtype=torch.float64))
+            run = Run(
+                cfg,
+                model,
+                optimizer,
+                lrs,
+                stream,
+                torch.zeros(self.batch, **z),
+                torch.zeros(self.batch, 4, **z),
+                torch.zeros(self.batch, dtype=torch.bool, device=self.device),
+                torch.zeros(5, device=self.device, dtype=torch.float64),
+            )
         return run
 
     @staticmethod
@@ -166,8 +208,9 @@ class Study:
 
     def begin_epoch(self, run: Run, epoch: int) -> None:
         h, w = self.data.train.shape[-2:]
-        draws = epoch_draws(len(self.data.train_labels), run.cfg.seed * 100003 + epoch, h, w,
-                            (self.recipe.min_scale, 1.0))
+        draws = epoch_draws(
+            len(self.data.train_labels), run.cfg.seed * 100003 + epoch, h, w, (self.recipe.min_scale, 1.0)
+        )
         with self.on(run.stream):
             run.draws = [t.to(self.device) for t in (draws.order, draws.boxes, draws.flip)]
             run.sums[:2].zero_()
@@ -207,7 +250,7 @@ class Study:
             with torch.cuda.graph(eval_graph, stream=run.stream):
                 self.evaluate(run)
             run.graph, run.eval_graph = graph, eval_graph
-        except Exception as e:  # noqa: BLE001 - any capture failure leaves a working eager run
+        except Exception as e:
             run.capture_error = f"{type(e).__name__}: {e}"[:300]
             run.graph = run.eval_graph = None
             run.stream = torch.cuda.Stream(self.device)
@@ -226,19 +269,29 @@ class Study:
             loss, correct, val_loss, top1, top5 = run.sums.tolist()  # waits for this run's stream only
         seen, n_val = self.steps_per_epoch * self.batch, len(self.data.val_labels)
         seconds = time.perf_counter() - run.epoch_started
-        row = {"epoch": epoch + 1, "train_loss": loss / seen, "train_top1": 100 * correct / seen,
-               "val_loss": val_loss / n_val, "val_top1": 100 * top1 / n_val, "val_top5": 100 * top5 / n_val,
-               "lr": run.lr_value, "epoch_seconds": seconds, "images_per_second": seen / seconds}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss / seen,
+            "train_top1": 100 * correct / seen,
+            "val_loss": val_loss / n_val,
+            "val_top1": 100 * top1 / n_val,
+            "val_top5": 100 * top5 / n_val,
+            "lr": run.lr_value,
+            "epoch_seconds": seconds,
+            "images_per_second": seen / seconds,
+        }
         run.history.append(row)
         return row
 
 
 def rounding_check(study: Study, run: Run, dtype: torch.dtype) -> dict[str, Any]:
     """The val predictions of the weights as trained and rounded to ``dtype`` (as exported): how many differ."""
+
     def predictions(model: nn.Module) -> Tensor:
         with torch.no_grad():
-            return torch.cat([model(study.model_input(study.data.val[a:b])).float().argmax(1)
-                              for a, b in study.eval_chunks])
+            return torch.cat(
+                [model(study.model_input(study.data.val[a:b])).float().argmax(1) for a, b in study.eval_chunks]
+            )
 
     with study.on(run.stream):
         run.model.eval()
@@ -249,14 +302,18 @@ def rounding_check(study: Study, run: Run, dtype: torch.dtype) -> dict[str, Any]
                     t.copy_(t.to(dtype))
         a, b = predictions(run.model), predictions(rounded)
         labels = study.data.val_labels
-        return {"dtype": str(dtype).removeprefix("torch."), "val_images": len(labels),
-                "top1_trained": round(100 * (a == labels).float().mean().item(), 2),
-                "top1_rounded": round(100 * (b == labels).float().mean().item(), 2),
-                "predictions_changed": int((a != b).sum().item())}
+        return {
+            "dtype": str(dtype).removeprefix("torch."),
+            "val_images": len(labels),
+            "top1_trained": round(100 * (a == labels).float().mean().item(), 2),
+            "top1_rounded": round(100 * (b == labels).float().mean().item(), 2),
+            "predictions_changed": int((a != b).sum().item()),
+        }
 
 
-def seeds_that_fit(seeds: list[int], models_per_seed: int, epoch_seconds_per_run: float, epochs_left: int,
-                   seconds_left: float) -> list[int]:
+def seeds_that_fit(
+    seeds: list[int], models_per_seed: int, epoch_seconds_per_run: float, epochs_left: int, seconds_left: float
+) -> list[int]:
     """The rule fixed before the study ran: keep the lowest seeds, as many as the time left allows at
     the last epoch's cost per run (at least one)."""
     keep = len(seeds)
@@ -274,8 +331,11 @@ def pack(folder: Path, tar_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.seedstudy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dsnet.evidence.seedstudy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ (ImageFolder layout)")
     p.add_argument("--runs", type=Path, required=True, help="where each seed's folder RUNS/seed<N>-<tag> goes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -290,8 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-per-class", type=int, help="at most N images per class (tests)")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size (tests)")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=MANIFEST_PATH,
-                   help="copied into each seed folder; the entries are written there")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=MANIFEST_PATH,
+        help="copied into each seed folder; the entries are written there",
+    )
     p.add_argument("--no-amp", action="store_true", help="float32 (default: bf16 autocast on CUDA)")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -312,26 +376,48 @@ def main(argv: list[str] | None = None) -> int:
         if not (folder / "manifest.json").exists():
             shutil.copy(args.manifest, folder / "manifest.json")
         for model in args.models:
-            cfg = TrainConfig(model=model, data=args.data, out=folder / model, recipe_name=args.recipe, recipe=recipe,
-                              seed=seed, device=str(device), channels_last=True, amp=amp,
-                              limit_per_class=args.limit_per_class, export_zoo="imagenette", export_dir=folder,
-                              manifest=folder / "manifest.json", command=command)
+            cfg = TrainConfig(
+                model=model,
+                data=args.data,
+                out=folder / model,
+                recipe_name=args.recipe,
+                recipe=recipe,
+                seed=seed,
+                device=str(device),
+                channels_last=True,
+                amp=amp,
+                limit_per_class=args.limit_per_class,
+                export_zoo="imagenette",
+                export_dir=folder,
+                manifest=folder / "manifest.json",
+                command=command,
+            )
             cfg.out.mkdir(parents=True, exist_ok=True)
             runs.append(study.new_run(cfg))
     if device.type == "cuda":
         torch.cuda.synchronize()  # the data and models are ready before any run's stream reads them
-    summary: dict[str, Any] = {"command": command, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                               else "cpu", "torch": str(torch.__version__), "amp": "bfloat16" if amp else None,
-                               "recipe": dataclasses.asdict(recipe), "seeds_asked": args.seeds,
-                               "budget": args.budget if args.budget != float("inf") else None,
-                               "setup_seconds": round(time.perf_counter() - started, 1), "dropped": [], "runs": {}}
+    summary: dict[str, Any] = {
+        "command": command,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": str(torch.__version__),
+        "amp": "bfloat16" if amp else None,
+        "recipe": dataclasses.asdict(recipe),
+        "seeds_asked": args.seeds,
+        "budget": args.budget if args.budget != float("inf") else None,
+        "setup_seconds": round(time.perf_counter() - started, 1),
+        "dropped": [],
+        "runs": {},
+    }
     args.runs.mkdir(parents=True, exist_ok=True)
 
     def write_summary() -> None:
         for r in runs:
             summary["runs"].setdefault(r.name, {}).update(
-                epochs=len(r.history), graph=r.graph is not None, capture_error=r.capture_error,
-                last=r.history[-1] if r.history else None)
+                epochs=len(r.history),
+                graph=r.graph is not None,
+                capture_error=r.capture_error,
+                last=r.history[-1] if r.history else None,
+            )
         summary["seconds"] = round(time.perf_counter() - started, 1)
         (args.runs / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
         if args.pack:
@@ -354,18 +440,29 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - epoch_started
         if epoch == 0:
             summary["first_epoch_seconds"] = round(seconds, 1)
-            print("captured: " + " ".join(f"{r.name}={'graph' if r.graph is not None else 'eager'}" for r in runs),
-                  flush=True)
-        print(f"epoch {epoch + 1}/{recipe.epochs}: {len(active)} runs in {seconds:.1f} s; "
-              + " ".join(f"{r.name}={r.history[-1]['val_top1']:.1f}" for r in active), flush=True)
+            print(
+                "captured: " + " ".join(f"{r.name}={'graph' if r.graph is not None else 'eager'}" for r in runs),
+                flush=True,
+            )
+        print(
+            f"epoch {epoch + 1}/{recipe.epochs}: {len(active)} runs in {seconds:.1f} s; "
+            + " ".join(f"{r.name}={r.history[-1]['val_top1']:.1f}" for r in active),
+            flush=True,
+        )
         if epoch >= 2 and epoch + 1 < recipe.epochs:  # the first epochs carry the warm-up and the captures
             left = args.budget - args.reserve - (time.perf_counter() - started)
             seeds = sorted({r.cfg.seed for r in active})
             keep = seeds_that_fit(seeds, len(args.models), seconds / len(active), recipe.epochs - epoch - 1, left)
             if keep != seeds:
-                summary["dropped"].append({"after_epoch": epoch + 1, "seeds": seeds[len(keep):],
-                                           "epoch_seconds": round(seconds, 2), "seconds_left": round(left, 1)})
-                print(f"dropping seeds {seeds[len(keep):]} to fit the budget ({left:.0f} s left)", flush=True)
+                summary["dropped"].append(
+                    {
+                        "after_epoch": epoch + 1,
+                        "seeds": seeds[len(keep) :],
+                        "epoch_seconds": round(seconds, 2),
+                        "seconds_left": round(left, 1),
+                    }
+                )
+                print(f"dropping seeds {seeds[len(keep) :]} to fit the budget ({left:.0f} s left)", flush=True)
                 active = [r for r in active if r.cfg.seed in keep]
         write_summary()
 
@@ -374,13 +471,18 @@ def main(argv: list[str] | None = None) -> int:
         try:  # one run's failure must not cost the others' results
             record = run_record(r.cfg, data.wnids, len(data.train_labels), len(data.val_labels), Dist(), device, amp)
             record.update(command=command, amp_dtype="bfloat16" if amp else None, pipeline=PIPELINE)
-            final = {"images": len(data.val_labels), "top1": r.history[-1]["val_top1"],
-                     "top5": r.history[-1]["val_top5"]}
+            final = {
+                "images": len(data.val_labels),
+                "top1": r.history[-1]["val_top1"],
+                "top5": r.history[-1]["val_top5"],
+            }
             export(r.model, r.cfg, record, r.history, final, dtype=torch.float16)
             exported.add(r.name)
-            summary["runs"][r.name].update(rounding=rounding_check(study, r, torch.float16),
-                                           train_seconds=round(sum(h["epoch_seconds"] for h in r.history)))
-        except Exception as e:  # noqa: BLE001
+            summary["runs"][r.name].update(
+                rounding=rounding_check(study, r, torch.float16),
+                train_seconds=round(sum(h["epoch_seconds"] for h in r.history)),
+            )
+        except Exception as e:
             summary["runs"][r.name]["export_error"] = f"{type(e).__name__}: {e}"[:300]
             print(f"{r.name}: export failed: {e}", flush=True)
     for seed in sorted({r.cfg.seed for r in runs}):

@@ -14,11 +14,12 @@ The bootstrap is ``scipy.stats.bootstrap`` of the mean of the per-image differen
 (resampling images, so the pairing is kept), percentile method, 10,000 resamples, seeded: the same
 inputs always give the same interval.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class McNemar:
 @dataclass(frozen=True)
 class PairedComparison:
     """B versus A on the same items; ``diff`` = mean(B) − mean(A) with its bootstrap interval."""
+
     n: int
     mean_a: float
     mean_b: float
@@ -62,12 +64,14 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNemar:
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     discordant = only_a + only_b
     from scipy import stats  # on use: scipy.stats takes most of a second to import
+
     p = stats.binomtest(only_a, discordant, 0.5).pvalue if discordant else 1.0
     return McNemar(len(a), only_a, only_b, float(p))
 
 
-def bootstrap_ci(diff: Sequence[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> tuple[float, float]:
+def bootstrap_ci(
+    diff: Sequence[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of paired differences (resampling the pairs)."""
     d = np.asarray(diff, dtype=float)
     if len(d) < 2:
@@ -75,8 +79,16 @@ def bootstrap_ci(diff: Sequence[float], confidence: float = CONFIDENCE, resample
     if np.all(d == d[0]):  # every resample has the same mean
         return float(d[0]), float(d[0])
     from scipy import stats
-    res = stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                          method="percentile", vectorized=True, random_state=np.random.default_rng(seed))
+
+    res = stats.bootstrap(
+        (d,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -84,8 +96,16 @@ def compare_accuracy(a_correct: Sequence[bool], b_correct: Sequence[bool], **boo
     """Accuracy of B minus accuracy of A (fractions): exact McNemar p, paired bootstrap interval."""
     a, b = _pair(a_correct, b_correct, bool)
     low, high = bootstrap_ci(b.astype(float) - a.astype(float), **bootstrap)
-    return PairedComparison(len(a), float(a.mean()), float(b.mean()), float(b.mean() - a.mean()), low, high,
-                            "mcnemar-exact", mcnemar(a, b).p_value)
+    return PairedComparison(
+        len(a),
+        float(a.mean()),
+        float(b.mean()),
+        float(b.mean() - a.mean()),
+        low,
+        high,
+        "mcnemar-exact",
+        mcnemar(a, b).p_value,
+    )
 
 
 def compare_metric(a_values: Sequence[float], b_values: Sequence[float], **bootstrap) -> PairedComparison:
@@ -100,6 +120,7 @@ def compare_metric(a_values: Sequence[float], b_values: Sequence[float], **boots
     if len(d) == 0:
         return PairedComparison(0, math.nan, math.nan, math.nan, math.nan, math.nan, "wilcoxon", math.nan)
     from scipy import stats
+
     p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
     low, high = bootstrap_ci(d, **bootstrap)
     return PairedComparison(len(d), float(a.mean()), float(b.mean()), float(d.mean()), low, high, "wilcoxon", p)
@@ -123,4 +144,3 @@ def mean_interval(values: Sequence[float], digits: int = 4) -> dict:
     if math.isnan(low):
         low = high = float(arr.mean())
     return {"mean": round(float(arr.mean()), digits), "ci95": [round(low, digits), round(high, digits)], "n": len(arr)}
-

@@ -8,6 +8,7 @@ epoch and ``--resume`` continues exactly: every random draw of epoch ``e`` is se
 ``load_data``, ``build_model``, ``make_optimiser``, ``train_epoch`` / ``evaluate_loader`` per
 epoch, ``save_checkpoint`` / ``load_checkpoint``, and ``export``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,37 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dsnet.models import get_builder
 from dsnet.core.allocator import retain_freed_memory
 from dsnet.core.files import atomic_path, cache_root
-from dsnet.data.labelled import (FileImages, TensorImages, cached_images, class_index, eval_transform, limit_per_class,
-                   scan_labelled, standardize, topk_hits, train_transform)
-from dsnet.zoo.manifest import (IMAGENET_MEAN, IMAGENET_STD, Entry, Metrics, Preprocessing, Sources,
-                       label_set_for, manifest_path, protocol, write_entry)
+from dsnet.data.labelled import (
+    FileImages,
+    TensorImages,
+    cached_images,
+    class_index,
+    eval_transform,
+    limit_per_class,
+    scan_labelled,
+    standardize,
+    topk_hits,
+    train_transform,
+)
 from dsnet.evidence.cli import refused
 from dsnet.evidence.curves import plot_curves
-from dsnet.zoo.weights import save_safetensors, warm_start_from_resnet
+from dsnet.models import get_builder
 from dsnet.zoo.loader import pick_device
+from dsnet.zoo.manifest import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Entry,
+    Metrics,
+    Preprocessing,
+    Sources,
+    label_set_for,
+    manifest_path,
+    protocol,
+    write_entry,
+)
+from dsnet.zoo.weights import save_safetensors, warm_start_from_resnet
 
 
 @dataclass(frozen=True)
@@ -69,18 +90,44 @@ class Recipe:
 
 RECIPES = {
     # Paper §4.2: SGD, lr 0.05 for batch 128 (linear scaling rule), 100 epochs, /10 every 30.
-    "imagenet": Recipe(epochs=100, batch_size=128, lr=0.05, base_batch=128, weight_decay=1e-4,
-                       schedule="step", step_epochs=30),
+    "imagenet": Recipe(
+        epochs=100, batch_size=128, lr=0.05, base_batch=128, weight_decay=1e-4, schedule="step", step_epochs=30
+    ),
     # Paper §4.1: lr 0.1, wd 5e-4, 64k iterations /10 at 32k and 48k (batch 128 on 50k images).
-    "cifar": Recipe(epochs=164, batch_size=128, lr=0.1, base_batch=128, weight_decay=5e-4,
-                    schedule="multistep", milestones=(82, 123), train_crop=32, pad=4, eval_resize=32,
-                    eval_crop=32, stem="cifar"),
+    "cifar": Recipe(
+        epochs=164,
+        batch_size=128,
+        lr=0.1,
+        base_batch=128,
+        weight_decay=5e-4,
+        schedule="multistep",
+        milestones=(82, 123),
+        train_crop=32,
+        pad=4,
+        eval_resize=32,
+        eval_crop=32,
+        stem="cifar",
+    ),
     # The shipped Imagenette zoo: 0.25x width (Table 1's setting), 112 px train / 128 px test crops
     # from a 146 px cache, cosine schedule with warm-up (the three models side by side: minutes on
     # one GPU, hours on two CPU cores; README, "Training").
-    "imagenette": Recipe(epochs=60, batch_size=128, lr=0.1, base_batch=64, weight_decay=5e-4,
-                         schedule="cosine", nesterov=True, warmup_epochs=1.0, label_smoothing=0.1,
-                         train_crop=112, min_scale=0.25, eval_resize=146, eval_crop=128, width=0.25, cache=True),
+    "imagenette": Recipe(
+        epochs=60,
+        batch_size=128,
+        lr=0.1,
+        base_batch=64,
+        weight_decay=5e-4,
+        schedule="cosine",
+        nesterov=True,
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        train_crop=112,
+        min_scale=0.25,
+        eval_resize=146,
+        eval_crop=128,
+        width=0.25,
+        cache=True,
+    ),
 }
 
 
@@ -100,6 +147,7 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 
 
 # --- distributed helpers ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -128,6 +176,7 @@ def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
 
 # --- checkpoints --------------------------------------------------------------------------------
 
+
 def save_atomic(obj: dict, path: Path) -> None:
     """temp file + fsync + rename (``dsnet.core.files.atomic_path``): a kill at any moment leaves the previous
     checkpoint intact."""
@@ -136,6 +185,7 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 # --- configuration ------------------------------------------------------------------------------
+
 
 class ConfigError(ValueError):
     """A run that cannot start as configured (its message says why); ``main`` prints it and exits 2."""
@@ -168,57 +218,107 @@ class TrainConfig:
     command: str = ""
 
 
-RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "train_crop", "eval_crop",
-                 "eval_resize", "width", "cache")
+RECIPE_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "label_smoothing",
+    "train_crop",
+    "eval_crop",
+    "eval_resize",
+    "width",
+    "cache",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsnet.evidence.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dsnet.evidence.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="dsnet50", help="a registered model (dsnet.list_models())")
     p.add_argument("--model-kwargs", default="{}", help='JSON builder kwargs, e.g. \'{"norm": "batch"}\'')
     p.add_argument("--data", required=True, help="folder with train/ and val/ (ImageFolder layout)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, log, curves")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="imagenette")
-    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
-                      ("label-smoothing", float), ("train-crop", int), ("eval-crop", int), ("eval-resize", int),
-                      ("width", float)):
+    for name, typ in (
+        ("epochs", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("weight-decay", float),
+        ("label-smoothing", float),
+        ("train-crop", int),
+        ("eval-crop", int),
+        ("eval-resize", int),
+        ("width", float),
+    ):
         p.add_argument(f"--{name}", type=typ, help="override the recipe's value")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--init-from", type=Path, help="warm start from a torchvision-format ResNet50 .pth")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--workers", type=int,
-                   help="DataLoader workers (default: 4 reading files, 0 with the in-memory cache)")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader workers (default: 4 reading files, 0 with the in-memory cache)"
+    )
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, help="decode images once into memory")
     p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $DSNET_CACHE, else ~/.cache/dsnet)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 autocast (default: on for CUDA)")
-    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
-                   help="train the torch.compile'd model (backend: inductor); fusion removes most of the dense "
-                        "shortcuts' memory traffic (docs/benchmarks.md); compiling takes minutes")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+        help="train the torch.compile'd model (backend: inductor); fusion removes most of the dense "
+        "shortcuts' memory traffic (docs/benchmarks.md); compiling takes minutes",
+    )
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class (quick runs, tests)")
-    p.add_argument("--stop-after", type=int, metavar="N",
-                   help="stop after N epochs of this run, resumable (training in time-boxed slices)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop after N epochs of this run, resumable (training in time-boxed slices)",
+    )
     p.add_argument("--export", metavar="ZOO", help="after training, write safetensors + a manifest entry to ZOO")
-    p.add_argument("--export-dir", type=Path, help="where the weights go (default: the manifest's folder/ZOO, "
-                                                  "checkpoints/ZOO for the shipped manifest)")
-    p.add_argument("--manifest", type=Path, help="the manifest the entry is written to (default: $DSNET_MANIFEST, "
-                                                 "else checkpoints/manifest.json)")
+    p.add_argument(
+        "--export-dir",
+        type=Path,
+        help="where the weights go (default: the manifest's folder/ZOO, checkpoints/ZOO for the shipped manifest)",
+    )
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="the manifest the entry is written to (default: $DSNET_MANIFEST, else checkpoints/manifest.json)",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> TrainConfig:
     overrides = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
     return TrainConfig(
-        model=args.model, data=Path(args.data), out=args.out, recipe_name=args.recipe,
-        recipe=dataclasses.replace(RECIPES[args.recipe], **overrides), model_kwargs=json.loads(args.model_kwargs),
-        seed=args.seed, resume=args.resume, init_from=args.init_from, device=args.device, workers=args.workers,
-        cache_dir=args.cache_dir or cache_root(), channels_last=args.channels_last, amp=args.amp, compile=args.compile,
-        limit_per_class=args.limit_per_class, stop_after=args.stop_after, export_zoo=args.export,
-        export_dir=args.export_dir, manifest=args.manifest or manifest_path(),
-        command="python -m dsnet.evidence.train " + " ".join(sys.argv[1:] if argv is None else argv))
+        model=args.model,
+        data=Path(args.data),
+        out=args.out,
+        recipe_name=args.recipe,
+        recipe=dataclasses.replace(RECIPES[args.recipe], **overrides),
+        model_kwargs=json.loads(args.model_kwargs),
+        seed=args.seed,
+        resume=args.resume,
+        init_from=args.init_from,
+        device=args.device,
+        workers=args.workers,
+        cache_dir=args.cache_dir or cache_root(),
+        channels_last=args.channels_last,
+        amp=args.amp,
+        compile=args.compile,
+        limit_per_class=args.limit_per_class,
+        stop_after=args.stop_after,
+        export_zoo=args.export,
+        export_dir=args.export_dir,
+        manifest=args.manifest or manifest_path(),
+        command="python -m dsnet.evidence.train " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
 
 
 def training_device(name: str) -> torch.device:
@@ -230,6 +330,7 @@ def training_device(name: str) -> torch.device:
 
 
 # --- steps ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainData:
@@ -250,10 +351,17 @@ class TrainData:
 
     def train_loader(self, seed: int, device: torch.device) -> DataLoader:
         """This epoch's loader; ``seed`` fixes its order (exact resume)."""
-        return DataLoader(self.train_set, batch_size=self.per_rank_batch, sampler=self.sampler,
-                          shuffle=self.sampler is None, drop_last=True, num_workers=self.workers,
-                          pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-                          persistent_workers=False)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.per_rank_batch,
+            sampler=self.sampler,
+            shuffle=self.sampler is None,
+            drop_last=True,
+            num_workers=self.workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=False,
+        )
 
 
 def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainData:
@@ -274,10 +382,14 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> TrainData:
     workers = cfg.workers if cfg.workers is not None else (0 if recipe.cache else 4)
     per_rank_batch = max(1, recipe.batch_size // d.world)
     val_shard = Subset(val_set, range(d.rank, len(val_set), d.world))  # exact: no padded duplicates
-    val_loader = DataLoader(val_shard, batch_size=per_rank_batch * 2, num_workers=workers,
-                            pin_memory=device.type == "cuda")
-    sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed,
-                                                  drop_last=True) if d.world > 1 else None
+    val_loader = DataLoader(
+        val_shard, batch_size=per_rank_batch * 2, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    sampler = (
+        torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        if d.world > 1
+        else None
+    )
     data = TrainData(wnids, train_set, val_set, val_loader, sampler, per_rank_batch, workers, d.world)
     if data.steps_per_epoch == 0:
         raise ConfigError(f"batch size {recipe.batch_size} is larger than the training set ({len(train_set)})")
@@ -311,8 +423,11 @@ class Optimiser:
     scaler: torch.amp.GradScaler
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("optimizer", "scheduler", "scaler"):
@@ -337,11 +452,13 @@ def peak_lr(recipe: Recipe) -> float:
     return recipe.lr * recipe.batch_size / recipe.base_batch
 
 
-def make_optimiser(model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device,
-                   amp: bool) -> Optimiser:
+def make_optimiser(
+    model: nn.Module, recipe: Recipe, steps_per_epoch: int, device: torch.device, amp: bool
+) -> Optimiser:
     """SGD on ``param_groups`` at ``peak_lr``, the schedule per step."""
-    optimizer = torch.optim.SGD(param_groups(model, recipe.weight_decay), lr=peak_lr(recipe),
-                                momentum=recipe.momentum, nesterov=recipe.nesterov)
+    optimizer = torch.optim.SGD(
+        param_groups(model, recipe.weight_decay), lr=peak_lr(recipe), momentum=recipe.momentum, nesterov=recipe.nesterov
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
     return Optimiser(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp))
 
@@ -352,8 +469,17 @@ def model_input(images: torch.Tensor, device: torch.device, channels_last: bool)
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
-def train_epoch(net: nn.Module, loader: DataLoader, opt: Optimiser, criterion: nn.Module, cfg: TrainConfig,
-                device: torch.device, amp: bool, d: Dist, title: str) -> dict[str, float]:
+def train_epoch(
+    net: nn.Module,
+    loader: DataLoader,
+    opt: Optimiser,
+    criterion: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp: bool,
+    d: Dist,
+    title: str,
+) -> dict[str, float]:
     """One pass over ``loader``; loss and top-1 summed over all ranks."""
     net.train()
     started = time.perf_counter()
@@ -372,16 +498,24 @@ def train_epoch(net: nn.Module, loader: DataLoader, opt: Optimiser, criterion: n
         seen += len(labels)
         loss_sum += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen * d.world / (time.perf_counter() - started):.0f}",
-                        refresh=False)
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.3f}",
+            img_s=f"{seen * d.world / (time.perf_counter() - started):.0f}",
+            refresh=False,
+        )
     seconds = time.perf_counter() - started
     loss_sum, correct, seen = all_sum([loss_sum, correct, seen], d, device)
-    return {"train_loss": loss_sum / seen, "train_top1": 100 * correct / seen, "epoch_seconds": seconds,
-            "images_per_second": seen / seconds}
+    return {
+        "train_loss": loss_sum / seen,
+        "train_top1": 100 * correct / seen,
+        "epoch_seconds": seconds,
+        "images_per_second": seen / seconds,
+    }
 
 
-def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, d: Dist,
-                    channels_last: bool) -> dict[str, float]:
+def evaluate_loader(
+    model: nn.Module, loader: DataLoader, device: torch.device, d: Dist, channels_last: bool
+) -> dict[str, float]:
     """Loss, top-1 and top-5 (%) on ``loader``, summed over all ranks."""
     model.eval()
     loss = correct1 = correct5 = count = 0.0
@@ -395,8 +529,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, 
             correct5 += top5.sum().item()
             count += len(labels)
     loss, correct1, correct5, count = all_sum([loss, correct1, correct5, count], d, device)
-    return {"loss": loss / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count,
-            "images": int(count)}
+    return {"loss": loss / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "images": int(count)}
 
 
 @dataclass
@@ -408,14 +541,17 @@ class Checkpoint:
     trained_by: dict | None = None  # the config of the run that wrote it
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt: Optimiser, epoch: int, history: list[dict],
-                    config: dict) -> None:
-    save_atomic({"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "history": history,
-                 "config": config}, path)
+def save_checkpoint(
+    path: Path, model: nn.Module, opt: Optimiser, epoch: int, history: list[dict], config: dict
+) -> None:
+    save_atomic(
+        {"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "history": history, "config": config}, path
+    )
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: Optimiser) -> Checkpoint:
     from torch.torch_version import TorchVersion  # a str subclass that older checkpoints recorded
+
     with torch.serialization.safe_globals([TorchVersion]):
         state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -423,24 +559,41 @@ def load_checkpoint(path: Path, model: nn.Module, opt: Optimiser) -> Checkpoint:
     return Checkpoint(state["epoch"], state["history"], state.get("config"))
 
 
-def run_record(cfg: TrainConfig, wnids: list[str], train_images: int, val_images: int, d: Dist,
-               device: torch.device, amp: bool) -> dict[str, Any]:
+def run_record(
+    cfg: TrainConfig, wnids: list[str], train_images: int, val_images: int, d: Dist, device: torch.device, amp: bool
+) -> dict[str, Any]:
     """The run's provenance, saved in every checkpoint and, at export, in the manifest."""
-    return {"model": cfg.model, "kwargs": model_kwargs(cfg, len(wnids)), "recipe": cfg.recipe_name,
-            "resolved_recipe": dataclasses.asdict(cfg.recipe), "seed": cfg.seed, "data": str(cfg.data),
-            "train_images": train_images, "val_images": val_images, "world_size": d.world,
-            "device": device.type, "amp": amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
-            "wnids": wnids, "torch": str(torch.__version__), "command": cfg.command}
+    return {
+        "model": cfg.model,
+        "kwargs": model_kwargs(cfg, len(wnids)),
+        "recipe": cfg.recipe_name,
+        "resolved_recipe": dataclasses.asdict(cfg.recipe),
+        "seed": cfg.seed,
+        "data": str(cfg.data),
+        "train_images": train_images,
+        "val_images": val_images,
+        "world_size": d.world,
+        "device": device.type,
+        "amp": amp,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "wnids": wnids,
+        "torch": str(torch.__version__),
+        "command": cfg.command,
+    }
 
 
 # --- the run --------------------------------------------------------------------------------------
+
 
 def train(cfg: TrainConfig) -> None:
     """Train ``cfg``: resume if asked, one checkpoint and log row per epoch, export when finished."""
     recipe = cfg.recipe
     if cfg.compile and cfg.compile not in torch._dynamo.list_backends(exclude_tags=()):  # before any data work
-        raise ConfigError(f"unknown --compile backend {cfg.compile!r}; torch.compile has "
-                          f"{', '.join(torch._dynamo.list_backends())} (and debug backends such as aot_eager)")
+        raise ConfigError(
+            f"unknown --compile backend {cfg.compile!r}; torch.compile has "
+            f"{', '.join(torch._dynamo.list_backends())} (and debug backends such as aot_eager)"
+        )
     retain_freed_memory()
     device = training_device(cfg.device)
     d = init_distributed(device)
@@ -453,8 +606,11 @@ def train(cfg: TrainConfig) -> None:
     model = build_model(cfg, len(data.wnids), device, d)
     opt = make_optimiser(model, recipe, data.steps_per_epoch, device, amp)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if d.world > 1 else model
+    net = (
+        nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if d.world > 1
+        else model
+    )
     if cfg.compile:  # the training step only: evaluation and checkpoints use the plain model
         net = torch.compile(net, backend=cfg.compile)
         if d.main:
@@ -476,12 +632,29 @@ def train(cfg: TrainConfig) -> None:
         torch.manual_seed(epoch_seed)  # every random draw of this epoch (augmentation)
         if data.sampler is not None:
             data.sampler.set_epoch(epoch)
-        trained = train_epoch(net, data.train_loader(epoch_seed, device), opt, criterion, cfg, device, amp, d,
-                              f"{cfg.model} epoch {epoch + 1}/{recipe.epochs}")
+        trained = train_epoch(
+            net,
+            data.train_loader(epoch_seed, device),
+            opt,
+            criterion,
+            cfg,
+            device,
+            amp,
+            d,
+            f"{cfg.model} epoch {epoch + 1}/{recipe.epochs}",
+        )
         val = evaluate_loader(model, data.val_loader, device, d, cfg.channels_last)
-        row = {"epoch": epoch + 1, "train_loss": trained["train_loss"], "train_top1": trained["train_top1"],
-               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": opt.lr,
-               "epoch_seconds": trained["epoch_seconds"], "images_per_second": trained["images_per_second"]}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": trained["train_loss"],
+            "train_top1": trained["train_top1"],
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "lr": opt.lr,
+            "epoch_seconds": trained["epoch_seconds"],
+            "images_per_second": trained["images_per_second"],
+        }
         history.append(row)
         if d.main:
             save_checkpoint(ckpt_path, model, opt, epoch + 1, history, record)
@@ -507,8 +680,14 @@ def train(cfg: TrainConfig) -> None:
         dist.destroy_process_group()
 
 
-def export(model: nn.Module, cfg: TrainConfig, record: dict[str, Any], history: list[dict],
-           final: dict[str, float], dtype: torch.dtype | None = None) -> Entry:
+def export(
+    model: nn.Module,
+    cfg: TrainConfig,
+    record: dict[str, Any],
+    history: list[dict],
+    final: dict[str, float],
+    dtype: torch.dtype | None = None,
+) -> Entry:
     """Final weights as safetensors + a manifest entry in zoo ``cfg.export_zoo``; ``record`` is the
     run that trained them, ``final`` their accuracy on ``cfg.data``/val measured at export; ``dtype``
     rounds the floating-point tensors (a smaller file; loading casts them back)."""
@@ -524,20 +703,39 @@ def export(model: nn.Module, cfg: TrainConfig, record: dict[str, Any], history: 
     recipe = cfg.recipe
     pre = Preprocessing(resize=recipe.eval_resize, crop=recipe.eval_crop)
     entry = Entry(
-        name=cfg.model, builder=cfg.model,
+        name=cfg.model,
+        builder=cfg.model,
         kwargs={k: v for k, v in record["kwargs"].items() if k != "stem" or v != "imagenet"},
         labels=label_set_for(record["wnids"], cfg.manifest, zoo),
         preprocessing=pre,
-        file=local, sha256=sha, sources=Sources(local=local),
-        metrics=[Metrics(dataset=f"{cfg.data.name}/val", images=final["images"], top1=round(final["top1"], 2),
-                         top5=round(final["top5"], 2), protocol=protocol("export", pre))],
-        provenance={"recipe": record["recipe"], "resolved_recipe": record["resolved_recipe"],
-                    "epochs": history[-1]["epoch"], "seed": record["seed"], "data": record["data"],
-                    "train_images": record["train_images"], "torch": record["torch"], "device": record["device"],
-                    "amp": record["amp"], "world_size": record["world_size"],
-                    "train_seconds": round(sum(r["epoch_seconds"] for r in history)),
-                    "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-                    "command": record["command"]})
+        file=local,
+        sha256=sha,
+        sources=Sources(local=local),
+        metrics=[
+            Metrics(
+                dataset=f"{cfg.data.name}/val",
+                images=final["images"],
+                top1=round(final["top1"], 2),
+                top5=round(final["top5"], 2),
+                protocol=protocol("export", pre),
+            )
+        ],
+        provenance={
+            "recipe": record["recipe"],
+            "resolved_recipe": record["resolved_recipe"],
+            "epochs": history[-1]["epoch"],
+            "seed": record["seed"],
+            "data": record["data"],
+            "train_images": record["train_images"],
+            "torch": record["torch"],
+            "device": record["device"],
+            "amp": record["amp"],
+            "world_size": record["world_size"],
+            "train_seconds": round(sum(r["epoch_seconds"] for r in history)),
+            "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "command": record["command"],
+        },
+    )
     write_entry(zoo, entry, cfg.manifest)
     print(f"exported {path} (sha256 {sha}) into zoo {zoo!r} of {cfg.manifest}")
     return entry

@@ -4,9 +4,11 @@ kernels of their shortcuts (``kernels``) and the builder registry (``registry``)
 ``list_models`` / ``get_builder`` import the networks on first use, not at ``import dsnet``
 (PyTorch takes seconds to import).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .registry import BUILDERS, register_model
 

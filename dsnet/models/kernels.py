@@ -10,6 +10,7 @@ side by side in benchmarks/cpu_details.py.
 * ``FoldedShortcutSum`` / ``add_shortcuts``: ``out += sum_i W_i * N(Y_i)`` in place.
 * ``MeanPool``: DS2's strided 2x2 average pool as a depthwise convolution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

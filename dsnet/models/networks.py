@@ -19,12 +19,14 @@ Choices the paper leaves open (documented here, tested in tests/test_models.py):
   like the outer shortcut. Where ``conv2`` has stride 2, ``ds2_strided`` picks "pool" (2x2 average
   pool of ``N(a)``, the default) or "skip" (no inner shortcut in that block).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -181,8 +183,17 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
-                 groups: int, base_width: int, spec: ShortcutSpec, dense_terms: int) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        downsample: nn.Module | None,
+        groups: int,
+        base_width: int,
+        spec: ShortcutSpec,
+        dense_terms: int,
+    ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         out_channels = planes * self.expansion
@@ -212,7 +223,11 @@ class Bottleneck(nn.Module):
         if self.inner_norm is not None:
             n = apply_norm(self.inner_norm, a)
             if self.inner_pool is not None:  # average pooling commutes with a per-channel affine map
-                n = FoldedNorm(self.inner_pool(n.y), n.scale, n.shift) if isinstance(n, FoldedNorm) else self.inner_pool(n)
+                n = (
+                    FoldedNorm(self.inner_pool(n.y), n.scale, n.shift)
+                    if isinstance(n, FoldedNorm)
+                    else self.inner_pool(n)
+                )
             b = add_shortcuts(b, self.inner_weight, [n])
         return self.bn3(self.conv3(self.relu(b)))
 
@@ -255,10 +270,17 @@ class Stage(nn.Module):
 class DSNet(nn.Module):
     """ResNet / DSNet / DS2Net with torchvision's module names (one class for the whole family)."""
 
-    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), num_classes: int = 1000,
-                 shortcut: ShortcutSpec = ShortcutSpec(), width: float = 1.0, groups: int = 1,
-                 width_per_group: int = 64, stem: Literal["imagenet", "cifar"] = "imagenet",
-                 zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        num_classes: int = 1000,
+        shortcut: ShortcutSpec = ShortcutSpec(),
+        width: float = 1.0,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stem: Literal["imagenet", "cifar"] = "imagenet",
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         self.shortcut = shortcut
         self.groups, self.base_width = groups, width_per_group
@@ -295,15 +317,24 @@ class DSNet(nn.Module):
         out_channels = planes * Bottleneck.expansion
         downsample = None
         if stride != 1 or self.inplanes != out_channels:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out_channels, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(out_channels))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
         wiring = self.shortcut.wiring
         stage_blocks = []
         for l in range(blocks):
-            stage_blocks.append(Bottleneck(self.inplanes if l == 0 else out_channels, planes,
-                                           stride if l == 0 else 1, downsample if l == 0 else None,
-                                           self.groups, self.base_width, self.shortcut,
-                                           dense_terms=wiring.weight_terms(l)))
+            stage_blocks.append(
+                Bottleneck(
+                    self.inplanes if l == 0 else out_channels,
+                    planes,
+                    stride if l == 0 else 1,
+                    downsample if l == 0 else None,
+                    self.groups,
+                    self.base_width,
+                    self.shortcut,
+                    dense_terms=wiring.weight_terms(l),
+                )
+            )
         self.inplanes = out_channels
         return Stage(stage_blocks, self.shortcut)
 
@@ -318,7 +349,6 @@ class DSNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
-
 
     def to_channels_last(self) -> DSNet:
         """``self.to(memory_format=torch.channels_last)``, but the shortcut weights (T x C x 1 x 1) get
@@ -350,8 +380,10 @@ DS2NET = ShortcutSpec("dense", inner=True)
 def _build(spec: ShortcutSpec, depth: int, **kwargs: Any) -> DSNet:
     overrides = {k: v for k in ("norm", "weight", "ds2_strided") if (v := kwargs.pop(k, None)) is not None}
     if not spec.has_normalised_shortcuts and overrides.keys() & {"norm", "weight"}:
-        raise ValueError(f"norm= and weight= do not apply here: this network has no normalised, weighted "
-                         f"shortcuts (kind {spec.kind!r})")
+        raise ValueError(
+            f"norm= and weight= do not apply here: this network has no normalised, weighted "
+            f"shortcuts (kind {spec.kind!r})"
+        )
     if not spec.inner and "ds2_strided" in overrides:
         raise ValueError("ds2_strided= applies to DS2 networks only")
     return DSNet(BLOCKS_BY_DEPTH[depth], shortcut=dataclasses.replace(spec, **overrides), **kwargs)
@@ -406,6 +438,7 @@ def dswrn50_2(**kwargs: Any) -> DSNet:
 
 
 # Other depths (Table 3): blocks per stage from BLOCKS_BY_DEPTH.
+
 
 @register_model()
 def resnet26(**kwargs: Any) -> DSNet:

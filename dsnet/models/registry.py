@@ -3,9 +3,11 @@
 This module only holds the table; ``dsnet.models`` fills it (its networks register on import) and
 looks names up, so the networks and the registry never import each other.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn

@@ -7,6 +7,7 @@ hashed before it is deserialised, wherever it came from. ``ModelZoo`` holds one 
 (each model and device under its own lock) and its failed downloads; the module functions use the shared
 one of each manifest file (``default_zoo``). ``python -m dsnet.zoo list|verify``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,16 +21,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsnet.core.files import cache_root
-from dsnet.zoo.manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
 from dsnet.models import get_builder
+from dsnet.zoo.manifest import Entry, LabelSet, Manifest, load_manifest, manifest_path
 from dsnet.zoo.weights import ChecksumError, read_state_dict, verify
 
 if TYPE_CHECKING:  # PyTorch is imported on use: `python -m dsnet.zoo list` never needs it
     import torch
     from torch import nn
 
-__all__ = ["ZooError", "WeightsUnavailable", "NotInZoo", "ChecksumError", "ZooModel", "ModelZoo", "default_zoo",
-           "load", "load_available", "load_or_skip", "pick_device"]
+__all__ = [
+    "ZooError",
+    "WeightsUnavailable",
+    "NotInZoo",
+    "ChecksumError",
+    "ZooModel",
+    "ModelZoo",
+    "default_zoo",
+    "load",
+    "load_available",
+    "load_or_skip",
+    "pick_device",
+]
 
 
 class ZooError(RuntimeError):
@@ -72,6 +84,7 @@ def cache_dir() -> Path:
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA, else MPS, else CPU, unless ``device`` or ``$DSNET_DEVICE`` says otherwise."""
     import torch
+
     device = device or os.environ.get("DSNET_DEVICE")
     if device:
         return torch.device(device)
@@ -123,17 +136,19 @@ def _download(entry: Entry) -> Path:
         h = entry.sources.hub
         try:
             from huggingface_hub import hf_hub_download
+
             return Path(hf_hub_download(h.repo_id, h.filename, revision=h.revision, local_dir=target_dir))
-        except Exception as e:  # noqa: BLE001 - any failure falls through to the next source
+        except Exception as e:
             errors.append(f"Hugging Face Hub {h.repo_id}@{h.revision}: {type(e).__name__}: {e}")
     if entry.sources.url:
         target = target_dir / Path(entry.file).name
         try:
             target_dir.mkdir(parents=True, exist_ok=True)
             from torch.hub import download_url_to_file
+
             download_url_to_file(entry.sources.url, str(target), progress=sys.stderr.isatty())
             return target
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(f"{entry.sources.url}: {type(e).__name__}: {e}")
     raise WeightsUnavailable("download failed (offline?): " + " | ".join(errors))
 
@@ -146,8 +161,10 @@ def verified_local(entry: Entry, zoo: str, root: Path) -> Path | None:
     if entry.unavailable:
         raise WeightsUnavailable(f"{label}: {entry.unavailable}", f"No {zoo} weights exist for {entry.name} yet.")
     if not entry.file or not entry.sha256:
-        raise WeightsUnavailable(f"{label}: the manifest gives no file and SHA-256; weights are never loaded unverified",
-                                 f"{entry.name} has no verifiable weights.")
+        raise WeightsUnavailable(
+            f"{label}: the manifest gives no file and SHA-256; weights are never loaded unverified",
+            f"{entry.name} has no verifiable weights.",
+        )
     for path in candidate_paths(entry, root):
         if path.is_file():
             verify(path, entry.sha256)
@@ -156,8 +173,11 @@ def verified_local(entry: Entry, zoo: str, root: Path) -> Path | None:
 
 
 def not_installed(entry: Entry, zoo: str, root: Path) -> WeightsUnavailable:
-    return WeightsUnavailable(f"{zoo}/{entry.name}: weight file {Path(entry.file).name} not found and not downloaded; "
-                              + how_to_get(entry, root), f"The {entry.name} weights are not installed on this server.")
+    return WeightsUnavailable(
+        f"{zoo}/{entry.name}: weight file {Path(entry.file).name} not found and not downloaded; "
+        + how_to_get(entry, root),
+        f"The {entry.name} weights are not installed on this server.",
+    )
 
 
 def build(entry: Entry) -> nn.Module:
@@ -168,13 +188,22 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> 
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
-        def show(xs): return ", ".join(xs[:6]) + (f" (+{len(xs) - 6} more)" if len(xs) > 6 else "")
-        raise ZooError(f"{label}: the weights do not fit the architecture in the manifest. "
-                       f"missing keys: [{show(missing)}]; unexpected keys: [{show(unexpected)}]; "
-                       f"shape mismatches: [{show(shapes)}]", "The weights do not fit this model.")
+
+        def show(xs):
+            return ", ".join(xs[:6]) + (f" (+{len(xs) - 6} more)" if len(xs) > 6 else "")
+
+        raise ZooError(
+            f"{label}: the weights do not fit the architecture in the manifest. "
+            f"missing keys: [{show(missing)}]; unexpected keys: [{show(unexpected)}]; "
+            f"shape mismatches: [{show(shapes)}]",
+            "The weights do not fit this model.",
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -193,8 +222,9 @@ class ModelZoo:
     The module functions (``load``, ``load_available``, ...) use ``default_zoo()``, one per manifest file.
     """
 
-    def __init__(self, manifest: Manifest | str | os.PathLike | None = None,
-                 root: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, manifest: Manifest | str | os.PathLike | None = None, root: str | os.PathLike | None = None
+    ) -> None:
         self._manifest = manifest if isinstance(manifest, Manifest) else None
         self.path = self._manifest.path if self._manifest else Path(manifest or manifest_path())
         self.root = Path(root) if root else self.path.parent
@@ -229,8 +259,9 @@ class ModelZoo:
                     return self._loaded[key]
             manifest = self.manifest
             entry = self._entry(manifest, zoo, name)
-            loaded = ZooModel(zoo, name, self._verified_model(entry, zoo).to(device), entry, manifest.labels(entry),
-                              device)
+            loaded = ZooModel(
+                zoo, name, self._verified_model(entry, zoo).to(device), entry, manifest.labels(entry), device
+            )
             with self._lock:
                 self._loaded[key] = loaded
             return loaded
@@ -252,8 +283,9 @@ class ModelZoo:
         load_state(model, read_state_dict(path, entry.format), f"{zoo}/{entry.name}")
         return model.eval()
 
-    def load_available(self, zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-                       device: str | None = None) -> tuple[list[ZooModel], dict[str, str]]:
+    def load_available(
+        self, zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS, device: str | None = None
+    ) -> tuple[list[ZooModel], dict[str, str]]:
         """The models that can be served, and for the others the reason (never a stand-in model)."""
         loaded, missing = [], {}
         for name in names:
@@ -263,8 +295,9 @@ class ModelZoo:
                 missing[name] = str(e)
         return loaded, missing
 
-    def load_or_skip(self, zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-                     device: str | None = None) -> list[ZooModel]:
+    def load_or_skip(
+        self, zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS, device: str | None = None
+    ) -> list[ZooModel]:
         """``load_available``'s models; each other one is named on stderr with the reason (for command lines)."""
         loaded, missing = self.load_available(zoo, names, device)
         for name, why in missing.items():
@@ -291,7 +324,8 @@ class ModelZoo:
                         f"{zoo}/{entry.name}: weight file {Path(entry.file).name} not found locally and {e}. "
                         + how_to_get(entry, self.root),
                         f"The {entry.name} weights could not be downloaded; the server tries again "
-                        f"in {max(1, round(retry_seconds() / 60))} minutes.") from None
+                        f"in {max(1, round(retry_seconds() / 60))} minutes.",
+                    ) from None
                 verify(path, entry.sha256)
         return path
 
@@ -302,8 +336,10 @@ class ModelZoo:
         with self._lock:
             failed = self._failed.get(entry.sha256)
         if failed and time.monotonic() - failed[0] < retry_seconds():
-            raise WeightsUnavailable(f"download failed {time.monotonic() - failed[0]:.0f} s ago and is not retried "
-                                     f"for {retry_seconds():.0f} s (DSNET_DOWNLOAD_RETRY_SECONDS): {failed[1]}")
+            raise WeightsUnavailable(
+                f"download failed {time.monotonic() - failed[0]:.0f} s ago and is not retried "
+                f"for {retry_seconds():.0f} s (DSNET_DOWNLOAD_RETRY_SECONDS): {failed[1]}"
+            )
         try:
             return _download(entry)
         except WeightsUnavailable as e:
@@ -326,20 +362,23 @@ def default_zoo(manifest: str | os.PathLike | None = None) -> ModelZoo:
         return _DEFAULTS[path]
 
 
-def load(zoo: str, name: str, device: str | torch.device | None = None,
-         manifest: str | os.PathLike | None = None) -> ZooModel:
+def load(
+    zoo: str, name: str, device: str | torch.device | None = None, manifest: str | os.PathLike | None = None
+) -> ZooModel:
     """``default_zoo(manifest).load``: the shared, verified model in eval mode."""
     return default_zoo(manifest).load(zoo, name, device)
 
 
-def load_available(zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-                   device: str | None = None) -> tuple[list[ZooModel], dict[str, str]]:
+def load_available(
+    zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS, device: str | None = None
+) -> tuple[list[ZooModel], dict[str, str]]:
     """``default_zoo().load_available``: the models that can be served, and for the others the reason."""
     return default_zoo().load_available(zoo, names, device)
 
 
-def load_or_skip(zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-                 device: str | None = None) -> list[ZooModel]:
+def load_or_skip(
+    zoo: str, names: list[str] | tuple[str, ...] = DEFAULT_MODELS, device: str | None = None
+) -> list[ZooModel]:
     """``default_zoo().load_or_skip``: the models that can be served; the others named on stderr."""
     return default_zoo().load_or_skip(zoo, names, device)
 
@@ -375,8 +414,18 @@ def entry_status(zoo: str, entry: Entry, root: Path) -> EntryStatus:
             raise not_installed(entry, zoo, root)
         return EntryStatus(zoo, entry.name, entry.builder, True, True, True, str(path), "ok", top1, measured)
     except (ZooError, ChecksumError) as e:
-        return EntryStatus(zoo, entry.name, entry.builder, entry.unavailable is None, present is not None, False,
-                           str(present) if present else None, str(e), top1, measured)
+        return EntryStatus(
+            zoo,
+            entry.name,
+            entry.builder,
+            entry.unavailable is None,
+            present is not None,
+            False,
+            str(present) if present else None,
+            str(e),
+            top1,
+            measured,
+        )
 
 
 def top1_legend(rows: list[EntryStatus]) -> list[str]:
@@ -392,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsnet.zoo", description="List and verify the model zoos.")
     p.add_argument("command", choices=["list", "verify"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--manifest", type=Path, help="manifest file (default: $DSNET_MANIFEST, else checkpoints/manifest.json)")
+    p.add_argument(
+        "--manifest", type=Path, help="manifest file (default: $DSNET_MANIFEST, else checkpoints/manifest.json)"
+    )
     args = p.parse_args(argv)
     manifest = load_manifest(args.manifest)
     rows = [entry_status(z, e, manifest.path.parent) for z, zoo in manifest.zoos.items() for e in zoo.entries.values()]
@@ -401,25 +452,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{'zoo/model':<22} {'weights':<12} {'top-1':>6}  details (downloads: fetched and verified on first use)")
         for r in rows:
-            state = "verified" if r.verified else ("MISMATCH" if r.present else (status_word(manifest.zoo(r.zoo).entries[
-                r.name]) if r.available else "none yet"))
+            state = (
+                "verified"
+                if r.verified
+                else (
+                    "MISMATCH"
+                    if r.present
+                    else (status_word(manifest.zoo(r.zoo).entries[r.name]) if r.available else "none yet")
+                )
+            )
             top1 = f"{r.top1:.2f}" if r.top1 is not None else "-"
             print(f"{r.zoo + '/' + r.name:<22} {state:<12} {top1:>6}  {r.path if r.verified else r.message}")
         if any(r.measured for r in rows):
             print("top-1 (%): the manifest's number for each model, measured on")
             print("\n".join(top1_legend(rows)))
-            print("(the app preprocesses with PIL, which gives other numbers: "
-                  "python -m dsnet.evidence.evaluate --pipeline app measures them)")
+            print(
+                "(the app preprocesses with PIL, which gives other numbers: "
+                "python -m dsnet.evidence.evaluate --pipeline app measures them)"
+            )
     if args.command == "verify":
         bad = [r for r in rows if r.present and not r.verified]
         for r in bad:
             print(f"FAILED {r.zoo}/{r.name}: {r.message}", file=sys.stderr)
-        print(f"{sum(r.verified for r in rows)} verified, {len(bad)} failed, "
-              f"{sum(not r.present for r in rows)} not present")
+        print(
+            f"{sum(r.verified for r in rows)} verified, {len(bad)} failed, "
+            f"{sum(not r.present for r in rows)} not present"
+        )
         return 1 if bad else 0
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -3,15 +3,17 @@
 One entry per checkpoint: builder + kwargs, label set, preprocessing, file name, full SHA-256,
 sources, measured metrics with their dataset, and provenance. Data, not code: the weights' card.
 """
+
 from __future__ import annotations
 
 import contextlib
 import difflib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from filelock import FileLock
 
@@ -46,7 +48,9 @@ class LabelSet:
         partial = [i for i, n in enumerate(self.names) if n.lower().startswith(q)]
         if len(partial) == 1:
             return partial[0]
-        close = [self.names[i] for i in partial[:8]] or difflib.get_close_matches(str(query), self.names, n=5, cutoff=0.6)
+        close = [self.names[i] for i in partial[:8]] or difflib.get_close_matches(
+            str(query), self.names, n=5, cutoff=0.6
+        )
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown class {quoted(str(query))} for this label set of {len(self.names)} classes{hint}")
 
@@ -89,7 +93,7 @@ class Sources:
 PROTOCOLS = {
     "app": "the app's preprocessing: PIL bilinear resize of the shorter side to {resize} px, centre crop {crop} px",
     "export": "export's preprocessing: torchvision antialiased resize of the shorter side to {resize} px, "
-              "centre crop {crop} px",
+    "centre crop {crop} px",
 }
 
 
@@ -127,18 +131,26 @@ class Entry:
     unavailable: str | None = None  # why there are no weights (never replaced by random ones)
 
     @staticmethod
-    def from_json(name: str, d: dict[str, Any]) -> "Entry":
+    def from_json(name: str, d: dict[str, Any]) -> Entry:
         src = d.get("sources", {})
         return Entry(
-            name=name, builder=d["builder"], kwargs=d.get("kwargs", {}), labels=d["labels"],
-            preprocessing=Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in d.get("preprocessing", {}).items()}),
-            file=d.get("file"), sha256=d.get("sha256"),
-            sources=Sources(local=src.get("local"), url=src.get("url"),
-                            hub=HubSource(**src["hub"]) if src.get("hub") else None),
+            name=name,
+            builder=d["builder"],
+            kwargs=d.get("kwargs", {}),
+            labels=d["labels"],
+            preprocessing=Preprocessing(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("preprocessing", {}).items()}
+            ),
+            file=d.get("file"),
+            sha256=d.get("sha256"),
+            sources=Sources(
+                local=src.get("local"), url=src.get("url"), hub=HubSource(**src["hub"]) if src.get("hub") else None
+            ),
             format=d.get("format", "safetensors"),
             metrics=[Metrics(**m) for m in d.get("metrics", [])],
-            provenance=d.get("provenance", {}), unavailable=d.get("unavailable"))
+            provenance=d.get("provenance", {}),
+            unavailable=d.get("unavailable"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -192,7 +204,7 @@ def read_raw(path: Path) -> dict[str, Any]:
     raw = json.loads(path.read_text())
     schema = raw.get("schema") if isinstance(raw, dict) else None
     if schema != SCHEMA:
-        found = "has no \"schema\" field" if schema is None else f"has schema {schema!r}"
+        found = 'has no "schema" field' if schema is None else f"has schema {schema!r}"
         raise ManifestError(f"{path} {found}; this version of dsnet reads manifest schema {SCHEMA} only")
     return raw
 
@@ -202,9 +214,12 @@ def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
     raw = read_raw(path)
     return Manifest(
         label_sets={k: LabelSet(**v) for k, v in raw["label_sets"].items()},
-        zoos={z: Zoo(z, v.get("description", ""), {m: Entry.from_json(m, e) for m, e in v["models"].items()})
-              for z, v in raw["zoos"].items()},
-        path=path)
+        zoos={
+            z: Zoo(z, v.get("description", ""), {m: Entry.from_json(m, e) for m, e in v["models"].items()})
+            for z, v in raw["zoos"].items()
+        },
+        path=path,
+    )
 
 
 @contextlib.contextmanager
