@@ -75,6 +75,8 @@ def localisation_numbers(scores: dict[str, MapScore | None], view_boxes: dict[st
 def caption(
     r: CamResult, labels: LabelSet, true_wnid: str | None, score: MapScore | None = None, boxed: bool = False
 ) -> str:
+    """A column's text: the class explained, right or wrong against the true class, the map against the
+    example's box, time, method and device, the faithfulness numbers and the image's notes."""
     lines = [f"**{r.explained.name}** {100 * r.explained.probability:.1f}% (explained)"]
     if true_wnid in labels.wnids:
         true = labels.wnids.index(true_wnid)
@@ -84,7 +86,11 @@ def caption(
             else f"✗ top-1 is {r.top5[0].name}; the true class is {labels.names[true]}"
         )
     if boxed:
-        lines.append(localisation_line(score))
+        line = localisation_line(score)
+        if true_wnid in labels.wnids and r.explained.index != labels.wnids.index(true_wnid):
+            true_name = labels.names[labels.wnids.index(true_wnid)]
+            line += f" — the box is the {true_name}'s, the map explains {r.explained.name}"
+        lines.append(line)
     lines.append(f"{1000 * r.seconds:.0f} ms · {r.method} · {r.device}")
     if r.faithfulness:
         f = r.faithfulness

@@ -1,4 +1,4 @@
-"""The HTTP gate: what a public server refuses before any route or handler runs (README, "Security").
+"""The HTTP gate: what a public server refuses before any route or handler runs (docs/security.md, "What a public server refuses").
 
 ``PublicGate`` is ASGI middleware in front of every route; ``client_ip`` says who a request comes
 from (the one rule for every per-visitor budget: the gate's, the queue's and the handlers').
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from dsnet.cam.images import MAX_BYTES, looks_like_image
+from dsnet.core.text import quoted
 
 from .budgets import WindowBudget
 
@@ -49,6 +50,7 @@ class PublicGate:
     * new page sessions beyond ``pages_per_client`` per visitor within ``window``: HTTP 429 (each
       session holds state on the server: a flood of fresh ones would evict other visitors' state);
     * ``/gradio_api/cancel`` also stops the session's computing runs (``runs``);
+    * ``/gradio_api/call/<name>`` for a name that is not one of ``api_names``: HTTP 404 (Gradio answers 500);
     * routes a public demo does not need (screen-recording processing, vibe editing, the development
       reload stream): HTTP 404; every answer carries ``X-Content-Type-Options: nosniff``;
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
@@ -72,6 +74,7 @@ class PublicGate:
         inflight_total: int = 8 * MAX_BODY_BYTES,
         pages_per_client: int = 60,
         runs=None,
+        api_names: set[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app, self.max_body, self.window, self.clock = app, max_body, window, clock
@@ -80,7 +83,7 @@ class PublicGate:
         self.trusted_proxies = trusted_proxies
         self.body_timeout = body_timeout
         self.inflight_per_client, self.inflight_total = inflight_per_client, inflight_total
-        self.pages_per_client, self.runs = pages_per_client, runs
+        self.pages_per_client, self.runs, self.api_names = pages_per_client, runs, api_names
         self.inflight: dict[str, int] = {}  # body bytes held per client, until its request is done
         self.sessions: dict[str, dict[str, float]] = {}  # per client: session hash -> first seen
         self._forwarding_logged = False
@@ -92,6 +95,13 @@ class PublicGate:
         path = scope.get("path", "")
         if path.startswith(self.BLOCKED):
             return await _answer(send, 404, "Not found.")
+        called = _CALL.match(path)
+        if called and self.api_names is not None and called.group(1) not in self.api_names:
+            return await _answer(
+                send,
+                404,
+                f"No endpoint {quoted(called.group(1), 40)}; this app has: {', '.join(sorted(self.api_names))}.",
+            )
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
@@ -270,6 +280,7 @@ def _first_part(body: bytes, content_type: bytes, size: int = 16) -> tuple[bytes
     return body[start:headers_end], body[headers_end + 4 : headers_end + 4 + size]
 
 
+_CALL = re.compile(r"^/gradio_api/call/(?:v2/)?([^/]+)")
 _SESSION = re.compile(rb'"session_hash"\s*:\s*"([^"\\]{1,200})"')
 
 

@@ -33,6 +33,11 @@ def queue_blocks(queue):
     return queue.blocks
 
 
+def api_names(demo) -> set[str]:
+    """The names the app's functions answer under at /gradio_api/call/<name> (``api_name=``)."""
+    return {fn.api_name for fn in demo.fns.values() if isinstance(fn.api_name, str) and fn.api_name}
+
+
 def uploaded_files(demo) -> set[str]:
     """Gradio's record of the files its upload route wrote and no handler has used (``Blocks.upload_file_set``)."""
     return demo.upload_file_set

@@ -15,7 +15,7 @@ from dsnet.core.allocator import retain_freed_memory
 
 from .components import RawImage
 from .gate import MAX_BODY_BYTES, PublicGate
-from .gradio_internals import app_queue
+from .gradio_internals import api_names, app_queue
 from .layout import BuiltApp
 from .queue_guards import ClientLimit, shape_inputs
 from .uploads import sweep_upload_folder
@@ -72,6 +72,7 @@ def launch(app: BuiltApp, handle_sigterm: bool = False, **kwargs):
         body_timeout=settings.body_timeout,
         pages_per_client=settings.pages_per_client,
         runs=app.handlers.runs,
+        api_names=api_names(demo),
     )
     app_kwargs = {"middleware": [gate], **kwargs.pop("app_kwargs", {})}
     # show_error=False: only gr.Error messages (written for visitors) reach a client, never an exception's text.

@@ -1,4 +1,4 @@
-"""Serving limits, chosen on purpose (README, "Serving settings"); each has an environment variable."""
+"""Serving limits, chosen on purpose (docs/security.md, "Serving settings and limits"; README lists them); each has an environment variable."""
 
 from __future__ import annotations
 
@@ -44,9 +44,17 @@ class ServingSettings:
     time_limit: float = 120.0  # DSNET_TIME_LIMIT: seconds per model for AblationCAM / ScoreCAM
     cache_seconds: int = 600  # DSNET_CACHE_SECONDS: outputs and unused uploads are deleted after this
 
+    def __post_init__(self) -> None:
+        """Every limit is a positive number (0 would refuse everyone); only trusted_proxies may be 0."""
+        for f in fields(self):
+            value, least = getattr(self, f.name), 0 if f.name == "trusted_proxies" else 1
+            if not value >= least:
+                raise SettingsError(f"DSNET_{f.name.upper()}={value!r}: it must be at least {least}")
+
     @classmethod
     def from_env(cls) -> ServingSettings:
-        """Each field from DSNET_<FIELD NAME>, else its default; SettingsError for a value that is not a number."""
+        """Each field from DSNET_<FIELD NAME>, else its default; SettingsError for a value that is not a number
+        or not in range."""
         defaults = cls()
         return cls(
             **{

@@ -63,6 +63,7 @@ ALLOW_PATTERNS = (
     "dsnet/data/*.py",
     "dsnet/zoo/*.py",
     "dsnet/cam/*.py",
+    "docs/*.md",  # README's links to the docs work on the Space's page too
     "app/examples/**.jpg",
     "app/examples/**.jpeg",
     "app/examples/**.png",

@@ -20,7 +20,8 @@ from .gradio_internals import upload_folder
 log = logging.getLogger("dsnet.app")
 
 REFUSED_INPUT = (
-    "This image input is not accepted: upload a file, send the image as a data: URL, or pick an example by its id."
+    "This image input is not accepted: upload a file (an upload is read once, then deleted: upload it again "
+    "for another request), send the image as a data: URL, or pick an example by its id."
 )
 PROCESS_START = time.time()
 

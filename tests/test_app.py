@@ -247,3 +247,13 @@ def test_a_run_whose_image_is_replaced_stops_and_leaves_the_new_state_alone(tiny
     handlers.own_image(example.id, session)  # a new image while the run is on
     assert list(run) == []  # nothing more of the old run is shown
     assert session.results == {} and not session.busy
+
+
+def test_box_numbers_say_when_the_map_explains_another_class_than_the_boxed_one(tiny_app):
+    handlers = tiny_app.handlers
+    boxed = next(e for e in handlers.examples.examples if e.boxes and e.caption != "golf ball")
+    final = stream(handlers, None, explain="one class for all", cls="golf ball", example=boxed.id)[-1]
+    for _, summary, _ in final.columns:
+        assert f"the box is the {boxed.caption}'s, the map explains golf ball" in summary
+    final = stream(handlers, None, explain="the true class", example=boxed.id)[-1]
+    assert all("the box is the" not in summary for _, summary, _ in final.columns)

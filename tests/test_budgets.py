@@ -1,4 +1,4 @@
-"""app.budgets.WindowBudget with a clock the test moves: no sleeping out a window."""
+"""app.budgets.WindowBudget with a clock the test moves (no sleeping out a window), and the settings' ranges."""
 
 from app.budgets import WindowBudget
 
@@ -30,3 +30,17 @@ def test_checking_charges_nothing():
     for _ in range(5):
         assert budget.exceeded("a", 1) is None
     assert budget.used("a") == 0
+
+
+def test_a_setting_out_of_range_is_refused_with_its_name(monkeypatch):
+    import pytest
+
+    from app.settings import ServingSettings, SettingsError
+
+    for name, value in [("DSNET_PER_CLIENT", "0"), ("DSNET_CONCURRENCY", "-1"), ("DSNET_BODY_TIMEOUT", "nan")]:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SettingsError, match=name):
+            ServingSettings.from_env()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DSNET_TRUSTED_PROXIES", "0")
+    assert ServingSettings.from_env().trusted_proxies == 0

@@ -222,6 +222,11 @@ def test_no_route_runs_the_model_outside_the_queue(server):
         assert r.status_code in (403, 404), (route, r.status_code, r.text[:200])
     r = httpx.post(server.url + "gradio_api/call/explain", json={"data": "x" * 200_000}, timeout=30)
     assert r.status_code == 422 and len(r.text) < 300  # FastAPI would echo the 200 KB back
+    for route in ("gradio_api/call/explainx", "gradio_api/call/v2/explainx"):  # Gradio: 500 and a traceback
+        r = httpx.post(server.url + route, json=body, timeout=30)
+        assert r.status_code == 404 and "this app has: examples, explain" in r.text, (route, r.status_code, r.text)
+    v2 = httpx.post(server.url + "gradio_api/call/v2/explain", json={"example": EXAMPLE.stem}, timeout=30)
+    assert v2.status_code == 200 and "event_id" in v2.json()  # the example by name, as README shows
 
 
 def test_uploads_have_a_budget_per_visitor(server, tmp_path):

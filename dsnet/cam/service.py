@@ -187,7 +187,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Faithfulness:
-    """Numbers for one map (README, "What the numbers mean")."""
+    """Numbers for one map (docs/app.md, "The page")."""
 
     top10_mass: float  # share of CAM mass in the top 10 % of pixels: 0.1 = flat, 1 = one spot
     entropy: float  # entropy of the map as a distribution, / log(pixels): 1 = flat, 0 = one pixel

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dsnet.cam.images import ImageError, open_image
 from dsnet.cam.service import METHODS, CamResult, TargetPolicy, comparison, explain
+from dsnet.core.provenance import artifact_header
 from dsnet.data.labelled import wnid_of
 from dsnet.evidence.cli import refused
 from dsnet.zoo.loader import DEFAULT_MODELS, ZooError, load_or_skip
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    **artifact_header(argv, "dsnet.evidence.explain"),
                     "image": str(args.image),
                     "zoo": args.zoo,
                     "method": args.method,

@@ -110,7 +110,7 @@ RECIPES = {
     ),
     # The shipped Imagenette zoo: 0.25x width (Table 1's setting), 112 px train / 128 px test crops
     # from a 146 px cache, cosine schedule with warm-up (the three models side by side: minutes on
-    # one GPU, hours on two CPU cores; README, "Training").
+    # one GPU, hours on two CPU cores; docs/training.md, "What more training would cost").
     "imagenette": Recipe(
         epochs=60,
         batch_size=128,
