@@ -1,4 +1,6 @@
-"""The HTTP gate: what a public server refuses before any route or handler runs (docs/security.md, "What a public server refuses").
+"""The HTTP gate: what a public server refuses before any route or handler runs.
+
+docs/security.md, "What a public server refuses", lists each refusal with its test.
 
 ``PublicGate`` is ASGI middleware in front of every route; ``client_ip`` says who a request comes
 from (the one rule for every per-visitor budget: the gate's, the queue's and the handlers').
@@ -7,6 +9,7 @@ from (the one rule for every per-visitor budget: the gate's, the queue's and the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -22,6 +25,7 @@ log = logging.getLogger("dsnet.app")
 # base64 is 4/3 of the bytes; 1 MB of slack for JSON, multipart headers and the other parameters.
 MAX_BODY_BYTES = MAX_BYTES * 4 // 3 + 2**20
 COUNTED_BODY = 64 * 2**10  # a POST body above this counts against the image budgets (a data: URL image)
+MAX_JSON_VALUES = 2000  # structural characters ({ [ ,) a JSON body may carry: the app's requests have < 100
 MAX_FILES_PER_UPLOAD = 1  # the page uploads one image at a time; more in one request is refused (HTTP 400)
 
 
@@ -52,11 +56,18 @@ class PublicGate:
     * ``/gradio_api/cancel`` also stops the session's computing runs (``runs``);
     * ``/gradio_api/call/<name>`` for a name that is not one of ``api_names``: HTTP 404 (Gradio answers 500);
     * routes a public demo does not need (screen-recording processing, vibe editing, the development
-      reload stream): HTTP 404; every answer carries ``X-Content-Type-Options: nosniff``;
+      reload stream, the run-history pages): HTTP 404; every answer carries ``X-Content-Type-Options: nosniff``;
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
     """
 
-    BLOCKED = ("/gradio_api/process_recording", "/gradio_api/vibe-", "/gradio_api/undo-vibe-", "/gradio_api/dev/reload")
+    BLOCKED = (
+        "/gradio_api/process_recording",
+        "/gradio_api/vibe-",
+        "/gradio_api/undo-vibe-",
+        "/gradio_api/dev/reload",
+        "/gradio_api/runs",
+        "/gradio_api/run-history",
+    )
     BODY_TIME_FACTOR = 6
 
     def __init__(
@@ -70,8 +81,8 @@ class PublicGate:
         files_per_client: int = 200,
         files_total: int = 2000,
         body_timeout: float = 20,
-        inflight_per_client: int = 2 * MAX_BODY_BYTES,
-        inflight_total: int = 8 * MAX_BODY_BYTES,
+        inflight_per_client: int = MAX_BODY_BYTES + 2**20,
+        inflight_total: int = 16 * MAX_BODY_BYTES,
         pages_per_client: int = 60,
         runs=None,
         api_names: set[str] | None = None,
@@ -113,7 +124,8 @@ class PublicGate:
         held = [0]
         try:
             try:
-                messages = await self._body(receive, client, held)
+                is_upload = path.rstrip("/").endswith("/gradio_api/upload")
+                messages = await self._body(receive, client, held, is_upload)
                 body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
                 self._check(path, headers, body, client)
             except _Refused as r:
@@ -127,9 +139,11 @@ class PublicGate:
         finally:
             self._release(client, held[0])
 
-    async def _body(self, receive, client: str, held: list[int]) -> list[dict]:
-        """The request's messages, bytes counted against the in-flight limits as they arrive."""
-        messages, seen = [], 0
+    async def _body(self, receive, client: str, held: list[int], is_upload: bool) -> list[dict]:
+        """The request's messages, bytes counted as they arrive: against the in-flight limits (released when
+        the request is done) and, once the body is an upload or larger than ``COUNTED_BODY``, against the
+        visitor's image bytes (kept: bytes sent count whether or not the body ever completes)."""
+        messages, seen, charged = [], 0, 0
         started = time.monotonic()
         while True:
             left = min(self.body_timeout, started + self.BODY_TIME_FACTOR * self.body_timeout - time.monotonic())
@@ -150,6 +164,11 @@ class PublicGate:
                 raise _Refused(429, "You are sending too many request bodies at once; wait for them to finish.")
             if sum(self.inflight.values()) > self.inflight_total:
                 raise _Refused(503, "The server is busy receiving uploads; try again in a moment.")
+            if is_upload or seen > COUNTED_BODY:
+                refusal = self._bytes_refusal(client, seen - charged)
+                if refusal:
+                    raise _Refused(*refusal)
+                charged = seen
             if not message.get("more_body", False):
                 return messages
 
@@ -178,24 +197,16 @@ class PublicGate:
                 self.inflight.pop(client, None)
 
     def _check(self, path: str, headers: dict, body: bytes, client: str) -> None:
-        """Refuse (``_Refused``) what the body may not carry; charge the budgets."""
-        is_upload = path.rstrip("/").endswith("/gradio_api/upload")
-        files = 0
-        if is_upload:
-            content_type = headers.get(b"content-type", b"")
-            files = _multipart_parts(body, content_type)
-            if files > MAX_FILES_PER_UPLOAD:
-                raise _Refused(400, f"One image per upload: this request carries {files} files.")
-            if files == 1:
-                part_headers, head = _first_part(body, content_type)
-                if b'filename=""' in part_headers or b"filename=" not in part_headers:
-                    raise _Refused(400, "The upload has no file name.")
-                if not looks_like_image(head):
-                    raise _Refused(
-                        415,
-                        "Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF); "
-                        "this file is none of them.",
-                    )
+        """Refuse (``_Refused``) what a complete body may not carry; charge the file budget."""
+        if path.rstrip("/").endswith("/gradio_api/upload"):
+            self._check_upload(headers.get(b"content-type", b""), body)
+            refusal = self._files_refusal(client, 1)
+            if refusal:
+                raise _Refused(*refusal)
+            return
+        if body.count(b"{") + body.count(b"[") + body.count(b",") > MAX_JSON_VALUES:
+            # a 27 MB list of {} parses to ~60x its size in Python objects; a data: URL (base64) has none
+            raise _Refused(413, f"The request carries too many values (at most {MAX_JSON_VALUES}).")
         session = _session_hash(body)
         if session is not None:
             if path.rstrip("/").endswith("/gradio_api/cancel") and self.runs is not None:
@@ -203,11 +214,26 @@ class PublicGate:
             refusal = self._session_refusal(client, session)
             if refusal:
                 raise _Refused(*refusal)
-        # Every large body is image bytes: an upload, or a data: URL sent to the queue or the API.
-        if len(body) > COUNTED_BODY or is_upload:
-            refusal = self._upload_refusal(client, len(body), max(files, 1))
-            if refusal:
-                raise _Refused(*refusal)
+
+    @staticmethod
+    def _check_upload(content_type: bytes, body: bytes) -> None:
+        """One file, with a name, that starts as an image: read with the parser Gradio's upload route uses
+        (python-multipart), so the gate and the route see the same parts."""
+        parts = _multipart_parts(content_type, body)
+        if parts is None:
+            raise _Refused(400, "The upload is not multipart/form-data with a boundary.")
+        if len(parts) != MAX_FILES_PER_UPLOAD:
+            raise _Refused(400, f"One image per upload: this request carries {len(parts)} files.")
+        disposition, head = parts[0]
+        from python_multipart.multipart import parse_options_header
+
+        if not parse_options_header(disposition)[1].get(b"filename"):
+            raise _Refused(400, "The upload has no file name.")
+        if not looks_like_image(head):
+            raise _Refused(
+                415,
+                "Only images can be uploaded (JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF); this file is none of them.",
+            )
 
     def _session_refusal(self, client: str, session: str) -> tuple[int, str] | None:
         """New sessions per visitor within the window (a known session always passes)."""
@@ -226,24 +252,30 @@ class PublicGate:
             self.sessions = {c: s for c, s in self.sessions.items() if any(now - t < self.window for t in s.values())}
         return None
 
-    def _upload_refusal(self, client: str, size: int, files: int = 1) -> tuple[int, str] | None:
-        """Bytes and files within the window, per visitor and for everyone (a file on disk costs more
-        than its bytes: a thousand one-byte files are a thousand inodes); charged only when both pass."""
-        minutes = f"{self.window / 60:.0f} minutes"
-        over_bytes, over_files = self.upload_bytes.exceeded(client, size), self.upload_files.exceeded(client, files)
-        if over_bytes == "client":
+    def _bytes_refusal(self, client: str, size: int) -> tuple[int, str] | None:
+        """Image bytes within the window, per visitor and for everyone; charged when they pass."""
+        over = self.upload_bytes.exceeded(client, size)
+        if over == "client":
             return 429, (
-                f"You sent {self.upload_bytes.used(client) / 2**20:.0f} MB of images in the last {minutes}; "
-                f"the limit is {self.upload_bytes.per_client / 2**20:.0f} MB per visitor. Wait a few minutes."
+                f"You sent {self.upload_bytes.used(client) / 2**20:.0f} MB of images in the last "
+                f"{self.window / 60:.0f} minutes; the limit is {self.upload_bytes.per_client / 2**20:.0f} MB per "
+                "visitor. Wait a few minutes."
             )
-        if over_files == "client":
-            return 429, (
-                f"You sent {self.upload_files.used(client):.0f} images in the last {minutes}; the limit is "
-                f"{self.upload_files.per_client:.0f} per visitor. Wait a few minutes."
-            )
-        if over_bytes or over_files:
+        if over:
             return 503, "The server is busy with uploads; try again in a few minutes."
         self.upload_bytes.charge(client, size)
+        return None
+
+    def _files_refusal(self, client: str, files: int) -> tuple[int, str] | None:
+        """Uploaded files within the window (a file on disk costs more than its bytes: an inode)."""
+        over = self.upload_files.exceeded(client, files)
+        if over == "client":
+            return 429, (
+                f"You sent {self.upload_files.used(client):.0f} images in the last {self.window / 60:.0f} minutes; "
+                f"the limit is {self.upload_files.per_client:.0f} per visitor. Wait a few minutes."
+            )
+        if over:
+            return 503, "The server is busy with uploads; try again in a few minutes."
         self.upload_files.charge(client, files)
         return None
 
@@ -257,37 +289,64 @@ class PublicGate:
         )
 
 
-def _boundary(content_type: bytes) -> bytes:
-    """A multipart/form-data body's boundary, from its Content-Type (b"" when there is none)."""
-    _, _, rest = content_type.partition(b"boundary=")
-    return rest.split(b";")[0].strip().strip(b'"')
+def _multipart_parts(content_type: bytes, body: bytes, head: int = 16) -> list[tuple[bytes, bytes]] | None:
+    """(Content-Disposition, first ``head`` bytes) of each part of a multipart/form-data body, parsed as
+    Gradio's upload route parses it; None when the body is not multipart/form-data with a boundary."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
 
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        return None
+    parts: list[list] = []
+    field = [b""]
 
-def _multipart_parts(body: bytes, content_type: bytes) -> int:
-    """How many parts (files) a multipart/form-data body carries: its boundary lines, less the closing one."""
-    boundary = _boundary(content_type)
-    if not boundary:
-        return 0
-    return max(0, body.count(b"--" + boundary) - 1)
+    def on_part_begin():
+        parts.append([b"", b""])
 
+    def on_header_field(data, start, end):
+        field[0] += data[start:end]
 
-def _first_part(body: bytes, content_type: bytes, size: int = 16) -> tuple[bytes, bytes]:
-    """The first part's headers and the first bytes of its content (after the headers' blank line)."""
-    start = body.find(b"--" + _boundary(content_type))
-    headers_end = body.find(b"\r\n\r\n", start)
-    if start < 0 or headers_end < 0:
-        return b"", b""
-    return body[start:headers_end], body[headers_end + 4 : headers_end + 4 + size]
+    def on_header_value(data, start, end):
+        if field[0].lower() == b"content-disposition":
+            parts[-1][0] += data[start:end]
+
+    def on_header_end():
+        field[0] = b""
+
+    def on_part_data(data, start, end):
+        if len(parts[-1][1]) < head:
+            parts[-1][1] += data[start : min(end, start + head - len(parts[-1][1]))]
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
+    try:
+        parser = MultipartParser(options[b"boundary"], callbacks)
+        parser.write(body)
+        parser.finalize()
+    except Exception:
+        return None
+    return [(disposition, first) for disposition, first in parts]
 
 
 _CALL = re.compile(r"^/gradio_api/call/(?:v2/)?([^/]+)")
-_SESSION = re.compile(rb'"session_hash"\s*:\s*"([^"\\]{1,200})"')
 
 
 def _session_hash(body: bytes) -> str | None:
-    """The page session a JSON body names (queue joins, cancels, component calls), if any."""
-    found = _SESSION.search(body[:4096]) or (_SESSION.search(body[-4096:]) if len(body) > 4096 else None)
-    return found.group(1).decode("utf-8", "replace") if found else None
+    """The page session a JSON body names (queue joins, cancels, component calls), read as Gradio reads it:
+    the top-level ``session_hash`` of the parsed body (escapes, any length, anywhere in the body)."""
+    if b"session_hash" not in body and b"\\u" not in body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    session = parsed.get("session_hash") if isinstance(parsed, dict) else None
+    return session if isinstance(session, str) else None
 
 
 async def _answer(send, status: int, text: str) -> None:

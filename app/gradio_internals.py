@@ -35,7 +35,11 @@ def queue_blocks(queue):
 
 def api_names(demo) -> set[str]:
     """The names the app's functions answer under at /gradio_api/call/<name> (``api_name=``)."""
-    return {fn.api_name for fn in demo.fns.values() if isinstance(fn.api_name, str) and fn.api_name}
+    return {
+        fn.api_name
+        for fn in demo.fns.values()
+        if isinstance(fn.api_name, str) and fn.api_name and getattr(fn, "api_visibility", "public") != "private"
+    }
 
 
 def uploaded_files(demo) -> set[str]:

@@ -272,7 +272,8 @@ def build_app(
             api_visibility="private",
             queue=False,
         )
-        # In the queue (its per-visitor limit): each call writes pictures.
+        # In the queue and in the explain group: each call writes pictures, so it shares the workers, the
+        # per-visitor limit and the fair start with Explain (DSNET_CONCURRENCY counts them together).
         redrawn = [outputs[1], *outputs[2::3][: len(DEFAULT_MODELS)], download, *outputs[-1 - len(DIFFERENCES) : -1]]
         for control in (opacity, show_boxes):
             control.change(
@@ -281,5 +282,6 @@ def build_app(
                 redrawn,
                 api_visibility="private",
                 trigger_mode="always_last",
+                concurrency_id="explain",
             )
     return BuiltApp(demo, handlers, settings)

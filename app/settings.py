@@ -1,4 +1,5 @@
-"""Serving limits, chosen on purpose (docs/security.md, "Serving settings and limits"; README lists them); each has an environment variable."""
+"""Serving limits, chosen on purpose, each with an environment variable (README lists them; why each is
+what it is: docs/security.md, "Serving settings and limits")."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ class ServingSettings:
     upload_mb_total: int = 1000  # DSNET_UPLOAD_MB_TOTAL: upload bytes for everyone per cache_seconds
     # DSNET_UPLOAD_FILES_PER_CLIENT: images per visitor per cache_seconds (10x that for everyone)
     upload_files_per_client: int = 200
-    # DSNET_UPLOAD_MP_PER_CLIENT: decoded megapixels of a visitor's images per cache_seconds (10x that for
-    # everyone): a small file can declare a large image, and decoding costs memory by its pixels
+    # DSNET_UPLOAD_MP_PER_CLIENT: decoded megapixels of a visitor's images per cache_seconds: a small file
+    # can declare a large image, and decoding costs memory by its pixels
     upload_mp_per_client: int = 400
     time_limit: float = 120.0  # DSNET_TIME_LIMIT: seconds per model for AblationCAM / ScoreCAM
     cache_seconds: int = 600  # DSNET_CACHE_SECONDS: outputs and unused uploads are deleted after this

@@ -1,0 +1,186 @@
+"""app.gate.PublicGate in this process, on a stand-in app: what it lets through and what it refuses.
+
+The live server's side of the same refusals is in tests/test_security.py and tests/test_abuse.py; here
+each rule is checked on bytes an attacker would send, fast and without a clock of its own.
+"""
+
+import asyncio
+import io
+import json
+
+from PIL import Image
+
+from app.gate import MAX_BODY_BYTES, MAX_JSON_VALUES, PublicGate
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def gate(**options) -> tuple[PublicGate, list]:
+    reached = []
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        reached.append((scope["path"], body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return PublicGate(app, clock=Clock(), api_names={"explain", "examples"}, **options), reached
+
+
+def request(
+    g: PublicGate,
+    path: str,
+    body: bytes = b"",
+    headers: dict | None = None,
+    chunks: list | None = None,
+    client: str = "203.0.113.1",
+    method: str = "POST",
+    stall: bool = False,
+) -> tuple[int, bytes]:
+    """One request through the gate: (status, body of the answer); ``stall``: the chunks end, the body does not."""
+    pending = (
+        [{"type": "http.request", "body": c, "more_body": stall or i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        if chunks is not None
+        else [{"type": "http.request", "body": body, "more_body": False}]
+    )
+    sent = []
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # a client that stopped sending
+
+    async def send(message):
+        sent.append(message)
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if chunks is None:
+        raw.append((b"content-length", str(len(body)).encode()))
+    scope = {"type": "http", "method": method, "path": path, "headers": raw, "client": (client, 1234)}
+    asyncio.run(g(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def multipart(boundary: bytes, files: list[tuple[str, bytes]]) -> bytes:
+    body = b""
+    for name, data in files:
+        body += (
+            b"--"
+            + boundary
+            + b'\r\nContent-Disposition: form-data; name="files"; filename="'
+            + name.encode()
+            + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            + data
+            + b"\r\n"
+        )
+    return body + b"--" + boundary + b"--\r\n"
+
+
+def test_an_upload_is_one_named_image_however_the_boundary_is_written():
+    g, reached = gate()
+    ok = multipart(b"bar", [("a.png", png())])
+    assert request(g, "/gradio_api/upload", ok, {"content-type": "multipart/form-data; boundary=bar"})[0] == 200
+    two = multipart(b"bar", [("a.png", png()), ("x.html", b"<script>alert(1)</script>")])
+    for content_type in (
+        "multipart/form-data; boundary=bar",
+        "multipart/form-data; BOUNDARY=bar",
+        "multipart/form-data; xboundary=foo; boundary=bar",
+        "multipart/form-data; boundary=foo; boundary=bar",
+    ):
+        status, text = request(g, "/gradio_api/upload", two, {"content-type": content_type}, client="203.0.113.2")
+        assert (status, text) == (400, b"One image per upload: this request carries 2 files."), content_type
+    html = multipart(b"bar", [("x.png", b"<html><script>alert(1)</script>")])
+    assert request(g, "/gradio_api/upload", html, {"content-type": "multipart/form-data; boundary=bar"})[0] == 415
+    nameless = multipart(b"bar", [("", png())])
+    assert request(g, "/gradio_api/upload", nameless, {"content-type": "multipart/form-data; boundary=bar"}) == (
+        400,
+        b"The upload has no file name.",
+    )
+    assert request(g, "/gradio_api/upload", b"x", {"content-type": "application/json"})[0] == 400
+    assert (
+        request(g, "/gradio_api/upload", multipart(b"bar", []), {"content-type": "multipart/form-data; boundary=bar"})[
+            0
+        ]
+        == 400
+    )
+    assert [path for path, _ in reached] == ["/gradio_api/upload"]  # only the one good upload got through
+
+
+def test_a_body_of_many_small_values_is_refused_before_it_is_parsed():
+    g, reached = gate()
+    values = {"data": [None, [{}] * (MAX_JSON_VALUES + 1), "gradcam"], "fn_index": 0, "session_hash": "s"}
+    assert request(g, "/gradio_api/queue/join", json.dumps(values).encode())[0] == 413
+    data_url = {"data": [{"url": "data:image/png;base64," + "A" * 200_000}], "fn_index": 0, "session_hash": "s"}
+    assert request(g, "/gradio_api/queue/join", json.dumps(data_url).encode())[0] == 200
+    assert len(reached) == 1
+
+
+def test_new_pages_are_counted_however_the_session_hash_is_written():
+    g, _ = gate(pages_per_client=3)
+    hashes = ["\\u0061bc", "b" * 5000, "c"]  # escaped, long; the last one placed after 10 KB of padding
+    for h in hashes:
+        body = (
+            '{"data": [], "fn_index": 0, '
+            + ('"pad": "' + "x" * 10_000 + '", ' if h == "c" else "")
+            + f'"session_hash": "{h}"}}'
+        )
+        assert request(g, "/gradio_api/queue/join", body.encode())[0] == 200
+    status, text = request(g, "/gradio_api/queue/join", b'{"data": [], "fn_index": 0, "session_hash": "d"}')
+    assert status == 429 and b"Too many new pages" in text
+    assert request(g, "/gradio_api/queue/join", b'{"session_hash": "abc"}')[0] == 200  # a known page still works
+    g.clock.now += 601  # the window has passed
+    assert request(g, "/gradio_api/queue/join", b'{"data": [], "fn_index": 0, "session_hash": "d"}')[0] == 200
+
+
+def test_bytes_count_as_they_arrive_and_a_stalled_body_keeps_its_charge():
+    g, _ = gate(upload_budget=3 * 2**20, body_timeout=0.2)
+    chunk = b"A" * 2**20
+    for _ in range(2):  # 1 MB sent, then nothing: 408, but the megabyte was received and stays charged
+        status, text = request(g, "/gradio_api/queue/join", chunks=[chunk], stall=True)
+        assert status == 408 and b"stalled" in text
+    assert g.upload_bytes.used("203.0.113.1") == 2 * 2**20
+    status, text = request(g, "/gradio_api/queue/join", chunks=[chunk, chunk])
+    assert status == 429 and b"MB of images" in text
+    assert request(g, "/gradio_api/queue/join", chunks=[chunk, chunk], client="203.0.113.9")[0] == 200
+    assert g.inflight == {}  # everything held in flight was released
+
+
+def test_unknown_endpoints_and_unneeded_routes_are_404_and_every_answer_is_nosniff():
+    g, _ = gate()
+    for path in (
+        "/gradio_api/call/explainx",
+        "/gradio_api/call/v2/page",
+        "/gradio_api/runs",
+        "/gradio_api/dev/reload",
+        "/gradio_api/run-history/x",
+    ):
+        assert request(g, path, b"{}")[0] == 404, path
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("203.0.113.1", 1)}
+    asyncio.run(g(scope, receive, send))
+    assert (b"x-content-type-options", b"nosniff") in sent[0]["headers"]
+    assert MAX_BODY_BYTES > 20 * 2**20
