@@ -262,7 +262,9 @@ def test_an_upload_carries_one_image_and_images_have_a_count_budget(server):
     refused = post(many, "198.51.100.20")
     assert refused.status_code == 400 and refused.text == "One image per upload: this request carries 1000 files."
     assert post(many[:2], "198.51.100.20").status_code == 400
-    assert sum(1 for p in server.temp_dir.rglob("*") if p.is_file() and "outputs" not in p.parts) <= before  # nothing reached the disk
+    assert (
+        sum(1 for p in server.temp_dir.rglob("*") if p.is_file() and "outputs" not in p.parts) <= before
+    )  # nothing reached the disk
     codes = [post(many[:1], "198.51.100.21").status_code for _ in range(14)]  # DSNET_UPLOAD_FILES_PER_CLIENT=12
     assert codes[:12] == [200] * 12 and codes[12:] == [429, 429], codes
     assert "images in the last" in post(many[:1], "198.51.100.21").text
