@@ -288,3 +288,45 @@ def test_another_example_during_a_run_stops_it(space, browser):
     text = page_text(page)
     assert "(explained)" not in text and "New image: press Explain." in text, text[:2000]
     page.close()
+
+
+def test_a_visitor_is_served_while_a_flooding_client_is_refused(browser, tmp_path):
+    """Behind a proxy (as on a Space): one address floods ScoreCAM requests the whole time; it gets its
+    three places and then 429s, and a visitor's journey still works beside it."""
+    import threading
+    import time
+
+    import httpx
+
+    app = spawn_app(tmp_path, env={"DSNET_TRUSTED_PROXIES": "1"})
+    flooder = {"X-Forwarded-For": "203.0.113.99"}
+    example = sorted((ROOT / "app" / "examples").glob("*.JPEG"))[0].stem
+    slow = {"data": [None, "imagenette", "scorecam", "each model's top-1", "", 0.5, False, example]}
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def flood():
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and time.monotonic() < deadline:
+            codes.append(
+                httpx.post(app.url + "gradio_api/call/explain", json=slow, headers=flooder, timeout=30).status_code
+            )
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app.url)
+        page.get_by_role("button", name="Thumbnail 1 of").first.click()
+        page.get_by_text("True class:").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Explain", exact=True).click()
+        page.get_by_text("(explained)").nth(2).wait_for(timeout=180_000)
+        wait_for_three_maps(page)
+        assert_no_error_text(page)
+        page.close()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        app.stop()
+    assert codes.count(200) == 3 and codes.count(429) >= 5, codes
