@@ -4,6 +4,7 @@ Each test is one class of abuse, rewritten as a bounded script: it must be refus
 legitimate visitor must still be served beside it. Figures go to docs/abuse.json with
 ``DSNET_RECORD_DIR=docs python -m pytest tests/test_abuse.py -q``.
 """
+
 import io
 import json
 import socket
@@ -27,9 +28,16 @@ BODY_TIMEOUT = 2.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app = spawn_app(tmp_path_factory.mktemp("abuse"), env={
-        "DSNET_TRUSTED_PROXIES": "1", "DSNET_PER_CLIENT": "3", "DSNET_BODY_TIMEOUT": str(BODY_TIMEOUT),
-        "DSNET_PAGES_PER_CLIENT": "10", "DSNET_UPLOAD_MP_PER_CLIENT": "50"})
+    app = spawn_app(
+        tmp_path_factory.mktemp("abuse"),
+        env={
+            "DSNET_TRUSTED_PROXIES": "1",
+            "DSNET_PER_CLIENT": "3",
+            "DSNET_BODY_TIMEOUT": str(BODY_TIMEOUT),
+            "DSNET_PAGES_PER_CLIENT": "10",
+            "DSNET_UPLOAD_MP_PER_CLIENT": "50",
+        },
+    )
     yield app
     app.stop()
 
@@ -44,8 +52,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def threads(pid: int) -> int:
-    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("Threads:"))
+    return next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("Threads:")
+    )
 
 
 def explain_fn(server) -> int:
@@ -55,9 +66,12 @@ def explain_fn(server) -> int:
 
 def join(server, fn: int, data: list, headers: dict, session: str | None = None) -> httpx.Response:
     session = session or uuid.uuid4().hex[:11]
-    return httpx.post(server.url + "gradio_api/queue/join", headers=headers, timeout=30,
-                      json={"data": data, "fn_index": fn, "session_hash": session, "event_data": None,
-                            "trigger_id": None})
+    return httpx.post(
+        server.url + "gradio_api/queue/join",
+        headers=headers,
+        timeout=30,
+        json={"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None},
+    )
 
 
 def call(server, data, headers, timeout=300) -> str:
@@ -87,8 +101,12 @@ def test_cancel_and_rejoin_never_runs_more_than_the_limit(server):
                 assert r.status_code == 429, r.text
                 refused += 1
         for session, event_id in events:
-            httpx.post(server.url + "gradio_api/cancel", headers=visitor(7), timeout=30,
-                       json={"session_hash": session, "fn_index": fn, "event_id": event_id})
+            httpx.post(
+                server.url + "gradio_api/cancel",
+                headers=visitor(7),
+                timeout=30,
+                json={"session_hash": session, "fn_index": fn, "event_id": event_id},
+            )
     started = time.monotonic()
     outcome = call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(8))
     other_seconds = time.monotonic() - started
@@ -102,10 +120,18 @@ def test_cancel_and_rejoin_never_runs_more_than_the_limit(server):
             break
     assert idle, "the server kept computing after every run was cancelled"
     assert accepted <= 3 + 4 * 3 and threads(server.proc.pid) - before_threads < 20
-    record("abuse", "cancel_and_rejoin", {"joined": 15, "accepted": accepted, "refused_429": refused,
-                                          "other_visitor_gradcam_seconds": round(other_seconds, 1),
-                                          "idle_after_seconds": round(time.monotonic() - started, 1),
-                                          "threads_added": threads(server.proc.pid) - before_threads})
+    record(
+        "abuse",
+        "cancel_and_rejoin",
+        {
+            "joined": 15,
+            "accepted": accepted,
+            "refused_429": refused,
+            "other_visitor_gradcam_seconds": round(other_seconds, 1),
+            "idle_after_seconds": round(time.monotonic() - started, 1),
+            "threads_added": threads(server.proc.pid) - before_threads,
+        },
+    )
 
 
 def test_a_visitor_gets_one_explain_computing_at_a_time(server):
@@ -121,11 +147,21 @@ def test_a_visitor_gets_one_explain_computing_at_a_time(server):
     waited = time.monotonic() - started
     single = time.monotonic()
     assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(10)) == "complete"
-    record("abuse", "one_running_per_visitor", {"other_gradcam_seconds_beside_3_scorecams": round(waited, 1),
-                                                "gradcam_seconds_again": round(time.monotonic() - single, 1)})
+    record(
+        "abuse",
+        "one_running_per_visitor",
+        {
+            "other_gradcam_seconds_beside_3_scorecams": round(waited, 1),
+            "gradcam_seconds_again": round(time.monotonic() - single, 1),
+        },
+    )
     for session, r in zip(sessions, mine):  # stop them for the next tests
-        httpx.post(server.url + "gradio_api/cancel", headers=visitor(9), timeout=30,
-                   json={"session_hash": session, "fn_index": fn, "event_id": r.json()["event_id"]})
+        httpx.post(
+            server.url + "gradio_api/cancel",
+            headers=visitor(9),
+            timeout=30,
+            json={"session_hash": session, "fn_index": fn, "event_id": r.json()["event_id"]},
+        )
 
 
 def raw(port: int, head: bytes, body: bytes = b"") -> socket.socket:
@@ -140,15 +176,23 @@ def status_of(s: socket.socket) -> int:
 
 
 def rss_mb(pid: int) -> float:
-    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("VmRSS:")) / 1024
+    return (
+        next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+        / 1024
+    )
 
 
 def test_bodies_in_flight_are_bounded_per_visitor_and_stalled_ones_time_out(server):
     rss = rss_mb(server.proc.pid)
     chunk = b"x" * (2**20)
-    head = (b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.20\r\n"
-            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.20\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     socks, answers = [], []
     for _ in range(4):  # 20 MB each, never the last chunk
         s = raw(server.port, head)
@@ -170,34 +214,59 @@ def test_bodies_in_flight_are_bounded_per_visitor_and_stalled_ones_time_out(serv
     assert answers.count(429) >= 2 and set(answers) <= {429, 408, 0}, answers  # two bodies' worth, no more
     # a body that stalls: its length declared, a few bytes sent, then nothing
     started = time.monotonic()
-    s = raw(server.port, b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 29000000\r\n"
-                         b"Content-Type: multipart/form-data; boundary=b\r\nX-Forwarded-For: 203.0.113.21\r\n\r\n",
-            b"--b\r\n")
+    s = raw(
+        server.port,
+        b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 29000000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nX-Forwarded-For: 203.0.113.21\r\n\r\n",
+        b"--b\r\n",
+    )
     s.settimeout(BODY_TIMEOUT * 8)
     assert status_of(s) == 408
     stalled_seconds = time.monotonic() - started
     s.close()
     # header-only bodies from many addresses charge nothing: everyone's budget is still there
-    stalls = [raw(server.port, b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 29000000\r\n"
-                               b"X-Forwarded-For: 203.0.113.%d\r\n\r\n" % (30 + i)) for i in range(40)]
+    stalls = [
+        raw(
+            server.port,
+            b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 29000000\r\n"
+            b"X-Forwarded-For: 203.0.113.%d\r\n\r\n" % (30 + i),
+        )
+        for i in range(40)
+    ]
     with open(sample("tench"), "rb") as f:
-        ok = httpx.post(server.url + "gradio_api/upload", files={"files": ("t.jpg", f, "image/jpeg")},
-                        headers=visitor(90), timeout=30)
+        ok = httpx.post(
+            server.url + "gradio_api/upload",
+            files={"files": ("t.jpg", f, "image/jpeg")},
+            headers=visitor(90),
+            timeout=30,
+        )
     assert ok.status_code == 200, ok.text
     for s in stalls:
         s.close()
-    record("abuse", "bodies_in_flight", {"chunked_20MB_bodies_one_visitor": len(answers),
-                                         "refused_429": answers.count(429), "rss_added_mb": round(held),
-                                         "stalled_body_answered_408_after_s": round(stalled_seconds, 1),
-                                         "header_only_29MB_posts": 40, "legit_upload_after": ok.status_code})
+    record(
+        "abuse",
+        "bodies_in_flight",
+        {
+            "chunked_20MB_bodies_one_visitor": len(answers),
+            "refused_429": answers.count(429),
+            "rss_added_mb": round(held),
+            "stalled_body_answered_408_after_s": round(stalled_seconds, 1),
+            "header_only_29MB_posts": 40,
+            "legit_upload_after": ok.status_code,
+        },
+    )
 
 
 def test_fresh_sessions_from_one_address_are_capped(server):
     """A flood of new session hashes from one address stops at its cap; another visitor's page still works."""
     codes = []
     for _ in range(25):
-        r = httpx.post(server.url + "gradio_api/component_server", headers=visitor(40), timeout=30,
-                       json={"session_hash": uuid.uuid4().hex[:11], "component_id": 1, "fn_name": "x", "data": None})
+        r = httpx.post(
+            server.url + "gradio_api/component_server",
+            headers=visitor(40),
+            timeout=30,
+            json={"session_hash": uuid.uuid4().hex[:11], "component_id": 1, "fn_name": "x", "data": None},
+        )
         codes.append(r.status_code)
     assert codes.count(429) >= 15 and "Too many new pages" in r.text, codes
     assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(41)) == "complete"
@@ -206,13 +275,24 @@ def test_fresh_sessions_from_one_address_are_capped(server):
 
 def test_small_mistakes_get_short_4xx_and_headers_are_safe(server):
     fn = explain_fn(server)
-    empty_name = httpx.post(server.url + "gradio_api/upload", headers=visitor(50), timeout=30,
-                            files={"files": ("", sample("tench").read_bytes(), "image/jpeg")})
+    empty_name = httpx.post(
+        server.url + "gradio_api/upload",
+        headers=visitor(50),
+        timeout=30,
+        files={"files": ("", sample("tench").read_bytes(), "image/jpeg")},
+    )
     assert empty_name.status_code == 400 and "no file name" in empty_name.text
     for index in (10**30, -1, "x"):
-        r = join(server, fn, [None], visitor(51)) if index == "x" else httpx.post(
-            server.url + "gradio_api/queue/join", headers=visitor(51), timeout=30,
-            json={"data": [None], "fn_index": index, "session_hash": "abc", "event_data": None, "trigger_id": None})
+        r = (
+            join(server, fn, [None], visitor(51))
+            if index == "x"
+            else httpx.post(
+                server.url + "gradio_api/queue/join",
+                headers=visitor(51),
+                timeout=30,
+                json={"data": [None], "fn_index": index, "session_hash": "abc", "event_data": None, "trigger_id": None},
+            )
+        )
         assert 400 <= r.status_code < 500 or r.status_code == 200, (index, r.status_code)
         assert len(r.content) < 600 and "Traceback" not in r.text, r.text
     page = httpx.get(server.url, timeout=30)
@@ -227,8 +307,14 @@ def test_forwarded_headers_are_trusted_only_as_configured(tmp_path):
         codes = []
         for n in range(3):
             with open(sample("tench"), "rb") as f:
-                codes.append(httpx.post(app.url + "gradio_api/upload", files={"files": ("t.jpg", f, "image/jpeg")},
-                                        headers={"X-Forwarded-For": f"198.51.100.{n}"}, timeout=30).status_code)
+                codes.append(
+                    httpx.post(
+                        app.url + "gradio_api/upload",
+                        files={"files": ("t.jpg", f, "image/jpeg")},
+                        headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                        timeout=30,
+                    ).status_code
+                )
         assert codes == [200, 200, 429], codes
     finally:
         app.stop()
@@ -242,17 +328,28 @@ def test_images_are_charged_by_their_decoded_pixels(server):
     data = buf.getvalue()
     answers = []
     for _ in range(2):
-        up = httpx.post(server.url + "gradio_api/upload", files={"files": ("big.jpg", data, "image/jpeg")},
-                        headers=visitor(70), timeout=60)
+        up = httpx.post(
+            server.url + "gradio_api/upload",
+            files={"files": ("big.jpg", data, "image/jpeg")},
+            headers=visitor(70),
+            timeout=60,
+        )
         assert up.status_code == 200, up.text
-        r = httpx.post(server.url + "gradio_api/call/explain", headers=visitor(70), timeout=30,
-                       json={"data": [{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}]})
+        r = httpx.post(
+            server.url + "gradio_api/call/explain",
+            headers=visitor(70),
+            timeout=30,
+            json={"data": [{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}]},
+        )
         answers.append(httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=300).text)
     assert "event: complete" in answers[0]
     assert "event: error" in answers[1] and "add up to 30 MP; the limit is 50 MP" in answers[1], answers[1][-400:]
     assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(71)) == "complete"
-    record("abuse", "decoded_pixels", {"file_mb": round(len(data) / 1e6, 2), "megapixels": 30, "limit_mp": 50,
-                                       "second_refused": True})
+    record(
+        "abuse",
+        "decoded_pixels",
+        {"file_mb": round(len(data) / 1e6, 2), "megapixels": 30, "limit_mp": 50, "second_refused": True},
+    )
 
 
 def _progressive_with_scans(extra: int) -> bytes:
@@ -260,7 +357,7 @@ def _progressive_with_scans(extra: int) -> bytes:
     Image.open(sample("golf_ball")).convert("RGB").resize((64, 64)).save(buf, "JPEG", progressive=True)
     data = buf.getvalue()
     body, end = data[:-2], data[-2:]
-    return body + body[body.rindex(b"\xff\xda"):] * extra + end
+    return body + body[body.rindex(b"\xff\xda") :] * extra + end
 
 
 def _pages(fmt: str, n: int) -> bytes:
@@ -272,16 +369,19 @@ def _pages(fmt: str, n: int) -> bytes:
 
 def test_no_file_costs_more_than_a_few_cpu_seconds(server):
     """The worst file of each format tried, uploaded and explained: CPU seconds of the server from /proc."""
-    files = {"jpeg_8000_scans": (_progressive_with_scans(8000), "a.jpg"),
-             "tiff_5000_pages": (_pages("TIFF", 5000), "a.tif"),
-             "gif_5000_frames": (_pages("GIF", 5000), "a.gif"),
-             "png_header_40mp": (_png_header(6300, 6300), "a.png")}
+    files = {
+        "jpeg_8000_scans": (_progressive_with_scans(8000), "a.jpg"),
+        "tiff_5000_pages": (_pages("TIFF", 5000), "a.tif"),
+        "gif_5000_frames": (_pages("GIF", 5000), "a.gif"),
+        "png_header_40mp": (_png_header(6300, 6300), "a.png"),
+    }
     costs = {}
     for n, (name, (data, filename)) in enumerate(files.items()):
         headers = visitor(60 + n)
         before = cpu_seconds(server.proc.pid)
-        up = httpx.post(server.url + "gradio_api/upload", files={"files": (filename, data)}, headers=headers,
-                        timeout=60)
+        up = httpx.post(
+            server.url + "gradio_api/upload", files={"files": (filename, data)}, headers=headers, timeout=60
+        )
         if up.status_code == 200:
             payload = {"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}
             call(server, [payload, "imagenette", "gradcam", TOP1, "", 0.5, False, ""], headers)
@@ -293,7 +393,46 @@ def test_no_file_costs_more_than_a_few_cpu_seconds(server):
 def _png_header(width: int, height: int) -> bytes:
     import struct
     import zlib
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(  # noqa: E731
-        ">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
+
+
+def test_files_that_break_the_decoder_get_a_sentence_not_a_null_error(server):
+    """Pillow raises more than OSError / ValueError on corrupt bytes (OSError from Image.open on a header
+    cut short or an unknown BMP compression, IndexError / struct.error from a GIF whose second frame is
+    cut): each used to reach the client as ``event: error`` with ``{"error": null}``; now one sentence."""
+    import struct
+
+    small = Image.open(sample("tench")).convert("RGB").resize((64, 48))
+    jpeg, bmp = io.BytesIO(), io.BytesIO()
+    small.save(jpeg, "JPEG")
+    small.save(bmp, "BMP")
+    bad_bmp = bytearray(bmp.getvalue())
+    bad_bmp[30:34] = struct.pack("<I", 0x48000000)  # biCompression: no such method
+    frames = [Image.new("RGB", (16, 16), (80 * i, 0, 0)) for i in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    gif = gif.getvalue()
+    second = gif.index(b"\x2c", gif.index(b"\x21\xf9\x04"))  # the second frame's image descriptor
+    files = {"a.jpg": jpeg.getvalue()[:100], "a.bmp": bytes(bad_bmp), "a.gif": gif[: second + 3]}
+    for name, data in files.items():
+        up = httpx.post(
+            server.url + "gradio_api/upload", files={"files": (name, data)}, headers=visitor(95), timeout=30
+        )
+        assert up.status_code == 200, up.text  # it starts like an image: stored, then refused by the handler
+        r = httpx.post(
+            server.url + "gradio_api/call/explain",
+            headers=visitor(95),
+            timeout=30,
+            json={"data": [{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}]},
+        )
+        text = httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=60).text
+        event, data = text.strip().splitlines()[-2:]
+        assert event == "event: error", text[-300:]
+        message = json.loads(data.removeprefix("data: "))["error"]
+        assert message and "file is truncated or corrupt" in message and len(message) < 200, (name, text[-300:])
+    assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(96)) == "complete"

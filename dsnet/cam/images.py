@@ -3,12 +3,13 @@
 Decoded images are RGB; "float images" are float32 H x W x 3 in [0, 1]; CAMs are float32 H x W in
 [0, 1]; overlays are uint8 H x W x 3 RGB. Untrusted input goes through ``open_image`` only.
 """
+
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dsnet.core.text import shortened
 from dsnet.zoo.manifest import Preprocessing
 
-# Limits for untrusted images (documented in README, "Limits").
+# Limits for untrusted images (docs/security.md, "Serving settings and limits").
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; bombs are refused before decoding
 MAX_ASPECT = 20.0  # long side / short side; a 10000 x 1 strip carries no picture worth explaining
@@ -46,8 +48,9 @@ def _decoders() -> list[str]:
     return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
 
-def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
-               admit: Callable[[int, int], None] | None = None) -> LoadedImage:
+def open_image(
+    source: str | os.PathLike | bytes | Image.Image | np.ndarray, admit: Callable[[int, int], None] | None = None
+) -> LoadedImage:
     """Decode untrusted input to an upright RGB PIL image, or raise ImageError saying why.
 
     Accepts a path, raw bytes, a ``data:`` URL, a PIL image or an RGB/gray uint8 array. ``admit(width,
@@ -64,15 +67,39 @@ def open_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
     if len(data) > MAX_BYTES:
         raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.0f} MB")
     if data[:2] == b"\xff\xd8" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
-        raise ImageError(f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (a normal one has about 10)")
+        raise ImageError(
+            f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (a normal one has about 10)"
+        )
     try:
         im = Image.open(io.BytesIO(data), formats=_decoders())
     except UnidentifiedImageError:
         kind = _sniff(data)
-        raise ImageError(f"this is not a supported image ({kind}); send a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF")
+        raise ImageError(
+            f"this is not a supported image ({kind}); send a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF"
+        ) from None
     except Image.DecompressionBombError:
-        raise ImageError(f"the image is too large to decode safely; the limit is {MAX_PIXELS / 1e6:.0f} MP")
+        raise ImageError(f"the image is too large to decode safely; the limit is {MAX_PIXELS / 1e6:.0f} MP") from None
+    except Exception as e:  # a header Pillow cannot parse (see _corrupt)
+        raise _corrupt(_signature(data), e) from None
     return _checked_rgb(im, fmt=im.format, admit=admit)
+
+
+def _corrupt(fmt: str, error: Exception) -> ImageError:
+    """The one sentence for a file its decoder failed on. Pillow's plugins raise more than OSError,
+    SyntaxError and ValueError on corrupt bytes: OSError from ``Image.open`` itself (a JPEG or PNG cut
+    in its header, a BMP's unknown compression, a WebP libwebp refuses), RuntimeError (AVIF), IndexError
+    and struct.error (a GIF's broken second frame, found by ``is_animated``). Whatever a decoder raises
+    on a visitor's bytes is that file's fault; uncaught, it reached clients as an error without a message."""
+    said = isinstance(error, (OSError, SyntaxError, ValueError, RuntimeError)) and str(error)  # a decoder's words
+    return ImageError(f"the {fmt} file is truncated or corrupt" + (f" ({shortened(said, 80)})" if said else ""))
+
+
+def _signature(data: bytes) -> str:
+    """The allowed format a file's first bytes claim (for a message), or "image"."""
+    fmt = next((f for magic, f in FORMAT_MAGIC.items() if data.startswith(magic)), "image")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return "AVIF" if data[4:8] == b"ftyp" else fmt
 
 
 def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
@@ -83,8 +110,8 @@ def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
         try:
             header, payload = text.split(",", 1)
             return base64.b64decode(payload, validate=True) if ";base64" in header else payload.encode()
-        except Exception as e:  # noqa: BLE001
-            raise ImageError(f"the data URL could not be decoded ({e})")
+        except Exception as e:
+            raise ImageError(f"the data URL could not be decoded ({e})") from None
     path = Path(text)
     if not path.is_file():
         raise ImageError(f"no such image file: {path.name}")
@@ -94,7 +121,16 @@ def _read_bytes(source: str | os.PathLike | bytes) -> bytes:
     return path.read_bytes()
 
 
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+FORMAT_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}  # WebP and AVIF: looks_like_image
+IMAGE_MAGIC = tuple(FORMAT_MAGIC)
 
 
 def looks_like_image(head: bytes) -> bool:
@@ -124,32 +160,32 @@ def _sniff(data: bytes) -> str:
 
 def _check_size(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
-        raise ImageError(f"the image is {width} x {height} = {width * height / 1e6:.0f} MP; "
-                         f"the limit is {MAX_PIXELS / 1e6:.0f} MP")
+        raise ImageError(
+            f"the image is {width} x {height} = {width * height / 1e6:.0f} MP; the limit is {MAX_PIXELS / 1e6:.0f} MP"
+        )
     if max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
         raise ImageError(f"the image is {width} x {height}; its aspect ratio is over {MAX_ASPECT:.0f}:1")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"the image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
 
 
-def _checked_rgb(im: Image.Image, fmt: str | None,
-                 admit: Callable[[int, int], None] | None = None) -> LoadedImage:
+def _checked_rgb(im: Image.Image, fmt: str | None, admit: Callable[[int, int], None] | None = None) -> LoadedImage:
     """An opened image checked (size, frames, corruption), turned upright and converted to 8-bit RGB."""
     notes = []
     _check_size(*im.size)  # before any pixel is decoded
     if admit is not None:
         admit(*im.size)
-    # is_animated looks for a second frame only; n_frames would walk every page (a TIFF of 100k pages:
-    # quadratic, a minute of CPU) just to print a number
-    if getattr(im, "is_animated", False):
-        im.seek(0)
-        notes.append(f"the {fmt} has several frames; the first one is used")
     try:
+        # is_animated looks for a second frame only; n_frames would walk every page (a TIFF of 100k pages:
+        # quadratic, a minute of CPU) just to print a number
+        if getattr(im, "is_animated", False):
+            im.seek(0)
+            notes.append(f"the {fmt} has several frames; the first one is used")
         im.load()
         orientation = im.getexif().get(0x0112, 1)
         im = ImageOps.exif_transpose(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"the {fmt} file is truncated or corrupt ({e})")
+    except Exception as e:  # whatever the decoder raises on these bytes (see _corrupt)
+        raise _corrupt(fmt, e) from None
     if orientation != 1:
         notes.append("turned upright using its EXIF orientation")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -185,8 +221,9 @@ def model_view(image: Image.Image, pre: Preprocessing) -> np.ndarray:
     """
     w, h = image.size
     scale = pre.resize / min(w, h)
-    resized = image.resize((max(pre.crop, round(w * scale)), max(pre.crop, round(h * scale))),
-                           Image.Resampling.BILINEAR, reducing_gap=None)
+    resized = image.resize(
+        (max(pre.crop, round(w * scale)), max(pre.crop, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=None
+    )
     left = (resized.width - pre.crop) // 2
     top = (resized.height - pre.crop) // 2
     crop = resized.crop((left, top, left + pre.crop, top + pre.crop))
@@ -218,16 +255,22 @@ def enlarge(rgb: np.ndarray, min_side: int) -> np.ndarray:
 def overlay(view: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
     """Heatmap over the view: float32 H x W x 3 and H x W in [0, 1] -> uint8 H x W x 3 RGB."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
+
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     return show_cam_on_image(view, cam, use_rgb=True, image_weight=1.0 - opacity)
 
 
-def draw_boxes(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]], width: int = 2,
-               colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def draw_boxes(
+    rgb: np.ndarray,
+    boxes: list[tuple[float, float, float, float]],
+    width: int = 2,
+    colour: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
     """uint8 H x W x 3 with each box (x0, y0, x1, y1, in this image's pixel-edge coordinates) outlined:
     a ``width`` px line in ``colour`` inside a 1 px black one, visible on any heatmap. A new array."""
     from PIL import ImageDraw
+
     im = Image.fromarray(np.ascontiguousarray(rgb))
     draw = ImageDraw.Draw(im)
     h, w = rgb.shape[:2]
@@ -244,10 +287,12 @@ def draw_boxes(rgb: np.ndarray, boxes: list[tuple[float, float, float, float]], 
 def signed_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Where map ``a`` looks and map ``b`` does not: each H x W map min-max scaled to [0, 1], then a - b,
     in [-1, 1] (0 where they agree; a flat map counts as all zeros)."""
+
     def scaled(m: np.ndarray) -> np.ndarray:
         m = np.asarray(m, dtype=np.float32)
         span = float(m.max() - m.min())
         return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+
     if np.shape(a) != np.shape(b):
         raise ValueError(f"the maps differ in size: {np.shape(a)} and {np.shape(b)}")
     return scaled(a) - scaled(b)
@@ -260,6 +305,7 @@ def difference_overlay(view: np.ndarray, difference: np.ndarray, opacity: float 
     """A signed difference in [-1, 1] over the view (float32 H x W x 3 in [0, 1]) with the diverging
     colour map: red where the first map is higher, blue where the second is, the image where they agree."""
     from matplotlib import colormaps
+
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     colours = colormaps[DIVERGING]((np.clip(difference, -1, 1) + 1) / 2)[..., :3]
