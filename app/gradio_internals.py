@@ -108,6 +108,21 @@ def event_session(event) -> str | None:
     return event.session_hash
 
 
+def request_session(body) -> str | None:
+    """The session hash a queued request names (``PredictBody.session_hash``)."""
+    return body.session_hash
+
+
+def set_event_ip(event, ip: str) -> None:
+    """Remember on a queued event the address it came from (Gradio's Event has no such field)."""
+    event.dsnet_client_ip = ip
+
+
+def event_ip(event) -> str | None:
+    """The address ``set_event_ip`` remembered (None for an event queued before the guard)."""
+    return getattr(event, "dsnet_client_ip", None)
+
+
 def hold_back_events(queue, held: Callable[[Any], bool], only: str | None = None) -> None:
     """Let the queue start no event for which ``held(event)`` is true; such events keep their places.
     ``only``: a concurrency id (``concurrency_id=`` of an event listener): the others are left alone.
@@ -163,6 +178,12 @@ def check() -> list[str]:
     for name in ("event_queue_per_concurrency_id", "active_jobs", "event_ids_to_events", "self.get_events()"):
         if name not in source:
             problems.append(f"Queue no longer uses {name}")
+    from gradio.data_classes import PredictBody
+
+    if "session_hash" not in PredictBody.model_fields:
+        problems.append("PredictBody.session_hash is gone (request_session reads it)")
+    if "self.session_hash" not in inspect.getsource(queueing.Event):
+        problems.append("Event.session_hash is gone (event_session reads it)")
     if "self.upload_file_set" not in inspect.getsource(Blocks):
         problems.append("Blocks.upload_file_set is gone (uploaded_files reads it)")
     if "_queue" not in inspect.getsource(Blocks.queue):

@@ -20,7 +20,7 @@ from .gradio_internals import uploaded_files
 from .handlers import ExplainApp
 from .params import OWN_IMAGE_TARGETS
 from .settings import ServingSettings
-from .state import DIFFERENCES, Session
+from .state import DIFFERENCES, EXPLAIN_GROUP, Session
 from .uploads import Uploads
 from .zerogpu import on_zerogpu, serving_device
 
@@ -219,7 +219,7 @@ def build_app(
             inputs + [show_boxes, session],
             outputs + [session],
             api_visibility="private",
-            concurrency_id="explain",
+            concurrency_id=EXPLAIN_GROUP,
             scroll_to_output=True,
             trigger_mode="always_last",
         )
@@ -229,7 +229,7 @@ def build_app(
             inputs,
             outputs,
             api_name="explain",
-            concurrency_id="explain",
+            concurrency_id=EXPLAIN_GROUP,
             api_description="Explain one image with the three models: for each, the heatmap over the "
             "image as the model saw it, a summary and the top-5. Send an image "
             "(uploaded file or data: URL) or an example id (see /examples).",
@@ -282,6 +282,6 @@ def build_app(
                 redrawn,
                 api_visibility="private",
                 trigger_mode="always_last",
-                concurrency_id="explain",
+                concurrency_id=EXPLAIN_GROUP,
             )
     return BuiltApp(demo, handlers, settings)

@@ -2,8 +2,10 @@
 
 * ``shape_inputs``: missing inputs get defaults, extra ones are refused, an image payload that is not
   a recorded upload or a ``data:`` URL is emptied before Gradio looks at it.
-* ``ClientLimit``: at most N queued + running requests per client (Gradio session, and client IP as
-  a proxy forwards it), on top of the queue bound for everyone; refused at once with HTTP 429.
+* ``ClientLimit``: at most N requests per client (Gradio session, and client IP as a proxy forwards
+  it) waiting, running or still computing after a cancel, on top of the queue bound for everyone
+  (HTTP 429 at once); and at most M of its explain requests computing at once (the rest wait while
+  other visitors' start).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from . import gradio_internals as gi
 from .gate import client_ip
 from .runs import RunRegistry
+from .state import EXPLAIN_GROUP
 
 
 def shape_inputs(queue, image_types: tuple[type, ...]) -> None:
@@ -65,12 +68,12 @@ class ClientLimit:
     trusted_proxies: int = 0
     runs: RunRegistry = field(default_factory=RunRegistry)
     running_per_client: int = 1
-    concurrency_id: str = "explain"
+    concurrency_id: str = EXPLAIN_GROUP
 
     def install(self, queue) -> None:
         async def limited_push(push, body, request, username):
             ip = client_ip(request, self.trusted_proxies)
-            mine = self.requests(queue, ip, body.session_hash)
+            mine = self.requests(queue, ip, gi.request_session(body))
             if mine >= self.per_client:
                 from fastapi import HTTPException
 
@@ -82,16 +85,13 @@ class ClientLimit:
             result = await push(body=body, request=request, username=username)
             event = gi.pushed_event(queue, result)
             if event is not None:
-                event.client_ip = ip
+                gi.set_event_ip(event, ip)
             return result
 
         gi.wrap_push(queue, limited_push)
         gi.hold_back_events(
             queue,
-            lambda event: (
-                self.running(queue, getattr(event, "client_ip", None), gi.event_session(event))
-                >= self.running_per_client
-            ),
+            lambda event: self.running(queue, gi.event_ip(event), gi.event_session(event)) >= self.running_per_client,
             only=self.concurrency_id,
         )
 
@@ -106,6 +106,4 @@ class ClientLimit:
 
 
 def _of(event, ip: str | None, session: str | None) -> bool:
-    return (session is not None and gi.event_session(event) == session) or (
-        ip is not None and getattr(event, "client_ip", None) == ip
-    )
+    return (session is not None and gi.event_session(event) == session) or (ip is not None and gi.event_ip(event) == ip)

@@ -10,6 +10,7 @@ from dsnet.zoo.loader import DEFAULT_MODELS
 
 from .params import ExplainParams
 
+EXPLAIN_GROUP = "explain"  # the concurrency group of everything that runs a model or draws pictures
 DIFFERENCES = (("dsnet50", "resnet50"), ("ds2net50", "resnet50"))  # (a, b): where a looks and b does not
 # status, model view, (heatmap, summary, top-5) per model, download, then (added later, so the API's first
 # outputs kept their places) one difference view per pair and the localisation numbers

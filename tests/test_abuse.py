@@ -74,12 +74,30 @@ def join(server, fn: int, data: list, headers: dict, session: str | None = None)
     )
 
 
-def call(server, data, headers, timeout=300) -> str:
+def explain_stream(server, data, headers, timeout=300) -> str:
+    """POST /gradio_api/call/explain, then its whole event stream ("http NNN" when the POST is refused)."""
     r = httpx.post(server.url + "gradio_api/call/explain", json={"data": data}, headers=headers, timeout=30)
     if r.status_code != 200:
         return f"http {r.status_code}"
-    stream = httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=timeout).text
-    return stream.strip().splitlines()[-2].removeprefix("event: ")
+    return httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=timeout).text
+
+
+def call(server, data, headers, timeout=300) -> str:
+    """The last event of an explain call: "complete", "error", or "http NNN"."""
+    stream = explain_stream(server, data, headers, timeout)
+    return stream if stream.startswith("http ") else stream.strip().splitlines()[-2].removeprefix("event: ")
+
+
+def upload(url: str, name: str, data, headers: dict, timeout: float = 60) -> httpx.Response:
+    """POST one file to the upload route (``data``: bytes or an open file)."""
+    return httpx.post(
+        url + "gradio_api/upload", files={"files": (name, data, "image/jpeg")}, headers=headers, timeout=timeout
+    )
+
+
+def uploaded(path: str) -> dict:
+    """The image payload naming a file the upload route wrote."""
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
 
 
 def test_cancel_and_rejoin_never_runs_more_than_the_limit(server):
@@ -233,13 +251,7 @@ def test_bodies_in_flight_are_bounded_per_visitor_and_stalled_ones_time_out(serv
         )
         for i in range(40)
     ]
-    with open(sample("tench"), "rb") as f:
-        ok = httpx.post(
-            server.url + "gradio_api/upload",
-            files={"files": ("t.jpg", f, "image/jpeg")},
-            headers=visitor(90),
-            timeout=30,
-        )
+    ok = upload(server.url, "t.jpg", sample("tench").read_bytes(), visitor(90))
     assert ok.status_code == 200, ok.text
     for s in stalls:
         s.close()
@@ -275,12 +287,7 @@ def test_fresh_sessions_from_one_address_are_capped(server):
 
 def test_small_mistakes_get_short_4xx_and_headers_are_safe(server):
     fn = explain_fn(server)
-    empty_name = httpx.post(
-        server.url + "gradio_api/upload",
-        headers=visitor(50),
-        timeout=30,
-        files={"files": ("", sample("tench").read_bytes(), "image/jpeg")},
-    )
+    empty_name = upload(server.url, "", sample("tench").read_bytes(), visitor(50))
     assert empty_name.status_code == 400 and "no file name" in empty_name.text
     for index in (10**30, -1, "x"):
         r = (
@@ -306,15 +313,11 @@ def test_forwarded_headers_are_trusted_only_as_configured(tmp_path):
     try:
         codes = []
         for n in range(3):
-            with open(sample("tench"), "rb") as f:
-                codes.append(
-                    httpx.post(
-                        app.url + "gradio_api/upload",
-                        files={"files": ("t.jpg", f, "image/jpeg")},
-                        headers={"X-Forwarded-For": f"198.51.100.{n}"},
-                        timeout=30,
-                    ).status_code
-                )
+            codes.append(
+                upload(
+                    app.url, "t.jpg", sample("tench").read_bytes(), {"X-Forwarded-For": f"198.51.100.{n}"}
+                ).status_code
+            )
         assert codes == [200, 200, 429], codes
     finally:
         app.stop()
@@ -328,20 +331,9 @@ def test_images_are_charged_by_their_decoded_pixels(server):
     data = buf.getvalue()
     answers = []
     for _ in range(2):
-        up = httpx.post(
-            server.url + "gradio_api/upload",
-            files={"files": ("big.jpg", data, "image/jpeg")},
-            headers=visitor(70),
-            timeout=60,
-        )
+        up = upload(server.url, "big.jpg", data, visitor(70))
         assert up.status_code == 200, up.text
-        r = httpx.post(
-            server.url + "gradio_api/call/explain",
-            headers=visitor(70),
-            timeout=30,
-            json={"data": [{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}]},
-        )
-        answers.append(httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=300).text)
+        answers.append(explain_stream(server, [uploaded(up.json()[0])], visitor(70)))
     assert "event: complete" in answers[0]
     assert "event: error" in answers[1] and "add up to 30 MP; the limit is 50 MP" in answers[1], answers[1][-400:]
     assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(71)) == "complete"
@@ -379,12 +371,9 @@ def test_no_file_costs_more_than_a_few_cpu_seconds(server):
     for n, (name, (data, filename)) in enumerate(files.items()):
         headers = visitor(60 + n)
         before = cpu_seconds(server.proc.pid)
-        up = httpx.post(
-            server.url + "gradio_api/upload", files={"files": (filename, data)}, headers=headers, timeout=60
-        )
+        up = upload(server.url, filename, data, headers)
         if up.status_code == 200:
-            payload = {"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}
-            call(server, [payload, "imagenette", "gradcam", TOP1, "", 0.5, False, ""], headers)
+            call(server, [uploaded(up.json()[0]), "imagenette", "gradcam", TOP1, "", 0.5, False, ""], headers)
         costs[name] = round(cpu_seconds(server.proc.pid) - before, 2)
     record("abuse", "cpu_seconds_per_file", costs | {"bytes": {k: len(v[0]) for k, v in files.items()}})
     assert max(costs.values()) < 4, costs  # the goal is ~2 s; the model run itself is part of it
@@ -420,17 +409,9 @@ def test_files_that_break_the_decoder_get_a_sentence_not_a_null_error(server):
     second = gif.index(b"\x2c", gif.index(b"\x21\xf9\x04"))  # the second frame's image descriptor
     files = {"a.jpg": jpeg.getvalue()[:100], "a.bmp": bytes(bad_bmp), "a.gif": gif[: second + 3]}
     for name, data in files.items():
-        up = httpx.post(
-            server.url + "gradio_api/upload", files={"files": (name, data)}, headers=visitor(95), timeout=30
-        )
+        up = upload(server.url, name, data, visitor(95))
         assert up.status_code == 200, up.text  # it starts like an image: stored, then refused by the handler
-        r = httpx.post(
-            server.url + "gradio_api/call/explain",
-            headers=visitor(95),
-            timeout=30,
-            json={"data": [{"path": up.json()[0], "meta": {"_type": "gradio.FileData"}}]},
-        )
-        text = httpx.get(f"{server.url}gradio_api/call/explain/{r.json()['event_id']}", timeout=60).text
+        text = explain_stream(server, [uploaded(up.json()[0])], visitor(95), timeout=60)
         event, data = text.strip().splitlines()[-2:]
         assert event == "event: error", text[-300:]
         message = json.loads(data.removeprefix("data: "))["error"]
