@@ -90,3 +90,60 @@ def awkward_inputs() -> dict[str, tuple[bytes, str, str | None]]:
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def rle8_bmp(width: int, height: int) -> bytes:
+    """A run-length BMP whose every row is one pixel and an end-of-line: a few bytes a row that Pillow's
+    decoder (written in Python) pads pixel by pixel: the costliest file per byte found (issue 25)."""
+    import struct
+
+    rows = b"\x01\x07\x00\x00" * height + b"\x00\x01"
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def tiled_tiff(width: int, height: int, tile: int = 16) -> bytes:
+    """An uncompressed TIFF of ``tile`` px tiles whose offsets all point at one tile: ~8 bytes a tile,
+    and Pillow loops over the tiles in Python."""
+    import struct
+
+    n = -(-width // tile) * -(-height // tile)
+    data = bytes(tile * tile * 3)
+    offsets_at = 8 + len(data)
+    counts_at = offsets_at + 4 * n
+    bits_at = counts_at + 4 * n
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2)]
+    tags += [(277, 3, 1, 3), (284, 3, 1, 1), (322, 3, 1, tile), (323, 3, 1, tile)]
+    tags += [(324, 4, n, offsets_at), (325, 4, n, counts_at)]
+    entry = lambda tag, kind, count, value: struct.pack(
+        "<HHII" if kind == 4 or count > 1 else "<HHIHH",
+        tag,
+        kind,
+        count,
+        value,
+        *(() if kind == 4 or count > 1 else (0,)),
+    )
+    ifd = struct.pack("<H", len(tags)) + b"".join(entry(*t) for t in tags) + struct.pack("<I", 0)
+    return (
+        b"II*\x00"
+        + struct.pack("<I", bits_at + 6)
+        + data
+        + struct.pack(f"<{n}I", *[8] * n)
+        + struct.pack(f"<{n}I", *[len(data)] * n)
+        + struct.pack("<3H", 8, 8, 8)
+        + ifd
+    )
+
+
+def png16_rgb(width: int, height: int) -> bytes:
+    """A 16-bit RGB PNG of zeros: a few hundred KB that decode to 6 bytes a pixel."""
+    import struct
+    import zlib
+
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    packer, row = zlib.compressobj(9), b"\0" * (1 + 6 * width)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

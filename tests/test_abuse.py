@@ -359,24 +359,47 @@ def _pages(fmt: str, n: int) -> bytes:
     return buf.getvalue()
 
 
+def _memory_kb(pid: int, field: str) -> int:
+    return next(
+        int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field)
+    )
+
+
 def test_no_file_costs_more_than_a_few_cpu_seconds(server):
-    """The worst file of each format tried, uploaded and explained: CPU seconds of the server from /proc."""
+    """The worst file of each format tried, uploaded and explained: CPU seconds of the server from /proc,
+    and the peak memory it added (VmHWM, reset before each file through /proc/PID/clear_refs)."""
+    from badimages import png16_rgb, rle8_bmp, tiled_tiff
+
     files = {
         "jpeg_8000_scans": (_progressive_with_scans(8000), "a.jpg"),
         "tiff_5000_pages": (_pages("TIFF", 5000), "a.tif"),
         "gif_5000_frames": (_pages("GIF", 5000), "a.gif"),
         "png_header_40mp": (_png_header(6300, 6300), "a.png"),
+        "bmp_rle8_40mp": (rle8_bmp(6300, 6300), "a.bmp"),
+        "bmp_rle8_8mp": (rle8_bmp(2828, 2828), "a.bmp"),
+        "tiff_155k_tiles_40mp": (tiled_tiff(6300, 6300), "a.tif"),
+        "png_16bit_40mp": (png16_rgb(6300, 6300), "a.png"),
     }
-    costs = {}
+    costs, peaks, outcomes = {}, {}, {}
+    pid = server.proc.pid
     for n, (name, (data, filename)) in enumerate(files.items()):
         headers = visitor(60 + n)
-        before = cpu_seconds(server.proc.pid)
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        rss, before = _memory_kb(pid, "VmRSS:"), cpu_seconds(pid)
         up = upload(server.url, filename, data, headers)
+        outcomes[name] = f"upload {up.status_code}"
         if up.status_code == 200:
-            call(server, [uploaded(up.json()[0]), "imagenette", "gradcam", TOP1, "", 0.5, False, ""], headers)
-        costs[name] = round(cpu_seconds(server.proc.pid) - before, 2)
-    record("abuse", "cpu_seconds_per_file", costs | {"bytes": {k: len(v[0]) for k, v in files.items()}})
+            outcomes[name] = call(
+                server, [uploaded(up.json()[0]), "imagenette", "gradcam", TOP1, "", 0.5, False, ""], headers
+            )
+        costs[name] = round(cpu_seconds(pid) - before, 2)
+        peaks[name] = round((_memory_kb(pid, "VmHWM:") - rss) / 1024)
+    sizes = {k: len(v[0]) for k, v in files.items()}
+    record("abuse", "cpu_seconds_per_file", costs | {"bytes": sizes, "peak_mb_added": peaks, "outcome": outcomes})
+    assert outcomes["bmp_rle8_40mp"] == "error" and outcomes["bmp_rle8_8mp"] == "complete", outcomes
+    assert outcomes["png_16bit_40mp"] == "complete" and outcomes["tiff_155k_tiles_40mp"] == "complete", outcomes
     assert max(costs.values()) < 4, costs  # the goal is ~2 s; the model run itself is part of it
+    assert max(peaks.values()) < 600, peaks  # a 40 MP 16-bit PNG held ~770 MB before the in-place scaling
 
 
 def _png_header(width: int, height: int) -> bytes:

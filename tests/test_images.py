@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -113,3 +115,30 @@ def test_a_tiff_of_many_pages_is_not_walked_page_by_page(monkeypatch):
     loaded = open_image(buf.getvalue())
     assert loaded.image.size == (16, 16) and any("several frames; the first one is used" in n for n in loaded.notes)
     assert max(seeks, default=0) <= 1  # frame 0 and a look at frame 1: not 401 pages
+
+
+def test_a_run_length_bmp_is_limited_to_fewer_pixels_than_the_fast_formats():
+    """Pillow decodes run-length BMP in Python (~0.1 us a pixel): a 26 KB one declaring 40 MP took
+    4.6 s of CPU. Above MAX_PYTHON_DECODER_PIXELS it is refused before decoding; below, it decodes."""
+    from badimages import rle8_bmp
+    from dsnet.cam.images import MAX_PYTHON_DECODER_PIXELS
+
+    with pytest.raises(ImageError, match=r"the BMP is 40 MP in a slow encoding \(bmp_rle\); at most 8 MP"):
+        open_image(rle8_bmp(6300, 6300))
+    side = int(MAX_PYTHON_DECODER_PIXELS**0.5)
+    small = open_image(rle8_bmp(side // 8, side // 8)).image
+    assert small.size == (side // 8, side // 8) and small.getpixel((0, small.height - 1)) == (7, 7, 7)
+    big = photo().resize((3000, 2000))  # a fast (uncompressed) BMP is not held to that limit
+    buf = io.BytesIO()
+    big.save(buf, "BMP")
+    assert open_image(buf.getvalue()).image.size == (3000, 2000)
+
+
+def test_sixteen_bit_images_are_scaled_to_the_full_8_bit_range():
+    """The scaling works in place on float32 (float64 temporaries held ~770 MB for a 40 MP PNG)."""
+    ramp = np.linspace(1000, 3000, 64 * 48).reshape(48, 64).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    arr = np.asarray(open_image(buf.getvalue()).image)
+    assert arr.min() == 0 and arr.max() == 255 and (arr[..., 0] == arr[..., 2]).all()
+    assert np.abs(arr[..., 0].astype(float) - (ramp - 1000) / 2000 * 255).max() <= 1
