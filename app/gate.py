@@ -9,14 +9,16 @@ from (the one rule for every per-visitor budget: the gate's, the queue's and the
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable
 
 from dsnet.cam.images import MAX_BYTES, looks_like_image
-from dsnet.core.text import quoted
+from dsnet.core.text import quoted, shortened
 
 from .budgets import WindowBudget
 
@@ -54,7 +56,12 @@ class PublicGate:
     * new page sessions beyond ``pages_per_client`` per visitor within ``window``: HTTP 429 (each
       session holds state on the server: a flood of fresh ones would evict other visitors' state);
     * ``/gradio_api/cancel`` also stops the session's computing runs (``runs``);
+    * a ``/gradio_api/call/<name>`` POST without a session of its own (every ``/call/v2/`` one) is a new
+      session on the server and counts as a new page;
     * ``/gradio_api/call/<name>`` for a name that is not one of ``api_names``: HTTP 404 (Gradio answers 500);
+      a call whose keywords or values do not fit the endpoint: HTTP 400 (Gradio raised a TypeError: 500);
+      reading the results of a call the server does not hold (``known_event`` is false): HTTP 404 (Gradio
+      starts the event stream, then breaks it);
     * routes a public demo does not need (screen-recording processing, vibe editing, the development
       reload stream, the run-history pages): HTTP 404; every answer carries ``X-Content-Type-Options: nosniff``;
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
@@ -86,6 +93,7 @@ class PublicGate:
         pages_per_client: int = 60,
         runs=None,
         api_names: set[str] | None = None,
+        known_event: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app, self.max_body, self.window, self.clock = app, max_body, window, clock
@@ -95,6 +103,7 @@ class PublicGate:
         self.body_timeout = body_timeout
         self.inflight_per_client, self.inflight_total = inflight_per_client, inflight_total
         self.pages_per_client, self.runs, self.api_names = pages_per_client, runs, api_names
+        self.known_event = known_event
         self.inflight: dict[str, int] = {}  # body bytes held per client, until its request is done
         self.sessions: dict[str, dict[str, float]] = {}  # per client: session hash -> first seen
         self._forwarding_logged = False
@@ -112,6 +121,11 @@ class PublicGate:
                 send,
                 404,
                 f"No endpoint {quoted(called.group(1), 40)}; this app has: {', '.join(sorted(self.api_names))}.",
+            )
+        results = _RESULTS.match(path)
+        if results and scope.get("method") == "GET" and self.known_event and not self.known_event(results.group(1)):
+            return await _answer(
+                send, 404, "No call with that id is waiting to be read (results are read once, within minutes)."
             )
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -135,7 +149,18 @@ class PublicGate:
             async def replay():
                 return messages.pop(0) if messages else await receive()
 
-            await self.app(scope, replay, send)
+            started = [False]
+
+            async def watched(message):
+                started[0] = started[0] or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.app(scope, replay, watched)
+            except TypeError as e:  # Gradio's construct_args on keywords a /call/ does not take
+                if not called or started[0]:
+                    raise
+                return await _answer(send, 400, f"The call does not fit this endpoint: {shortened(str(e), 160)}")
         finally:
             self._release(client, held[0])
 
@@ -207,7 +232,12 @@ class PublicGate:
         if body.count(b"{") + body.count(b"[") + body.count(b",") > MAX_JSON_VALUES:
             # a 27 MB list of {} parses to ~60x its size in Python objects; a data: URL (base64) has none
             raise _Refused(413, f"The request carries too many values (at most {MAX_JSON_VALUES}).")
-        session = _session_hash(body)
+        # /call/v2/ bodies are keyword arguments (Gradio gives such a call a session of its own), and a
+        # /call/ without a session_hash gets a fresh one: either way a new session's state on the server
+        called = _CALL.match(path)
+        session = None if path.startswith("/gradio_api/call/v2/") else _session_hash(body)
+        if session is None and called:
+            session = f"call {uuid.uuid4().hex}"
         if session is not None:
             if path.rstrip("/").endswith("/gradio_api/cancel") and self.runs is not None:
                 self.runs.cancel_session(session)
@@ -245,7 +275,8 @@ class PublicGate:
         if len(mine) >= self.pages_per_client:
             return 429, (
                 f"Too many new pages from your address in the last {self.window / 60:.0f} minutes (the "
-                f"limit is {self.pages_per_client}); use a page you have open, or wait a few minutes."
+                f"limit is {self.pages_per_client}); use a page you have open (API callers: send the same "
+                f"session_hash with each call), or wait a few minutes."
             )
         mine[session] = now
         if len(self.sessions) > 10_000:  # forget visitors whose sessions all expired
@@ -334,6 +365,7 @@ def _multipart_parts(content_type: bytes, body: bytes, head: int = 16) -> list[t
 
 
 _CALL = re.compile(r"^/gradio_api/call/(?:v2/)?([^/]+)")
+_RESULTS = re.compile(r"^/gradio_api/call/(?:v2/)?[^/]+/([^/]+)/?$")  # GET: a call's event stream
 
 
 def _session_hash(body: bytes) -> str | None:
@@ -412,8 +444,22 @@ def _scope_ip(scope, trusted_proxies: int) -> str:
 
 
 def client_ip(request, trusted_proxies: int) -> str:
-    """The client's address: the entry the nearest trusted proxy added to X-Forwarded-For, else the peer."""
+    """Who a request comes from: the entry the nearest trusted proxy added to X-Forwarded-For, else the
+    peer; an IPv6 address as its /64 (see ``visitor_address``)."""
     forwarded = [h.strip() for h in (request.headers.get("x-forwarded-for") or "").split(",") if h.strip()]
     if trusted_proxies > 0 and forwarded:
-        return forwarded[-min(trusted_proxies, len(forwarded))]
-    return request.client.host if request.client else "unknown"
+        return visitor_address(forwarded[-min(trusted_proxies, len(forwarded))])
+    return visitor_address(request.client.host) if request.client else "unknown"
+
+
+def visitor_address(address: str) -> str:
+    """The address every per-visitor budget is kept for. An IPv6 address counts as its /64: a home or a
+    server is given a whole /64, so one sender could otherwise be 2**64 visitors with a budget each. An
+    IPv4-mapped IPv6 address is its IPv4 address; anything else (a name, a forged entry) as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)

@@ -103,6 +103,18 @@ def pushed_event(queue, result: tuple):
     return None
 
 
+def known_event(queue, event_id: str) -> bool:
+    """Whether ``GET /gradio_api/call/<name>/<event_id>`` finds messages to stream, found as that route
+    finds them: the event's session while it is queued or running, else the session still listing it
+    (until its completion is read), else the event id itself (a call sent without a session)."""
+    event = queue.event_ids_to_events.get(event_id)
+    if event is not None:
+        session = event.session_hash
+    else:
+        session = next((s for s, ids in queue.pending_event_ids_session.items() if event_id in ids), event_id)
+    return session in queue.pending_messages_per_session
+
+
 def event_session(event) -> str | None:
     """The session hash (one page load) an event came from."""
     return event.session_hash
@@ -175,7 +187,14 @@ def check() -> list[str]:
     ) != ["self"]:
         problems.append("Queue.get_events() is gone or takes arguments (hold_back_events wraps it)")
     source = inspect.getsource(queueing.Queue)
-    for name in ("event_queue_per_concurrency_id", "active_jobs", "event_ids_to_events", "self.get_events()"):
+    for name in (
+        "event_queue_per_concurrency_id",
+        "active_jobs",
+        "event_ids_to_events",
+        "self.get_events()",
+        "pending_event_ids_session",  # known_event
+        "pending_messages_per_session",  # known_event
+    ):
         if name not in source:
             problems.append(f"Queue no longer uses {name}")
     from gradio.data_classes import PredictBody
@@ -190,6 +209,8 @@ def check() -> list[str]:
         problems.append("Blocks.queue() no longer sets Blocks._queue (app_queue reads it)")
     if list(inspect.signature(route_utils.get_fn).parameters) != ["blocks", "api_name", "body"]:
         problems.append("route_utils.get_fn(blocks, api_name, body) changed (endpoint_inputs calls it)")
+    if "state_session_capacity" not in inspect.signature(Blocks.launch).parameters:
+        problems.append("Blocks.launch(state_session_capacity=) is gone (serve.launch passes DSNET_PAGE_STATES)")
     if not callable(getattr(utils, "get_upload_folder", None)):
         problems.append("gradio.utils.get_upload_folder is gone (upload_folder calls it)")
     return problems

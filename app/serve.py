@@ -15,7 +15,7 @@ from dsnet.core.allocator import retain_freed_memory
 
 from .components import RawImage
 from .gate import MAX_BODY_BYTES, PublicGate
-from .gradio_internals import api_names, app_queue
+from .gradio_internals import api_names, app_queue, known_event
 from .layout import BuiltApp
 from .queue_guards import ClientLimit, shape_inputs
 from .uploads import sweep_upload_folder
@@ -60,6 +60,8 @@ def launch(app: BuiltApp, handle_sigterm: bool = False, **kwargs):
 
         signal.signal(signal.SIGTERM, stop)
     kwargs.setdefault("enable_monitoring", False)
+    # each page load and API call keeps ~110 KB of state (docs/serving.md); the oldest go first past this
+    kwargs.setdefault("state_session_capacity", settings.page_states)
     gate = _middleware(
         PublicGate,
         max_body=MAX_BODY_BYTES,
@@ -73,6 +75,7 @@ def launch(app: BuiltApp, handle_sigterm: bool = False, **kwargs):
         pages_per_client=settings.pages_per_client,
         runs=app.handlers.runs,
         api_names=api_names(demo),
+        known_event=lambda event_id: known_event(app_queue(demo), event_id),
     )
     app_kwargs = {"middleware": [gate], **kwargs.pop("app_kwargs", {})}
     # show_error=False: only gr.Error messages (written for visitors) reach a client, never an exception's text.

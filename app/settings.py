@@ -30,7 +30,10 @@ class ServingSettings:
     concurrency: int = 2  # DSNET_CONCURRENCY: requests computed at once (two cores)
     per_client: int = 3  # DSNET_PER_CLIENT: queued + running (+ stopping) requests per visitor (session and IP)
     running_per_client: int = 1  # DSNET_RUNNING_PER_CLIENT: explain requests a visitor has computing at once
-    pages_per_client: int = 60  # DSNET_PAGES_PER_CLIENT: new page sessions per visitor per cache_seconds
+    # DSNET_PAGES_PER_CLIENT: new pages (page loads, API calls without a session_hash) per visitor per cache_seconds
+    pages_per_client: int = 60
+    # DSNET_PAGE_STATES: pages (Gradio sessions) whose state the server keeps, the oldest dropped first (~110 KB each)
+    page_states: int = 10_000
     body_timeout: float = 20.0  # DSNET_BODY_TIMEOUT: seconds a request body may stall (6x that in all)
     # DSNET_TRUSTED_PROXIES: X-Forwarded-For entries added by proxies we trust: 1 on a Space (its proxy
     # adds one), 0 elsewhere (a client could otherwise forge its address)

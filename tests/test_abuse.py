@@ -282,7 +282,31 @@ def test_fresh_sessions_from_one_address_are_capped(server):
         codes.append(r.status_code)
     assert codes.count(429) >= 15 and "Too many new pages" in r.text, codes
     assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(41)) == "complete"
-    record("abuse", "session_flood", {"sent": 25, "refused_429": codes.count(429)})
+    # an API call without a session of its own is a new page too (Gradio makes it one), reused ones are not
+    api = [httpx.post(server.url + "gradio_api/call/examples", json={"data": []}, headers=visitor(42), timeout=30)]
+    api += [httpx.post(server.url + "gradio_api/call/v2/examples", json={}, headers=visitor(42), timeout=30)]
+    api += [
+        httpx.post(server.url + "gradio_api/call/examples", json={"data": []}, headers=visitor(42), timeout=30)
+        for _ in range(23)
+    ]
+    api_codes = [r.status_code for r in api]
+    assert api_codes[:10] == [200] * 10 and set(api_codes[10:]) == {429}, api_codes
+    same = {"data": [], "session_hash": "one-script"}
+    reused = [
+        httpx.post(server.url + "gradio_api/call/examples", json=same, headers=visitor(43), timeout=30)
+        for _ in range(15)
+    ]
+    assert {r.status_code for r in reused} == {200}
+    record(
+        "abuse",
+        "session_flood",
+        {
+            "sent": 25,
+            "refused_429": codes.count(429),
+            "api_calls_sent": 25,
+            "api_calls_refused_429": api_codes.count(429),
+        },
+    )
 
 
 def test_small_mistakes_get_short_4xx_and_headers_are_safe(server):
@@ -302,6 +326,10 @@ def test_small_mistakes_get_short_4xx_and_headers_are_safe(server):
         )
         assert 400 <= r.status_code < 500 or r.status_code == 200, (index, r.status_code)
         assert len(r.content) < 600 and "Traceback" not in r.text, r.text
+    unknown = httpx.get(server.url + "gradio_api/call/explain/no-such-event", headers=visitor(52), timeout=30)
+    assert unknown.status_code == 404 and "No call with that id" in unknown.text, unknown.text
+    bogus = httpx.post(server.url + "gradio_api/call/v2/explain", json={"bogus": 1}, headers=visitor(52), timeout=30)
+    assert bogus.status_code == 400 and "bogus" in bogus.text and len(bogus.content) < 400, bogus.text
     page = httpx.get(server.url, timeout=30)
     assert page.headers["x-content-type-options"] == "nosniff"
     assert httpx.get(server.url + "gradio_api/dev/reload", timeout=30).status_code == 404

@@ -183,3 +183,52 @@ def test_unknown_endpoints_and_unneeded_routes_are_404_and_every_answer_is_nosni
     scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("203.0.113.1", 1)}
     asyncio.run(g(scope, receive, send))
     assert (b"x-content-type-options", b"nosniff") in sent[0]["headers"]
+
+
+def test_api_calls_without_a_session_of_their_own_count_as_new_pages():
+    """Gradio keeps ~110 KB of state per session, and a /call/ without a session_hash (every /call/v2/)
+    gets a fresh one: counted against pages_per_client like a page load; one session reused is not."""
+    g, reached = gate(pages_per_client=3)
+    data = json.dumps({"data": [None]}).encode()
+    assert [request(g, "/gradio_api/call/explain", data)[0] for _ in range(3)] == [200] * 3
+    status, text = request(g, "/gradio_api/call/explain", data)
+    assert status == 429 and b"Too many new pages" in text
+    assert request(g, "/gradio_api/call/v2/explain", b'{"session_hash": "s1"}', client="203.0.113.2")[0] == 200
+    assert request(g, "/gradio_api/call/v2/explain", b'{"session_hash": "s1"}', client="203.0.113.2")[0] == 200
+    assert request(g, "/gradio_api/call/v2/explain", b'{"session_hash": "s1"}', client="203.0.113.2")[0] == 200
+    assert request(g, "/gradio_api/call/v2/explain", b'{"session_hash": "s1"}', client="203.0.113.2")[0] == 429
+    own = json.dumps({"data": [None], "session_hash": "mine"}).encode()
+    assert {request(g, "/gradio_api/call/explain", own, client="203.0.113.3")[0] for _ in range(10)} == {200}
+
+
+def test_an_ipv6_sender_is_one_visitor_per_64():
+    """A /64 is what one home or server is given: its 2**64 addresses share one budget."""
+    from app.gate import visitor_address
+
+    assert visitor_address("2001:db8:1:2:aaaa::1") == visitor_address("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert visitor_address("2001:db8:1:3::1") != visitor_address("2001:db8:1:2::1")
+    assert visitor_address("::ffff:203.0.113.9") == "203.0.113.9" and visitor_address("203.0.113.9") == "203.0.113.9"
+    assert visitor_address("not an address") == "not an address"
+    g, _ = gate(pages_per_client=2)
+    data = json.dumps({"data": [None]}).encode()
+    statuses = [request(g, "/gradio_api/call/explain", data, client=f"2001:db8:1:2::{i:x}")[0] for i in range(1, 4)]
+    assert statuses == [200, 200, 429]
+
+
+def test_a_call_that_does_not_fit_is_400_and_unknown_results_are_404():
+    async def raises(scope, receive, send):
+        raise TypeError("Parameter `bogus` is not a valid key-word argument.")
+
+    g = PublicGate(raises, clock=Clock(), api_names={"explain"}, known_event=lambda event_id: event_id == "e1")
+    status, text = request(g, "/gradio_api/call/v2/explain", b'{"bogus": 1}')
+    assert status == 400 and b"does not fit this endpoint" in text and b"bogus" in text
+    status, text = request(g, "/gradio_api/call/explain/nope", method="GET")
+    assert status == 404 and b"No call with that id" in text
+    g2, reached = gate(known_event=lambda event_id: event_id == "e1")
+    assert request(g2, "/gradio_api/call/explain/e1", method="GET")[0] == 200 and reached
+    try:  # a TypeError elsewhere is a bug: it is not dressed up as the client's fault
+        request(g, "/gradio_api/queue/join", b"{}")
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("a TypeError outside /call/ was answered as a 400")

@@ -336,3 +336,30 @@ def test_a_picture_being_fetched_is_never_rewritten_under_the_reader(live_app):
         t.join()
     assert not errors and whole[0] > 300 and not cut, (errors, whole[0], cut[:5])
     record("reliability", "pictures_fetched_while_reexplained", {"whole": whole[0], "cut": len(cut)})
+
+
+def test_the_server_keeps_at_most_page_states_pages(tiny_zoo):
+    """DSNET_PAGE_STATES reaches Gradio: with room for 3, the 5th page's call drops the oldest pages'
+    state (each holds ~110 KB; Gradio's own default keeps 10,000)."""
+    from dataclasses import replace
+
+    import httpx
+
+    from app import build_app, launch
+    from app.settings import ServingSettings
+    from conftest import free_port
+
+    built = build_app(None, "tiny", replace(ServingSettings.from_env(), page_states=3))
+    port = free_port()
+    launch(built, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        for n in range(5):
+            body = {"data": [], "session_hash": f"page{n}"}
+            r = httpx.post(f"http://127.0.0.1:{port}/gradio_api/call/examples", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            stream = httpx.get(f"http://127.0.0.1:{port}/gradio_api/call/examples/{r.json()['event_id']}", timeout=60)
+            assert "event: complete" in stream.text, stream.text[-300:]
+        kept = [n for n in range(5) if f"page{n}" in built.demo.state_holder]
+        assert kept == [2, 3, 4], kept
+    finally:
+        built.demo.close()
