@@ -14,6 +14,7 @@ from dsnet.cam.service import grad_cam_ready
 from dsnet.core.allocator import retain_freed_memory
 
 from .components import RawImage
+from .connections import install as install_connection_guard
 from .gate import MAX_BODY_BYTES, PublicGate
 from .gradio_internals import api_names, app_queue, known_event
 from .layout import BuiltApp
@@ -59,6 +60,8 @@ def launch(app: BuiltApp, handle_sigterm: bool = False, **kwargs):
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, stop)
+    per_peer = None if settings.trusted_proxies else settings.connections_per_client
+    install_connection_guard(settings.head_timeout, per_peer)
     kwargs.setdefault("enable_monitoring", False)
     # each page load and API call keeps ~110 KB of state (docs/serving.md); the oldest go first past this
     kwargs.setdefault("state_session_capacity", settings.page_states)

@@ -16,6 +16,7 @@ from dsnet.cam.images import MAX_BYTES
 
 from .gate import MAX_BODY_BYTES
 from .gradio_internals import upload_folder
+from .tempdir import OWNER
 
 log = logging.getLogger("dsnet.app")
 
@@ -85,6 +86,8 @@ def sweep_upload_folder(before: float | None = None) -> int:
         return 0
     for path in sorted(root.rglob("*"), reverse=True):  # files before their folders
         try:
+            if path.parent == root and path.name == OWNER:
+                continue  # says which process the folder belongs to (app.tempdir)
             if path.is_file() or path.is_symlink():
                 if path.lstat().st_ctime < before:
                     path.unlink()

@@ -79,8 +79,8 @@ class LiveApp:
 @pytest.fixture(scope="session")
 def live_app():
     """The real app on 127.0.0.1 with the shipped zoo (or $DSNET_MANIFEST's first zoo), offline, in this
-    process; its per-visitor limit is raised so one test client can send many requests at once (the
-    limit itself is tested against ``python app.py`` in test_security.py)."""
+    process; its per-visitor limits are raised so one test client can send many requests at once (the
+    limits themselves are tested against ``python app.py`` in test_security.py and test_abuse.py)."""
     from dataclasses import replace
 
     from app import build_app, launch
@@ -89,7 +89,13 @@ def live_app():
 
     zoos = list(load_manifest().zoos)
     zoo_name = "imagenette" if "imagenette" in zoos else zoos[0]
-    settings = replace(ServingSettings.from_env(), per_client=1000, running_per_client=1000)
+    settings = replace(
+        ServingSettings.from_env(),
+        per_client=1000,
+        running_per_client=1000,
+        pages_per_client=100_000,
+        connections_per_client=1000,
+    )
     built = build_app(None, zoo_name, settings)
     port = free_port()
     launch(built, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

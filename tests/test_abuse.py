@@ -468,3 +468,57 @@ def test_files_that_break_the_decoder_get_a_sentence_not_a_null_error(server):
         message = json.loads(data.removeprefix("data: "))["error"]
         assert message and "file is truncated or corrupt" in message and len(message) < 200, (name, text[-300:])
     assert call(server, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], visitor(96)) == "complete"
+
+
+def test_connections_must_send_their_head_in_time_and_one_address_holds_few(tmp_path):
+    """Connections that never send a request head reach no route, so the gate never sees them: uvicorn
+    kept 400 of them open for minutes. Now one address holds at most DSNET_CONNECTIONS_PER_CLIENT (not
+    behind a proxy) and a head that is not complete DSNET_HEAD_TIMEOUT s after the connection opened (or
+    after its last answer) closes the connection; requests are served as before."""
+    app = spawn_app(
+        tmp_path,
+        env={"DSNET_TRUSTED_PROXIES": "0", "DSNET_CONNECTIONS_PER_CLIENT": "20", "DSNET_HEAD_TIMEOUT": "2"},
+    )
+    port = int(app.url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(30)]
+        slow = idle[:3]
+        for s in slow:
+            s.sendall(b"GET / HTTP/1.1\r\n")  # a head begun, never finished
+        time.sleep(0.5)
+        refused_at_once = sum(_closed(s, wait=0.2) for s in idle[20:])
+        started = time.monotonic()
+        closed_by_timeout = sum(_closed(s, wait=4) for s in idle[:20])
+        waited = time.monotonic() - started
+        assert refused_at_once == 10 and closed_by_timeout == 20, (refused_at_once, closed_by_timeout)
+        page = httpx.get(app.url, timeout=30)
+        assert page.status_code == 200
+        with httpx.Client(timeout=30) as client:  # keep-alive: two requests on one connection still work
+            assert [client.get(app.url + "config").status_code for _ in range(2)] == [200, 200]
+        assert call(app, [None, "imagenette", "gradcam", TOP1, "", 0.5, False, EXAMPLE], {}) == "complete"
+        record(
+            "abuse",
+            "connections",
+            {
+                "idle_connections_opened": 30,
+                "refused_at_once": refused_at_once,
+                "closed_after_head_timeout": closed_by_timeout,
+                "head_timeout_s": 2,
+                "seconds_until_all_closed": round(waited + 0.5, 1),
+            },
+        )
+    finally:
+        app.stop()
+
+
+def _closed(sock: socket.socket, wait: float) -> bool:
+    """Whether the server closed this connection within ``wait`` seconds (reads EOF or a reset)."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    finally:
+        sock.close()

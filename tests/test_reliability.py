@@ -363,3 +363,27 @@ def test_the_server_keeps_at_most_page_states_pages(tiny_zoo):
         assert kept == [2, 3, 4], kept
     finally:
         built.demo.close()
+
+
+def test_the_apps_gradio_folder_is_its_own_and_its_name_says_nothing(tmp_path, monkeypatch):
+    """Without GRADIO_TEMP_DIR each process gets a random folder (Gradio shows its path to clients) with
+    its pid inside; folders of processes that are gone are removed, a live one's and other files are not."""
+    import os
+    import subprocess
+    import tempfile
+
+    from app.tempdir import OWNER, use_private_upload_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # unset for the app; restored after the test
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone, alive, other = tmp_path / "gradio-old", tmp_path / "gradio-live", tmp_path / "someone-else"
+    for folder, pid in ((gone, dead.pid), (alive, os.getppid()), (other, None)):
+        folder.mkdir()
+        if pid:
+            (folder / OWNER).write_text(str(pid))
+    folder = use_private_upload_folder()
+    assert folder.parent == tmp_path and str(os.getpid()) not in folder.name and "dsnet" not in folder.name
+    assert (folder / OWNER).read_text() == str(os.getpid()) and os.environ["GRADIO_TEMP_DIR"] == str(folder)
+    assert not gone.exists() and alive.is_dir() and other.is_dir()
