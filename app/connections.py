@@ -5,7 +5,8 @@ it, and uvicorn keeps such a connection open for as long as the client likes (40
 one address stayed open for 130 s). ``install`` makes uvicorn's HTTP protocol (h11 or httptools, the one
 ``http="auto"`` picks: Gradio starts uvicorn with its defaults) close a connection whose request head has
 not arrived ``head_timeout`` seconds after it opened or after its last answer, and refuse connections
-beyond ``per_peer`` from one peer address.
+beyond ``per_peer`` from one peer address. (A connection upgraded to a WebSocket is left alone, and
+keeps counting for its address: Gradio's page and API use none.)
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ConnectionGuard:
     def _head_too_late(self) -> None:
         """No request in progress ``head_timeout`` s after the connection opened or its last answer."""
         idle = self.cycle is None or self.cycle.response_complete
-        if idle and not self.transport.is_closing():
+        upgraded = self.transport.get_protocol() is not self  # a WebSocket took the connection over
+        if idle and not upgraded and not self.transport.is_closing():
             self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -84,3 +86,23 @@ def install(head_timeout: float, per_peer: int | None) -> type:
         f"at most {per_peer} per address" if per_peer else "no limit per address (behind a proxy)",
     )
     return guarded
+
+
+def check() -> list[str]:
+    """What ``ConnectionGuard`` relies on that the installed uvicorn no longer has (empty: all there)."""
+    import inspect
+
+    from uvicorn import config
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    problems = []
+    if "auto" not in getattr(config, "HTTP_PROTOCOLS", {}):
+        problems.append('uvicorn.config.HTTP_PROTOCOLS["auto"] is gone (install sets it)')
+    for method in ("connection_made", "connection_lost", "on_response_complete"):
+        if not callable(getattr(AutoHTTPProtocol, method, None)):
+            problems.append(f"{AutoHTTPProtocol.__name__}.{method} is gone (ConnectionGuard extends it)")
+    source = inspect.getsource(AutoHTTPProtocol)
+    for name in ("self.cycle", "self.client", "self.loop", "response_complete"):
+        if name not in source:
+            problems.append(f"{AutoHTTPProtocol.__name__} no longer uses {name} (ConnectionGuard reads it)")
+    return problems

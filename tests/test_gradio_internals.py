@@ -12,6 +12,31 @@ def test_the_installed_gradio_still_has_every_internal_the_app_uses():
     assert problems == [], "Gradio changed under app/gradio_internals.py:\n" + "\n".join(problems)
 
 
+def test_the_installed_uvicorn_still_has_what_the_connection_guard_extends():
+    from app import connections
+
+    problems = connections.check()
+    assert problems == [], "uvicorn changed under app/connections.py:\n" + "\n".join(problems)
+
+
+def test_the_guarded_protocol_is_what_uvicorn_picks_for_auto():
+    """``install`` registers the class uvicorn's Config loads for ``http="auto"`` (what Gradio starts)."""
+    from uvicorn import config
+
+    from app import connections
+
+    before = config.HTTP_PROTOCOLS["auto"]
+    try:
+        guarded = connections.install(head_timeout=3.0, per_peer=5)
+        from uvicorn.importer import import_from_string
+
+        cls = import_from_string(config.HTTP_PROTOCOLS["auto"])
+        assert cls is guarded and issubclass(cls, connections.ConnectionGuard)
+        assert (cls.head_timeout, cls.per_peer) == (3.0, 5)
+    finally:
+        config.HTTP_PROTOCOLS["auto"] = before
+
+
 def test_a_raw_component_renders_as_its_gradio_base():
     from app.components import RawCheckbox, RawImage, RawSlider
 

@@ -942,8 +942,10 @@ def abuse_measured(root: Path) -> str:
     d = load(root, ABUSE)
     v = d["values"]
     cancel, fair, bodies = v["cancel_and_rejoin"], v["one_running_per_visitor"], v["bodies_in_flight"]
-    cpu = {k: s for k, s in v["cpu_seconds_per_file"].items() if k != "bytes"}
-    sizes = v["cpu_seconds_per_file"]["bytes"]
+    files = v["cpu_seconds_per_file"]
+    cpu = {k: s for k, s in files.items() if k not in ("bytes", "peak_mb_added", "outcome")}
+    sizes, peaks, outcomes = files["bytes"], files.get("peak_mb_added", {}), files.get("outcome", {})
+    sessions, conns = v["session_flood"], v.get("connections")
     rows = [
         [
             "cancel and rejoin: 5 rounds of 3 ScoreCAM joins from one visitor, each cancelled",
@@ -965,14 +967,41 @@ def abuse_measured(root: Path) -> str:
             f"{bodies['header_only_29MB_posts']} header-only 29 MB uploads from 40 addresses",
             f"nothing charged: another visitor's upload answered {bodies['legit_upload_after']}",
         ],
-        ["25 new sessions from one address (cap set to 10)", f"{v['session_flood']['refused_429']} refused with 429"],
+        ["25 new sessions from one address (cap set to 10)", f"{sessions['refused_429']} refused with 429"],
+        *(
+            [
+                [
+                    f"{sessions['api_calls_sent']} API calls without a session_hash from one address (cap 10)",
+                    f"{sessions['api_calls_refused_429']} refused with 429",
+                ]
+            ]
+            if "api_calls_sent" in sessions
+            else []
+        ),
+        *(
+            [
+                [
+                    f"{conns['idle_connections_opened']} idle connections from one address (cap set to 20, "
+                    f"head timeout {conns['head_timeout_s']} s)",
+                    f"{conns['refused_at_once']} closed at once, {conns['closed_after_head_timeout']} after the "
+                    f"timeout; all closed within {conns['seconds_until_all_closed']} s",
+                ]
+            ]
+            if conns
+            else []
+        ),
         [
             f"two one-colour {v['decoded_pixels']['megapixels']} MP JPEGs ({v['decoded_pixels']['file_mb']} MB) from "
             f"one visitor (limit {v['decoded_pixels']['limit_mp']} MP)",
             "the second refused before decoding" if v["decoded_pixels"]["second_refused"] else "both decoded",
         ],
         *[
-            [f"CPU of the server for `{k}` ({sizes[k] / 1e6:.2f} MB), upload + explain", f"{s:.2f} s"]
+            [
+                f"CPU of the server for `{k}` ({sizes[k] / 1e6:.2f} MB), upload + explain",
+                f"{s:.2f} s"
+                + (f"; peak memory +{peaks[k]} MB" if k in peaks else "")
+                + (f"; {'refused' if outcomes[k] != 'complete' else 'served'}" if k in outcomes else ""),
+            ]
             for k, s in cpu.items()
         ],
     ]
