@@ -960,7 +960,7 @@ def abuse_measured(root: Path) -> str:
         [
             "4 chunked 20 MB bodies from one visitor, never finished",
             f"{bodies['refused_429']} refused with 429 as their bytes arrived; "
-            f"server memory +{bodies['rss_added_mb']} MB",
+            f"server memory {bodies['rss_added_mb']:+} MB",
         ],
         ["a body that stalls", f"HTTP 408 after {bodies['stalled_body_answered_408_after_s']} s (timeout set to 2 s)"],
         [
