@@ -60,8 +60,8 @@ class PublicGate:
       session on the server and counts as a new page;
     * ``/gradio_api/call/<name>`` for a name that is not one of ``api_names``: HTTP 404 (Gradio answers 500);
       a call whose keywords or values do not fit the endpoint: HTTP 400 (Gradio raised a TypeError: 500);
-      reading the results of a call the server does not hold (``known_event`` is false): HTTP 404 (Gradio
-      starts the event stream, then breaks it);
+      reading the results of a call, or a page's event stream, that the server does not hold
+      (``known_event`` / ``known_stream`` false): HTTP 404 (Gradio starts the stream, then breaks it);
     * routes a public demo does not need (screen-recording processing, vibe editing, the development
       reload stream, the run-history pages): HTTP 404; every answer carries ``X-Content-Type-Options: nosniff``;
     * a 422 answer that would echo a large invalid body back: cut to one sentence.
@@ -94,6 +94,7 @@ class PublicGate:
         runs=None,
         api_names: set[str] | None = None,
         known_event: Callable[[str], bool] | None = None,
+        known_stream: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app, self.max_body, self.window, self.clock = app, max_body, window, clock
@@ -103,7 +104,7 @@ class PublicGate:
         self.body_timeout = body_timeout
         self.inflight_per_client, self.inflight_total = inflight_per_client, inflight_total
         self.pages_per_client, self.runs, self.api_names = pages_per_client, runs, api_names
-        self.known_event = known_event
+        self.known_event, self.known_stream = known_event, known_stream
         self.inflight: dict[str, int] = {}  # body bytes held per client, until its request is done
         self.sessions: dict[str, dict[str, float]] = {}  # per client: session hash -> first seen
         self._forwarding_logged = False
@@ -122,11 +123,8 @@ class PublicGate:
                 404,
                 f"No endpoint {quoted(called.group(1), 40)}; this app has: {', '.join(sorted(self.api_names))}.",
             )
-        results = _RESULTS.match(path)
-        if results and scope.get("method") == "GET" and self.known_event and not self.known_event(results.group(1)):
-            return await _answer(
-                send, 404, "No call with that id is waiting to be read (results are read once, within minutes)."
-            )
+        if scope.get("method") == "GET" and self.known_event is not None and self._unknown_stream(path, scope):
+            return await _answer(send, 404, "Nothing to read there: results are read once, within minutes.")
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
@@ -163,6 +161,18 @@ class PublicGate:
                 return await _answer(send, 400, f"The call does not fit this endpoint: {shortened(str(e), 160)}")
         finally:
             self._release(client, held[0])
+
+    def _unknown_stream(self, path: str, scope) -> bool:
+        """A GET of a call's results or of a page's event stream that the server does not hold."""
+        results = _RESULTS.match(path)
+        if results:
+            return not self.known_event(results.group(1))
+        if path.rstrip("/") == "/gradio_api/queue/data" and self.known_stream is not None:
+            from urllib.parse import parse_qs
+
+            session = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [""])[0]
+            return not self.known_stream(session)
+        return False
 
     async def _body(self, receive, client: str, held: list[int], is_upload: bool) -> list[dict]:
         """The request's messages, bytes counted as they arrive: against the in-flight limits (released when

@@ -112,6 +112,12 @@ def known_event(queue, event_id: str) -> bool:
         session = event.session_hash
     else:
         session = next((s for s, ids in queue.pending_event_ids_session.items() if event_id in ids), event_id)
+    return known_stream(queue, session)
+
+
+def known_stream(queue, session: str) -> bool:
+    """Whether ``GET /gradio_api/queue/data?session_hash=<session>`` finds messages to stream (else
+    Gradio starts the event stream, then breaks it with a 404 raised inside)."""
     return session in queue.pending_messages_per_session
 
 

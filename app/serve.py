@@ -16,7 +16,7 @@ from dsnet.core.allocator import retain_freed_memory
 from .components import RawImage
 from .connections import install as install_connection_guard
 from .gate import MAX_BODY_BYTES, PublicGate
-from .gradio_internals import api_names, app_queue, known_event
+from .gradio_internals import api_names, app_queue, known_event, known_stream
 from .layout import BuiltApp
 from .queue_guards import ClientLimit, shape_inputs
 from .uploads import sweep_upload_folder
@@ -79,6 +79,7 @@ def launch(app: BuiltApp, handle_sigterm: bool = False, **kwargs):
         runs=app.handlers.runs,
         api_names=api_names(demo),
         known_event=lambda event_id: known_event(app_queue(demo), event_id),
+        known_stream=lambda session: known_stream(app_queue(demo), session),
     )
     app_kwargs = {"middleware": [gate], **kwargs.pop("app_kwargs", {})}
     # show_error=False: only gr.Error messages (written for visitors) reach a client, never an exception's text.

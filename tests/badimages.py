@@ -147,3 +147,52 @@ def png16_rgb(width: int, height: int) -> bytes:
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _small(fmt: str, **kw) -> bytes:
+    return _save(Image.new("RGB", (64, 64), (30, 90, 200)), fmt, **kw)
+
+
+def gif_with_comments(count: int, size: int = 1) -> bytes:
+    """A 64 x 64 GIF after ``count`` comment extensions of ``size`` bytes: Pillow joins them with +=."""
+    gif = _save(Image.new("P", (64, 64)), "GIF")
+    at = gif.index(b",")  # the image descriptor
+    return gif[:at] + (b"!\xfe" + bytes([size]) + b"A" * size + b"\x00") * count + gif[at:]
+
+
+def jpeg_with_markers(count: int) -> bytes:
+    """A small JPEG after ``count`` empty APP5 segments (4 bytes each, one Python loop turn each in Pillow)."""
+    jpeg = _small("JPEG")
+    return jpeg[:2] + b"\xff\xe5\x00\x02" * count + jpeg[2:]
+
+
+def png_with_chunks(count: int) -> bytes:
+    """A small PNG after ``count`` empty private chunks (12 bytes each)."""
+    import struct
+    import zlib
+
+    png = _small("PNG")
+    chunk = struct.pack(">I", 0) + b"prIv" + struct.pack(">I", zlib.crc32(b"prIv"))
+    return png[:33] + chunk * count + png[33:]  # after the signature and IHDR
+
+
+def exif_with_orientation(orientation: int, values: int = 0) -> bytes:
+    """A little-endian EXIF block: the orientation, and a RATIONAL tag of ``values`` values when asked."""
+    import struct
+
+    entries = [(274, 3, 1, struct.pack("<HH", orientation, 0))]
+    data = b""
+    if values:
+        entries.append((50000, 5, values, None))
+        data = b"\x01\x00\x00\x00\x01\x00\x00\x00" * values
+    ifd_size = 2 + 12 * len(entries) + 4
+    out = [struct.pack("<H", len(entries))]
+    for tag, kind, count, inline in entries:
+        out.append(struct.pack("<HHI", tag, kind, count) + (inline or struct.pack("<I", 8 + ifd_size)))
+    return b"II*\x00" + struct.pack("<I", 8) + b"".join(out) + b"\x00\x00\x00\x00" + data
+
+
+def png_with_exif(orientation: int, values: int = 0) -> bytes:
+    """A 64 x 48 PNG whose eXIf chunk says ``orientation`` (and carries ``values`` more EXIF values)."""
+    im = photo((64, 48))
+    return _save(im, "PNG", exif=b"Exif\x00\x00" + exif_with_orientation(orientation, values))

@@ -327,7 +327,9 @@ def test_small_mistakes_get_short_4xx_and_headers_are_safe(server):
         assert 400 <= r.status_code < 500 or r.status_code == 200, (index, r.status_code)
         assert len(r.content) < 600 and "Traceback" not in r.text, r.text
     unknown = httpx.get(server.url + "gradio_api/call/explain/no-such-event", headers=visitor(52), timeout=30)
-    assert unknown.status_code == 404 and "No call with that id" in unknown.text, unknown.text
+    assert unknown.status_code == 404 and "Nothing to read there" in unknown.text, unknown.text
+    stream = httpx.get(server.url + "gradio_api/queue/data?session_hash=nope", headers=visitor(52), timeout=30)
+    assert stream.status_code == 404 and "Nothing to read there" in stream.text, stream.text
     bogus = httpx.post(server.url + "gradio_api/call/v2/explain", json={"bogus": 1}, headers=visitor(52), timeout=30)
     assert bogus.status_code == 400 and "bogus" in bogus.text and len(bogus.content) < 400, bogus.text
     page = httpx.get(server.url, timeout=30)
@@ -396,7 +398,15 @@ def _memory_kb(pid: int, field: str) -> int:
 def test_no_file_costs_more_than_a_few_cpu_seconds(server):
     """The worst file of each format tried, uploaded and explained: CPU seconds of the server from /proc,
     and the peak memory it added (VmHWM, reset before each file through /proc/PID/clear_refs)."""
-    from badimages import png16_rgb, rle8_bmp, tiled_tiff
+    from badimages import (
+        gif_with_comments,
+        jpeg_with_markers,
+        png16_rgb,
+        png_with_chunks,
+        png_with_exif,
+        rle8_bmp,
+        tiled_tiff,
+    )
 
     files = {
         "jpeg_8000_scans": (_progressive_with_scans(8000), "a.jpg"),
@@ -407,6 +417,10 @@ def test_no_file_costs_more_than_a_few_cpu_seconds(server):
         "bmp_rle8_8mp": (rle8_bmp(2828, 2828), "a.bmp"),
         "tiff_155k_tiles_40mp": (tiled_tiff(6300, 6300), "a.tif"),
         "png_16bit_40mp": (png16_rgb(6300, 6300), "a.png"),
+        "gif_3mb_of_comments": (gif_with_comments(600_000), "a.gif"),
+        "jpeg_1m_markers": (jpeg_with_markers(1_000_000), "a.jpg"),
+        "png_1m_chunks": (png_with_chunks(1_000_000), "a.png"),
+        "png_19mb_exif_rotated": (png_with_exif(6, 2_400_000), "a.png"),
     }
     costs, peaks, outcomes = {}, {}, {}
     pid = server.proc.pid
@@ -426,6 +440,8 @@ def test_no_file_costs_more_than_a_few_cpu_seconds(server):
     record("abuse", "cpu_seconds_per_file", costs | {"bytes": sizes, "peak_mb_added": peaks, "outcome": outcomes})
     assert outcomes["bmp_rle8_40mp"] == "error" and outcomes["bmp_rle8_8mp"] == "complete", outcomes
     assert outcomes["png_16bit_40mp"] == "complete" and outcomes["tiff_155k_tiles_40mp"] == "complete", outcomes
+    assert outcomes["png_19mb_exif_rotated"] == "complete", outcomes  # its EXIF is not read
+    assert {outcomes[k] for k in ("gif_3mb_of_comments", "jpeg_1m_markers", "png_1m_chunks")} == {"error"}, outcomes
     assert max(costs.values()) < 4, costs  # the goal is ~2 s; the model run itself is part of it
     assert max(peaks.values()) < 600, peaks  # a 40 MP 16-bit PNG held ~770 MB before the in-place scaling
 

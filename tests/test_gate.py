@@ -72,7 +72,15 @@ def request(
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if chunks is None:
         raw.append((b"content-length", str(len(body)).encode()))
-    scope = {"type": "http", "method": method, "path": path, "headers": raw, "client": (client, 1234)}
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query.encode(),
+        "headers": raw,
+        "client": (client, 1234),
+    }
     asyncio.run(g(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -223,9 +231,13 @@ def test_a_call_that_does_not_fit_is_400_and_unknown_results_are_404():
     status, text = request(g, "/gradio_api/call/v2/explain", b'{"bogus": 1}')
     assert status == 400 and b"does not fit this endpoint" in text and b"bogus" in text
     status, text = request(g, "/gradio_api/call/explain/nope", method="GET")
-    assert status == 404 and b"No call with that id" in text
-    g2, reached = gate(known_event=lambda event_id: event_id == "e1")
+    assert status == 404 and b"Nothing to read there" in text
+    g2, reached = gate(known_event=lambda event_id: event_id == "e1", known_stream=lambda session: session == "s1")
     assert request(g2, "/gradio_api/call/explain/e1", method="GET")[0] == 200 and reached
+    assert request(g2, "/gradio_api/queue/data?session_hash=s1", method="GET")[0] == 200
+    status, text = request(g2, "/gradio_api/queue/data?session_hash=s2", method="GET")
+    assert status == 404 and b"Nothing to read there" in text
+    assert request(g2, "/gradio_api/queue/data", method="GET")[0] == 404
     try:  # a TypeError elsewhere is a bug: it is not dressed up as the client's fault
         request(g, "/gradio_api/queue/join", b"{}")
     except TypeError:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import badimages
 from badimages import EXPECTED, awkward_inputs, bad_inputs, data_url, photo
 from conftest import SAMPLES
 from dsnet.cam.images import ImageError, enlarge, model_view, open_image, overlay, to_tensor
@@ -142,3 +143,61 @@ def test_sixteen_bit_images_are_scaled_to_the_full_8_bit_range():
     arr = np.asarray(open_image(buf.getvalue()).image)
     assert arr.min() == 0 and arr.max() == 255 and (arr[..., 0] == arr[..., 2]).all()
     assert np.abs(arr[..., 0].astype(float) - (ramp - 1000) / 2000 * 255).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "hostile, normal, message",
+    [
+        (
+            lambda: badimages.gif_with_comments(600_000),
+            lambda: badimages.gif_with_comments(2_000),
+            "more than 64 KB of comments",
+        ),
+        (
+            lambda: badimages.gif_with_comments(20_000, 255),
+            lambda: badimages.gif_with_comments(200, 255),
+            "more than 64 KB of comments",
+        ),
+        (
+            lambda: badimages.jpeg_with_markers(1_000_000),
+            lambda: badimages.jpeg_with_markers(500),
+            "more than 1000 markers",
+        ),
+        (
+            lambda: badimages.png_with_chunks(1_000_000),
+            lambda: badimages.png_with_chunks(5_000),
+            "more than 20000 chunks",
+        ),
+    ],
+)
+def test_structure_pillow_parses_block_by_block_is_bounded_before_it_sees_the_file(hostile, normal, message):
+    """Blocks Pillow parses in Python (GIF comments joined with +=, JPEG markers, PNG chunks): a few MB of
+    them cost seconds to minutes of CPU. Beyond the limits refused at once; a normal amount decodes."""
+    import time
+
+    started = time.process_time()
+    with pytest.raises(ImageError, match=message):
+        open_image(hostile())
+    assert time.process_time() - started < 0.5
+    assert open_image(normal()).image.size == (64, 64)
+
+
+def test_orientation_is_applied_in_every_format_and_a_huge_exif_is_not_read():
+    """Upright from EXIF in JPEG, PNG, WebP and TIFF (Pillow turns a TIFF itself); an EXIF block over
+    64 KB (a PNG's 19 MB eXIf took 18.7 s to rewrite) is not read, and the note says so."""
+    import time
+
+    from badimages import png_with_exif
+
+    stored = photo((64, 48))
+    for fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        buf, exif = io.BytesIO(), Image.Exif()
+        exif[0x0112] = 6
+        stored.save(buf, fmt, **({"tiffinfo": {274: 6}} if fmt == "TIFF" else {"exif": exif}))
+        loaded = open_image(buf.getvalue())
+        assert loaded.image.size == (48, 64) and "turned upright" in " ".join(loaded.notes), fmt
+    started = time.process_time()
+    loaded = open_image(png_with_exif(6, 2_400_000))
+    assert time.process_time() - started < 1
+    assert loaded.image.size == (64, 48) and any("EXIF block is over 64 KB" in n for n in loaded.notes)
+    assert open_image(png_with_exif(6, 100)).image.size == (48, 64)

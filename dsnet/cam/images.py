@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from dsnet.core.text import shortened
 from dsnet.zoo.manifest import Preprocessing
@@ -29,6 +31,18 @@ MIN_SIDE = 8
 # empty scans costs minutes of CPU. Encoders write about 10 (libjpeg's progressive script); refused
 # above this, before decoding. Counting SOS markers is exact: inside entropy-coded data 0xFF is stuffed.
 MAX_JPEG_SCANS = 100
+# Pillow parses a file's structure (JPEG markers, PNG chunks, GIF blocks) in Python before and around the
+# pixels, a few microseconds per block: 20 MB of 4-byte JPEG markers took 4.4 s, 1.6M empty PNG chunks
+# 5.7 s, GIF comments are joined with += (quadratic: 3 MB of them, 10 s). Normal files have tens of markers
+# or chunks (a PNG's IDAT in 8 KB pieces: 2,600 for 20 MB) and a few KB of GIF extensions; beyond these,
+# refused before Pillow sees the file (``_check_structure``).
+MAX_JPEG_MARKERS = 1000
+MAX_PNG_CHUNKS = 20_000
+MAX_GIF_EXTENSION_BYTES = 64 * 1024  # extensions (comments, application data) before the first frame
+MAX_GIF_BLOCKS = 200_000  # sub-blocks walked to find a second frame (a 20 MB first frame has ~82,000)
+# EXIF larger than a JPEG can carry (one 64 KB segment) is not read: Pillow turns every value into a
+# Python object (a 19 MB PNG eXIf chunk with an orientation: 18.7 s and +604 MB).
+MAX_EXIF_BYTES = 64 * 1024
 # Decoders Pillow writes in Python (for ALLOWED_FORMATS: run-length BMP) spend ~0.1 us per pixel in the
 # interpreter: a 26 KB RLE8 BMP declaring 40 MP took 4.6 s of CPU. Such files get a smaller pixel limit.
 MAX_PYTHON_DECODER_PIXELS = 8_000_000
@@ -69,10 +83,7 @@ def open_image(
         raise ImageError("the file is empty (0 bytes)")
     if len(data) > MAX_BYTES:
         raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.0f} MB")
-    if data[:2] == b"\xff\xd8" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
-        raise ImageError(
-            f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (a normal one has about 10)"
-        )
+    frames = _check_structure(data)
     try:
         im = Image.open(io.BytesIO(data), formats=_decoders())
     except UnidentifiedImageError:
@@ -84,7 +95,68 @@ def open_image(
         raise ImageError(f"the image is too large to decode safely; the limit is {MAX_PIXELS / 1e6:.0f} MP") from None
     except Exception as e:  # a header Pillow cannot parse (see _corrupt)
         raise _corrupt(_signature(data), e) from None
-    return _checked_rgb(im, fmt=im.format, admit=admit)
+    return _checked_rgb(im, fmt=im.format, admit=admit, frames=frames)
+
+
+_JPEG_MARKER = re.compile(rb"\xff[\xc0-\xcf\xd8-\xfe]")  # not RSTn; inside entropy data 0xFF is stuffed
+
+
+def _check_structure(data: bytes) -> int | None:
+    """Refuse a file whose structure Pillow would parse block by block beyond the limits above; for a
+    GIF, return its frame count as ``_gif_frames`` finds it (None for other formats)."""
+    if data[:2] == b"\xff\xd8":
+        if (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+            raise ImageError(
+                f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (a normal one has about 10)"
+            )
+        if sum(1 for _ in itertools.islice(_JPEG_MARKER.finditer(data), MAX_JPEG_MARKERS + 1)) > MAX_JPEG_MARKERS:
+            raise ImageError(f"the JPEG has more than {MAX_JPEG_MARKERS} markers (a normal one has a few dozen)")
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        chunks, pos = 0, 8
+        while pos + 8 <= len(data) and chunks <= MAX_PNG_CHUNKS:
+            chunks += 1
+            if data[pos + 4 : pos + 8] == b"IEND":
+                break
+            pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageError(f"the PNG has more than {MAX_PNG_CHUNKS} chunks (a normal one has a few, or one per 8 KB)")
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif_frames(data)
+    return None
+
+
+def _gif_frames(data: bytes) -> int:
+    """1 or 2: whether a GIF has a second frame, found by walking its blocks (Pillow's is_animated walks
+    the first frame's data in Python too); ImageError past the GIF limits above, or on a broken file."""
+    pos = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0)
+    frames = blocks = extension_bytes = 0
+    while pos < len(data) and frames < 2:
+        kind = data[pos]
+        if kind == 0x3B:  # trailer
+            break
+        if kind == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+            extension_bytes += 2 if frames == 0 else 0
+        elif kind == 0x2C:  # image descriptor, local colour table, LZW code size, then sub-blocks
+            frames += 1
+            if frames == 2:
+                break
+            flags = data[pos + 9] if pos + 9 < len(data) else 0
+            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+        else:
+            raise ImageError("the GIF file is truncated or corrupt (an unknown block)")
+        while pos < len(data) and data[pos]:  # the sub-blocks, each led by its length, up to a 0
+            if kind == 0x21 and frames == 0:
+                extension_bytes += data[pos] + 1  # file bytes: many tiny comments cost more than one long
+            blocks += 1
+            pos += data[pos] + 1
+        pos += 1
+        if extension_bytes > MAX_GIF_EXTENSION_BYTES or blocks > MAX_GIF_BLOCKS:
+            raise ImageError(
+                f"the GIF carries more than {MAX_GIF_EXTENSION_BYTES // 1024} KB of comments or other extensions "
+                f"before its image, or more than {MAX_GIF_BLOCKS} blocks; save it again (or as PNG)"
+            )
+    return max(frames, 1)
 
 
 def _corrupt(fmt: str, error: Exception) -> ImageError:
@@ -172,8 +244,11 @@ def _check_size(width: int, height: int) -> None:
         raise ImageError(f"the image is {width} x {height}; both sides must be at least {MIN_SIDE} px")
 
 
-def _checked_rgb(im: Image.Image, fmt: str | None, admit: Callable[[int, int], None] | None = None) -> LoadedImage:
-    """An opened image checked (size, frames, corruption), turned upright and converted to 8-bit RGB."""
+def _checked_rgb(
+    im: Image.Image, fmt: str | None, admit: Callable[[int, int], None] | None = None, frames: int | None = None
+) -> LoadedImage:
+    """An opened image checked (size, frames, corruption), turned upright and converted to 8-bit RGB.
+    ``frames``: the frame count already found (a GIF's, by ``_gif_frames``), else asked of Pillow."""
     notes = []
     _check_size(*im.size)  # before any pixel is decoded
     _check_decoder(im, fmt)
@@ -182,15 +257,22 @@ def _checked_rgb(im: Image.Image, fmt: str | None, admit: Callable[[int, int], N
     try:
         # is_animated looks for a second frame only; n_frames would walk every page (a TIFF of 100k pages:
         # quadratic, a minute of CPU) just to print a number
-        if getattr(im, "is_animated", False):
+        if (frames or 1) > 1 or (frames is None and getattr(im, "is_animated", False)):
             im.seek(0)
             notes.append(f"the {fmt} has several frames; the first one is used")
-        im.load()
-        orientation = im.getexif().get(0x0112, 1)
-        ImageOps.exif_transpose(im, in_place=True)  # a copy of a 40 MP image is 120 MB more
+        if fmt == "TIFF":  # Pillow turns a TIFF upright itself as it loads it (and drops the tag)
+            orientation = _orientation(im)
+            im.load()
+        else:  # after load: a PNG's eXIf may follow its pixels
+            im.load()
+            orientation = _orientation(im)
+            if orientation in TRANSPOSE:
+                im = im.transpose(TRANSPOSE[orientation])
     except Exception as e:  # whatever the decoder raises on these bytes (see _corrupt)
         raise _corrupt(fmt, e) from None
-    if orientation != 1:
+    if orientation == 0:
+        notes.append(f"its EXIF block is over {MAX_EXIF_BYTES // 1024} KB: not read, orientation ignored")
+    if orientation in TRANSPOSE:
         notes.append("turned upright using its EXIF orientation")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.array(im, dtype=np.float32)  # scaled in place: float64 temporaries held ~770 MB for 40 MP
@@ -207,6 +289,28 @@ def _checked_rgb(im: Image.Image, fmt: str | None, admit: Callable[[int, int], N
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
     return LoadedImage(im if im.mode == "RGB" else im.convert("RGB"), tuple(notes))
+
+
+# EXIF orientation -> the transpose that shows the image upright (as Pillow's ImageOps.exif_transpose,
+# which also rewrites the whole EXIF block: seconds for a large one)
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1: as stored), or 0 when the EXIF block is over MAX_EXIF_BYTES (not read)."""
+    raw = im.info.get("exif")
+    if isinstance(raw, bytes) and len(raw) > MAX_EXIF_BYTES:
+        return 0
+    value = im.getexif().get(0x0112, 1)
+    return value if isinstance(value, int) else 1
 
 
 def _check_decoder(im: Image.Image, fmt: str | None) -> None:
