@@ -14,7 +14,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from .gate import visitor_address
+
 log = logging.getLogger("dsnet.app")
+_TEXT = b"Too many connections from your address; close some (browser tabs) and try again."
+TOO_MANY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" + (
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TEXT), _TEXT)
+)
 
 
 class ConnectionGuard:
@@ -27,10 +33,11 @@ class ConnectionGuard:
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._head_timer, self._peer = None, None
-        peer = self.client[0] if self.client else None
+        peer = visitor_address(self.client[0]) if self.client else None  # an IPv6 address as its /64
         if self.per_peer is not None and peer is not None:
             if self.open_per_peer[peer] >= self.per_peer:
-                transport.close()  # refused: this address already holds per_peer connections
+                transport.write(TOO_MANY)  # refused: this address already holds per_peer connections
+                transport.close()
                 return
             self.open_per_peer[peer] += 1
             self._peer = peer

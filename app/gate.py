@@ -54,7 +54,8 @@ class PublicGate:
       sent to the queue or the API); bytes that arrived count, not bytes declared; likewise files
       beyond ``files_per_client`` / ``files_total``;
     * new page sessions beyond ``pages_per_client`` per visitor within ``window``: HTTP 429 (each
-      session holds state on the server: a flood of fresh ones would evict other visitors' state);
+      session holds state on the server: a flood of fresh ones would evict other visitors' state); a
+      session used from another address than its own within ``window``: HTTP 403; an empty one: 400;
     * ``/gradio_api/cancel`` also stops the session's computing runs (``runs``);
     * a ``/gradio_api/call/<name>`` POST without a session of its own (every ``/call/v2/`` one) is a new
       session on the server and counts as a new page;
@@ -68,6 +69,8 @@ class PublicGate:
     """
 
     BLOCKED = (
+        "/gradio_api/component_server",  # no component here has server functions (test_gradio_internals)
+        "/gradio_api/deep_link",  # copies a session's values to whoever names it; the page has no deep links
         "/gradio_api/process_recording",
         "/gradio_api/vibe-",
         "/gradio_api/undo-vibe-",
@@ -107,6 +110,7 @@ class PublicGate:
         self.known_event, self.known_stream = known_event, known_stream
         self.inflight: dict[str, int] = {}  # body bytes held per client, until its request is done
         self.sessions: dict[str, dict[str, float]] = {}  # per client: session hash -> first seen
+        self.owners: dict[str, tuple[str, float]] = {}  # session hash -> (client, last seen)
         self._forwarding_logged = False
 
     async def __call__(self, scope, receive, send):
@@ -248,12 +252,14 @@ class PublicGate:
         session = None if path.startswith("/gradio_api/call/v2/") else _session_hash(body)
         if session is None and called:
             session = f"call {uuid.uuid4().hex}"
+        if session == "":
+            raise _Refused(400, "The session_hash is empty; leave it out or send a random id of your own.")
         if session is not None:
-            if path.rstrip("/").endswith("/gradio_api/cancel") and self.runs is not None:
-                self.runs.cancel_session(session)
             refusal = self._session_refusal(client, session)
             if refusal:
                 raise _Refused(*refusal)
+            if path.rstrip("/").endswith("/gradio_api/cancel") and self.runs is not None:
+                self.runs.cancel_session(session)
 
     @staticmethod
     def _check_upload(content_type: bytes, body: bytes) -> None:
@@ -276,8 +282,19 @@ class PublicGate:
             )
 
     def _session_refusal(self, client: str, session: str) -> tuple[int, str] | None:
-        """New sessions per visitor within the window (a known session always passes)."""
+        """New sessions per visitor within the window (a known session always passes); a session in use
+        from another address within the window is that visitor's (Gradio streams a session's results to
+        whoever names it, and cancels its runs)."""
         now = self.clock()
+        owner, seen = self.owners.get(session, (client, now))
+        if owner != client and now - seen < self.window:
+            return 403, (
+                "This page's session is in use from another address. Reload the page (API callers: send a "
+                "random session_hash of your own)."
+            )
+        self.owners[session] = (client, now)
+        if len(self.owners) > 100_000:  # forget sessions unused for a window
+            self.owners = {h: (c, t) for h, (c, t) in self.owners.items() if now - t < self.window}
         mine = {h: t for h, t in self.sessions.get(client, {}).items() if now - t < self.window}
         self.sessions[client] = mine
         if session in mine:
@@ -381,8 +398,8 @@ _RESULTS = re.compile(r"^/gradio_api/call/(?:v2/)?[^/]+/([^/]+)/?$")  # GET: a c
 def _session_hash(body: bytes) -> str | None:
     """The page session a JSON body names (queue joins, cancels, component calls), read as Gradio reads it:
     the top-level ``session_hash`` of the parsed body (escapes, any length, anywhere in the body)."""
-    if b"session_hash" not in body and b"\\u" not in body:
-        return None
+    if body[:1] == b"{" and body[1:2] != b"\x00" and b"session_hash" not in body and b"\\u" not in body:
+        return None  # UTF-8 JSON without the name (UTF-16 and -32 are parsed: json.loads reads them too)
     try:
         parsed = json.loads(body)
     except ValueError:

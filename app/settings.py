@@ -37,7 +37,7 @@ class ServingSettings:
     head_timeout: float = 10.0  # DSNET_HEAD_TIMEOUT: seconds a connection may take to send its request head
     # DSNET_CONNECTIONS_PER_CLIENT: open connections per peer address (not behind a proxy: with
     # DSNET_TRUSTED_PROXIES > 0 every connection comes from the proxy, and the proxy bounds them)
-    connections_per_client: int = 32
+    connections_per_client: int = 100
     body_timeout: float = 20.0  # DSNET_BODY_TIMEOUT: seconds a request body may stall (6x that in all)
     # DSNET_TRUSTED_PROXIES: X-Forwarded-For entries added by proxies we trust: 1 on a Space (its proxy
     # adds one), 0 elsewhere (a client could otherwise forge its address)

@@ -244,3 +244,24 @@ def test_a_call_that_does_not_fit_is_400_and_unknown_results_are_404():
         pass
     else:
         raise AssertionError("a TypeError outside /call/ was answered as a 400")
+
+
+def test_a_session_is_its_first_address_and_is_read_in_any_json_encoding():
+    """Gradio streams a session's results to whoever names it and cancels its runs: within the window a
+    session used from another address is refused (403). UTF-16 JSON (json.loads reads it, so does
+    Gradio) is counted like UTF-8; an empty session_hash (a KeyError in Gradio) is 400."""
+    g, _ = gate(pages_per_client=2)
+    mine = json.dumps({"data": [], "fn_index": 0, "session_hash": "abc"}).encode()
+    assert request(g, "/gradio_api/queue/join", mine, client="203.0.113.1")[0] == 200
+    status, text = request(g, "/gradio_api/cancel", mine, client="203.0.113.2")
+    assert status == 403 and b"in use from another address" in text
+    assert request(g, "/gradio_api/queue/join", mine, client="203.0.113.1")[0] == 200
+    g.clock.now += 601  # unused for a window: the session may start anew elsewhere
+    assert request(g, "/gradio_api/queue/join", mine, client="203.0.113.2")[0] == 200
+    for n, encoding in enumerate(("utf-16", "utf-16-le", "utf-32")):
+        body = json.dumps({"data": [], "session_hash": f"wide{n}"}).encode(encoding)
+        assert request(g, "/gradio_api/queue/join", body, client="203.0.113.3")[0] == (429 if n == 2 else 200)
+    status, text = request(g, "/gradio_api/call/explain", b'{"data": [], "session_hash": ""}')
+    assert status == 400 and b"session_hash is empty" in text
+    assert request(g, "/gradio_api/component_server", b"{}")[0] == 404
+    assert request(g, "/gradio_api/deep_link?session_hash=abc", method="GET")[0] == 404

@@ -59,3 +59,12 @@ def test_held_back_events_keep_their_places_and_the_others_start():
     assert [e.name for e in line.queue] == ["a1", "a2", "a3", "b2"]
     queue.get_events()
     assert queue.get_events() is None and [e.name for e in line.queue] == ["a1", "a2", "a3"]
+
+
+def test_no_component_of_the_page_has_server_functions():
+    """The gate blocks /gradio_api/component_server (each call made a page state, uncounted); a component
+    with server functions (e.g. gr.FileExplorer) would need it back."""
+    from app import build_app
+
+    built = build_app(None, "imagenette")
+    assert [type(b).__name__ for b in built.demo.blocks.values() if getattr(b, "server_fns", None)] == []
