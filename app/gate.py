@@ -55,7 +55,8 @@ class PublicGate:
       beyond ``files_per_client`` / ``files_total``;
     * new page sessions beyond ``pages_per_client`` per visitor within ``window``: HTTP 429 (each
       session holds state on the server: a flood of fresh ones would evict other visitors' state); a
-      session used from another address than its own within ``window``: HTTP 403; an empty one: 400;
+      session used (or its stream, heartbeat or results read) from another address than its own within
+      ``window``: HTTP 403; an empty one: 400;
     * ``/gradio_api/cancel`` also stops the session's computing runs (``runs``);
     * a ``/gradio_api/call/<name>`` POST without a session of its own (every ``/call/v2/`` one) is a new
       session on the server and counts as a new page;
@@ -127,8 +128,12 @@ class PublicGate:
                 404,
                 f"No endpoint {quoted(called.group(1), 40)}; this app has: {', '.join(sorted(self.api_names))}.",
             )
-        if scope.get("method") == "GET" and self.known_event is not None and self._unknown_stream(path, scope):
-            return await _answer(send, 404, "Nothing to read there: results are read once, within minutes.")
+        if scope.get("method") == "GET":
+            session = _named_session(path, scope)
+            if session is not None and self._owned_elsewhere(session, _scope_ip(scope, self.trusted_proxies)):
+                return await _answer(send, 403, OWNED_ELSEWHERE)
+            if self.known_event is not None and self._unknown_stream(path, scope):
+                return await _answer(send, 404, "Nothing to read there: results are read once, within minutes.")
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
@@ -166,16 +171,18 @@ class PublicGate:
         finally:
             self._release(client, held[0])
 
+    def _owned_elsewhere(self, session: str, client: str) -> bool:
+        """Whether another address used this session within the window (see ``_session_refusal``)."""
+        owner, seen = self.owners.get(session, (client, 0.0))
+        return owner != client and self.clock() - seen < self.window
+
     def _unknown_stream(self, path: str, scope) -> bool:
         """A GET of a call's results or of a page's event stream that the server does not hold."""
         results = _RESULTS.match(path)
         if results:
             return not self.known_event(results.group(1))
         if path.rstrip("/") == "/gradio_api/queue/data" and self.known_stream is not None:
-            from urllib.parse import parse_qs
-
-            session = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [""])[0]
-            return not self.known_stream(session)
+            return not self.known_stream(_named_session(path, scope) or "")
         return False
 
     async def _body(self, receive, client: str, held: list[int], is_upload: bool) -> list[dict]:
@@ -286,12 +293,8 @@ class PublicGate:
         from another address within the window is that visitor's (Gradio streams a session's results to
         whoever names it, and cancels its runs)."""
         now = self.clock()
-        owner, seen = self.owners.get(session, (client, now))
-        if owner != client and now - seen < self.window:
-            return 403, (
-                "This page's session is in use from another address. Reload the page (API callers: send a "
-                "random session_hash of your own)."
-            )
+        if self._owned_elsewhere(session, client):
+            return 403, OWNED_ELSEWHERE
         self.owners[session] = (client, now)
         if len(self.owners) > 100_000:  # forget sessions unused for a window
             self.owners = {h: (c, t) for h, (c, t) in self.owners.items() if now - t < self.window}
@@ -389,6 +392,23 @@ def _multipart_parts(content_type: bytes, body: bytes, head: int = 16) -> list[t
     except Exception:
         return None
     return [(disposition, first) for disposition, first in parts]
+
+
+OWNED_ELSEWHERE = (
+    "This page's session is in use from another address. Reload the page (API callers: send a random "
+    "session_hash of your own)."
+)
+_SESSION_PATH = re.compile(r"^/gradio_api/(?:heartbeat|stream)/([^/]+)")
+
+
+def _named_session(path: str, scope) -> str | None:
+    """The session a GET reads: its event stream (``queue/data?session_hash=``), heartbeat or media stream."""
+    if path.rstrip("/") == "/gradio_api/queue/data":
+        from urllib.parse import parse_qs
+
+        return parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [None])[0]
+    named = _SESSION_PATH.match(path)
+    return named.group(1) if named else None
 
 
 _CALL = re.compile(r"^/gradio_api/call/(?:v2/)?([^/]+)")

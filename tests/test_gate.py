@@ -255,6 +255,10 @@ def test_a_session_is_its_first_address_and_is_read_in_any_json_encoding():
     assert request(g, "/gradio_api/queue/join", mine, client="203.0.113.1")[0] == 200
     status, text = request(g, "/gradio_api/cancel", mine, client="203.0.113.2")
     assert status == 403 and b"in use from another address" in text
+    for read in ("/gradio_api/queue/data?session_hash=abc", "/gradio_api/heartbeat/abc"):
+        status, text = request(g, read, method="GET", client="203.0.113.2")  # another's results, its page alive
+        assert status == 403 and b"in use from another address" in text, read
+    assert request(g, "/gradio_api/heartbeat/abc", method="GET", client="203.0.113.1")[0] == 200
     assert request(g, "/gradio_api/queue/join", mine, client="203.0.113.1")[0] == 200
     g.clock.now += 601  # unused for a window: the session may start anew elsewhere
     assert request(g, "/gradio_api/queue/join", mine, client="203.0.113.2")[0] == 200

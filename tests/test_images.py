@@ -164,6 +164,11 @@ def test_sixteen_bit_images_are_scaled_to_the_full_8_bit_range():
             "more than 1000 markers",
         ),
         (
+            lambda: badimages.tiled_tiff(6400, 3200),  # 80,000 tiles of 16 px
+            lambda: badimages.tiled_tiff(64, 64),
+            "the TIFF's first page has 80000 strips or tiles; at most 50000",
+        ),
+        (
             lambda: badimages.png_with_chunks(1_000_000),
             lambda: badimages.png_with_chunks(5_000),
             "more than 20000 chunks",

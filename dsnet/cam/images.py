@@ -11,6 +11,7 @@ import io
 import itertools
 import os
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,12 @@ MAX_JPEG_SCANS = 100
 # pixels, a few microseconds per block: 20 MB of 4-byte JPEG markers took 4.4 s, 1.6M empty PNG chunks
 # 5.7 s, GIF comments are joined with += (quadratic: 3 MB of them, 10 s). Normal files have tens of markers
 # or chunks (a PNG's IDAT in 8 KB pieces: 2,600 for 20 MB) and a few KB of GIF extensions; beyond these,
-# refused before Pillow sees the file (``_check_structure``).
+# refused before Pillow sees the file (``_check_structure``). A TIFF's strips or tiles are a Python object
+# and a decoder turn each: 4.8M tiles of 1 px (19 MB) took 30 s and +1.7 GB.
 MAX_JPEG_MARKERS = 1000
 MAX_PNG_CHUNKS = 20_000
 MAX_GIF_EXTENSION_BYTES = 64 * 1024  # extensions (comments, application data) before the first frame
+MAX_TIFF_BLOCKS = 50_000  # strips or tiles of the first page (256 px tiles: ~600 for 40 MP; one-row strips: ~28,000)
 MAX_GIF_BLOCKS = 200_000  # sub-blocks walked to find a second frame (a 20 MB first frame has ~82,000)
 # EXIF larger than a JPEG can carry (one 64 KB segment) is not read: Pillow turns every value into a
 # Python object (a 19 MB PNG eXIf chunk with an orientation: 18.7 s and +604 MB).
@@ -122,7 +125,30 @@ def _check_structure(data: bytes) -> int | None:
             raise ImageError(f"the PNG has more than {MAX_PNG_CHUNKS} chunks (a normal one has a few, or one per 8 KB)")
     elif data[:6] in (b"GIF87a", b"GIF89a"):
         return _gif_frames(data)
+    elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if (blocks := _tiff_blocks(data)) > MAX_TIFF_BLOCKS:
+            raise ImageError(f"the TIFF's first page has {blocks} strips or tiles; at most {MAX_TIFF_BLOCKS} are read")
     return None
+
+
+def _tiff_blocks(data: bytes) -> int:
+    """The number of strips or tiles the first page of a TIFF (or BigTIFF) declares (its StripOffsets or
+    TileOffsets count), read from its first directory; 0 if the directory cannot be read (Pillow says why)."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    try:
+        if big:
+            (at,) = struct.unpack_from(order + "Q", data, 8)
+            (entries,) = struct.unpack_from(order + "Q", data, at)
+            entry, size, first = order + "HHQ", 20, at + 8
+        else:
+            (at,) = struct.unpack_from(order + "I", data, 4)
+            (entries,) = struct.unpack_from(order + "H", data, at)
+            entry, size, first = order + "HHI", 12, at + 2
+        counts = (struct.unpack_from(entry, data, first + i * size) for i in range(min(entries, 65535)))
+        return max((count for tag, _, count in counts if tag in (273, 324)), default=0)
+    except struct.error:
+        return 0
 
 
 def _gif_frames(data: bytes) -> int:
