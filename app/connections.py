@@ -28,7 +28,7 @@ class ConnectionGuard:
 
     head_timeout: float = 10.0
     per_peer: int | None = None  # None: not limited (behind a proxy every connection has the proxy's address)
-    open_per_peer: Counter = Counter()
+    open_per_peer: Counter = Counter()  # one for the process: every guarded connection counts in it
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)

@@ -28,6 +28,7 @@ log = logging.getLogger("dsnet.app")
 MAX_BODY_BYTES = MAX_BYTES * 4 // 3 + 2**20
 COUNTED_BODY = 64 * 2**10  # a POST body above this counts against the image budgets (a data: URL image)
 MAX_JSON_VALUES = 2000  # structural characters ({ [ ,) a JSON body may carry: the app's requests have < 100
+FORGET_AT = 10_000  # sessions remembered before the expired ones are looked for
 MAX_FILES_PER_UPLOAD = 1  # the page uploads one image at a time; more in one request is refused (HTTP 400)
 
 
@@ -112,6 +113,7 @@ class PublicGate:
         self.inflight: dict[str, int] = {}  # body bytes held per client, until its request is done
         self.sessions: dict[str, dict[str, float]] = {}  # per client: session hash -> first seen
         self.owners: dict[str, tuple[str, float]] = {}  # session hash -> (client, last seen)
+        self._forget_at = FORGET_AT
         self._forwarding_logged = False
 
     async def __call__(self, scope, receive, send):
@@ -132,7 +134,7 @@ class PublicGate:
             session = _named_session(path, scope)
             if session is not None and self._owned_elsewhere(session, _scope_ip(scope, self.trusted_proxies)):
                 return await _answer(send, 403, OWNED_ELSEWHERE)
-            if self.known_event is not None and self._unknown_stream(path, scope):
+            if self.known_event is not None and self._unknown_stream(path, session):
                 return await _answer(send, 404, "Nothing to read there: results are read once, within minutes.")
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -176,13 +178,13 @@ class PublicGate:
         owner, seen = self.owners.get(session, (client, 0.0))
         return owner != client and self.clock() - seen < self.window
 
-    def _unknown_stream(self, path: str, scope) -> bool:
-        """A GET of a call's results or of a page's event stream that the server does not hold."""
+    def _unknown_stream(self, path: str, session: str | None) -> bool:
+        """A GET of a call's results or of a page's event stream (``session``) that the server does not hold."""
         results = _RESULTS.match(path)
         if results:
             return not self.known_event(results.group(1))
         if path.rstrip("/") == "/gradio_api/queue/data" and self.known_stream is not None:
-            return not self.known_stream(_named_session(path, scope) or "")
+            return not self.known_stream(session or "")
         return False
 
     async def _body(self, receive, client: str, held: list[int], is_upload: bool) -> list[dict]:
@@ -295,12 +297,10 @@ class PublicGate:
         now = self.clock()
         if self._owned_elsewhere(session, client):
             return 403, OWNED_ELSEWHERE
-        self.owners[session] = (client, now)
-        if len(self.owners) > 100_000:  # forget sessions unused for a window
-            self.owners = {h: (c, t) for h, (c, t) in self.owners.items() if now - t < self.window}
         mine = {h: t for h, t in self.sessions.get(client, {}).items() if now - t < self.window}
         self.sessions[client] = mine
         if session in mine:
+            self.owners[session] = (client, now)
             return None
         if len(mine) >= self.pages_per_client:
             return 429, (
@@ -309,8 +309,11 @@ class PublicGate:
                 f"session_hash with each call), or wait a few minutes."
             )
         mine[session] = now
-        if len(self.sessions) > 10_000:  # forget visitors whose sessions all expired
+        self.owners[session] = (client, now)
+        if len(self.owners) > self._forget_at:  # forget sessions, and visitors, unused for a window
+            self.owners = {h: (c, t) for h, (c, t) in self.owners.items() if now - t < self.window}
             self.sessions = {c: s for c, s in self.sessions.items() if any(now - t < self.window for t in s.values())}
+            self._forget_at = max(FORGET_AT, 2 * len(self.owners))  # each scan pays for as many new sessions
         return None
 
     def _bytes_refusal(self, client: str, size: int) -> tuple[int, str] | None:

@@ -87,16 +87,21 @@ def assert_no_error_text(page):
         assert word not in text, (word, text[:3000])
 
 
-def test_a_visitor_journey(space, browser, tmp_path):
-    shots = Path(os.environ.get("DSNET_SCREENSHOT_DIR", tmp_path))
+def explain_the_first_example(browser, url: str, timeout: float):
+    """A new page at ``url``: the first example clicked, then Explain, until the three maps show; (page, maps)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(space.url)
-    # 1. click an example, then Explain: three maps, top-5, ✓/✗, no error anywhere
+    page.goto(url)
     page.get_by_role("button", name="Thumbnail 1 of").first.click()
     page.get_by_text("True class:").wait_for(timeout=30_000)
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.get_by_text("(explained)").nth(2).wait_for(timeout=120_000)
-    maps = wait_for_three_maps(page)
+    page.get_by_text("(explained)").nth(2).wait_for(timeout=timeout)
+    return page, wait_for_three_maps(page)
+
+
+def test_a_visitor_journey(space, browser, tmp_path):
+    shots = Path(os.environ.get("DSNET_SCREENSHOT_DIR", tmp_path))
+    # 1. click an example, then Explain: three maps, top-5, ✓/✗, no error anywhere
+    page, maps = explain_the_first_example(browser, space.url, timeout=120_000)
     text = page_text(page)
     assert text.count("✓ top-1 is the true class") + text.count("✗ top-1 is") == 3
     assert "These models know only 10 classes" in text and ("say **" not in text)
@@ -316,13 +321,7 @@ def test_a_visitor_is_served_while_a_flooding_client_is_refused(browser, tmp_pat
     thread = threading.Thread(target=flood, daemon=True)
     thread.start()
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url)
-        page.get_by_role("button", name="Thumbnail 1 of").first.click()
-        page.get_by_text("True class:").wait_for(timeout=30_000)
-        page.get_by_role("button", name="Explain", exact=True).click()
-        page.get_by_text("(explained)").nth(2).wait_for(timeout=180_000)
-        wait_for_three_maps(page)
+        page, _ = explain_the_first_example(browser, app.url, timeout=180_000)
         assert_no_error_text(page)
         page.close()
     finally:

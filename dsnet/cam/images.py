@@ -153,7 +153,7 @@ def _tiff_blocks(data: bytes) -> int:
 
 def _gif_frames(data: bytes) -> int:
     """1 or 2: whether a GIF has a second frame, found by walking its blocks (Pillow's is_animated walks
-    the first frame's data in Python too); ImageError past the GIF limits above, or on a broken file."""
+    the first frame's data in Python too); ImageError past the GIF limits above."""
     pos = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0)
     frames = blocks = extension_bytes = 0
     while pos < len(data) and frames < 2:
@@ -169,14 +169,16 @@ def _gif_frames(data: bytes) -> int:
                 break
             flags = data[pos + 9] if pos + 9 < len(data) else 0
             pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
-        else:
-            raise ImageError("the GIF file is truncated or corrupt (an unknown block)")
-        while pos < len(data) and data[pos]:  # the sub-blocks, each led by its length, up to a 0
-            if kind == 0x21 and frames == 0:
-                extension_bytes += data[pos] + 1  # file bytes: many tiny comments cost more than one long
+        else:  # a stray byte: skipped, as Pillow skips it (one at a time, so it counts as a block)
+            pos += 1
             blocks += 1
-            pos += data[pos] + 1
-        pos += 1
+        if kind in (0x21, 0x2C):
+            while pos < len(data) and data[pos]:  # the sub-blocks, each led by its length, up to a 0
+                if kind == 0x21 and frames == 0:
+                    extension_bytes += data[pos] + 1  # file bytes: many tiny comments cost more than one long
+                blocks += 1
+                pos += data[pos] + 1
+            pos += 1
         if extension_bytes > MAX_GIF_EXTENSION_BYTES or blocks > MAX_GIF_BLOCKS:
             raise ImageError(
                 f"the GIF carries more than {MAX_GIF_EXTENSION_BYTES // 1024} KB of comments or other extensions "
